@@ -1,0 +1,62 @@
+"""User-facing errors: one line naming the file/key, the bad value and the fix; exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+EXIT_USAGE = 2
+
+
+class BabeltuneError(Exception):
+    """An error caused by the user's input. Its message is shown as-is, without a traceback.
+
+    Messages may hold several lines (one ``key: message`` per config error); each line stands alone.
+    """
+
+    exit_code = EXIT_USAGE
+
+
+def fail(message: str) -> "BabeltuneError":
+    """Return a BabeltuneError (use as ``raise fail(...)``)."""
+    return BabeltuneError(message)
+
+
+def handle_errors(func: F) -> F:
+    """Decorate a click command: BabeltuneError -> 'error: ...' on stderr and exit 2, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except BabeltuneError as exc:
+            for line in str(exc).splitlines() or ["error"]:
+                print(f"error: {line}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and rename it into place,
+    so a crash or error never leaves a half-written file behind."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,61 @@
+"""The backend contract. A backend owns loading the model and tokenizer for a config, attaching its
+adapter, and whatever it must change in the trainer (optimizer parameter groups, its own Trainer
+class). The core owns data, the loop, checkpoints, callbacks, metrics, saving and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from babeltune.config import TrainConfig
+
+
+@dataclass
+class Runtime:
+    """Facts about where the run happens, decided by the core before the backend loads."""
+
+    device: str                 # "cuda" or "cpu"
+    precision: str              # "bf16", "fp16" or "fp32" (resolved from training.precision)
+    model_dir: str              # resolved local Hugging Face folder (built-ins converted already)
+    world_size: int = 1
+    local_rank: int = 0
+
+
+@dataclass
+class LoadedModel:
+    """What ``Backend.load`` returns."""
+
+    model: Any                  # a torch.nn.Module (usually a peft.PeftModel) ready to train
+    tokenizer: Any              # a transformers tokenizer with a pad token set
+    attn_implementation: str    # what was really used, e.g. "sdpa"
+    notes: list[str] = field(default_factory=list)   # lines for the run log and the manifest (why sdpa, no biases for BitFit, ...)
+    expected_trainable: list[str] = field(default_factory=list)  # name fragments that must get a non-zero gradient after step 1
+    padding_free: bool = False  # the model accepts packed rows with position_ids (flash-attention varlen)
+
+
+class Backend:
+    """Base class for training backends. Subclass, set ``name`` and ``description``, implement ``load``."""
+
+    name: str = ""
+    description: str = ""
+
+    def availability(self) -> tuple[bool, str]:
+        """(usable on this machine, why not). Must not import heavy packages when they are missing."""
+        return True, ""
+
+    def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
+        """Load model + tokenizer for ``config`` and attach the adapter. Called once per run, after seeding."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement load()")
+
+    def optimizer_param_groups(self, model: Any, config: "TrainConfig") -> Optional[list[dict]]:
+        """Parameter groups for the optimizer (e.g. a lower lr for embeddings), or None for the default."""
+        return None
+
+    def trainer_class(self) -> Optional[type]:
+        """A ``transformers.Trainer`` subclass to use instead of the core's, or None."""
+        return None
+
+    def translate(self, config: "TrainConfig") -> dict[str, Any]:
+        """The backend's own arguments derived from the config (shown by `train --dry-run`, tested on CPU)."""
+        return {}

@@ -4,6 +4,7 @@ class). The core owns data, the loop, checkpoints, callbacks, metrics, saving an
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -34,7 +35,7 @@ class LoadedModel:
     padding_free: bool = False  # the model accepts packed rows with position_ids (flash-attention varlen)
 
 
-class Backend:
+class Backend(abc.ABC):
     """Base class for training backends. Subclass, set ``name`` and ``description``, implement ``load``."""
 
     name: str = ""
@@ -44,9 +45,9 @@ class Backend:
         """(usable on this machine, why not). Must not import heavy packages when they are missing."""
         return True, ""
 
+    @abc.abstractmethod
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
         """Load model + tokenizer for ``config`` and attach the adapter. Called once per run, after seeding."""
-        raise NotImplementedError(f"backend {self.name!r} does not implement load()")
 
     def optimizer_param_groups(self, model: Any, config: "TrainConfig") -> Optional[list[dict]]:
         """Parameter groups for the optimizer (e.g. a lower lr for embeddings), or None for the default."""

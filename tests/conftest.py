@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny random Llama built from a config, with a real BPE tokenizer trained on the
+shipped Marathi/English/Hindi samples. Logic tests use it; real-model tests are marked slow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).parent / "data"
+TEXT = DATA / "text"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (CUDA not available)")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+def build_tiny_tokenizer(folder: Path, vocab_size: int = 1024):
+    """Train a byte-level BPE on the shipped samples and save it as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train([str(p) for p in sorted(TEXT.glob("*.txt"))], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<s>", pad_token="<pad>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+def build_tiny_llama(folder: Path, vocab_size: int, seed: int = 0, **overrides):
+    """A 2-layer Llama with hidden size 64, random weights, saved as a normal HF folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    settings = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=0, pad_token_id=2,
+    )
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**settings))
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Path to a tiny random Llama + trained BPE tokenizer (a complete HF folder). Read-only: copy to modify."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = build_tiny_tokenizer(folder)
+    build_tiny_llama(folder, vocab_size=len(tokenizer))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def marathi_lines() -> list[str]:
+    return [line for line in (TEXT / "mr.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def english_lines() -> list[str]:
+    return [line for line in (TEXT / "en.txt").read_text(encoding="utf-8").splitlines() if line.strip()]

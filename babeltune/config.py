@@ -91,6 +91,7 @@ class TrainingConfig(Section):
     save_steps: int = Field(200, ge=1, description="Write a checkpoint every N optimizer steps.")
     save_total_limit: int = Field(3, ge=1, description="Checkpoints kept on disk.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Mixed precision; auto = bf16 where supported, fp32 on CPU.")
+    max_nonfinite_losses: int = Field(3, ge=1, description="NaN guard: stop after this many optimizer steps with a non-finite loss (the last good checkpoint is kept).")
 
     @model_validator(mode="after")
     def _one_length(self):

@@ -1,0 +1,164 @@
+"""GPU memory model for LoRA / QLoRA training: every formula in one place.
+
+The advisor picks batch size, sequence length, gradient checkpointing, 4-bit loading and the
+optimizer so that ``estimate_memory(...).total_gib`` stays under 90% of the GPU. The GPU issue
+calibrates the constants below against measured peaks (``torch.cuda.max_memory_allocated``).
+
+Parts (all in bytes, reported in GiB):
+
+weights
+    bf16/fp16: every parameter x 2 bytes (fp32: x 4).
+    4-bit (QLoRA NF4, Dettmers et al. 2023): the linear layers of the decoder blocks at 4 bits plus the
+    quantisation constants (double quantisation: 0.127 bits per parameter), embeddings, lm_head and
+    norms stay in bf16 (bitsandbytes does not quantise them).
+trainable
+    LoRA matrices (r x (in + out) per targeted module per layer) and ``modules_to_save`` copies
+    (vocab x hidden each), kept in fp32 by PEFT: 4 bytes weight + 4 bytes gradient + optimizer state
+    (AdamW 8 bytes, 8-bit AdamW 2 bytes, Adafactor ~4 bytes, SGD 0).
+activations
+    per token per layer (flash/SDPA attention, so no seq_len^2 term), in the compute dtype:
+    attention norm in/out (2h), q (H*d), k and v (2*kv*d), attention output (H*d), MLP norm in/out (2h),
+    gate, up, activation and product (4i), plus the two RMSNorm fp32 upcasts (2h x 4 bytes);
+    LoRA dropout (when > 0) stores a mask and a dropped copy of every targeted module's input.
+    With gradient checkpointing only each layer's input (h) is kept, plus one layer's full
+    activations while it is recomputed (Korthikanti et al. 2022 count the same tensors).
+logits
+    tokens x vocab x (2 bytes bf16 logits + 4 bytes fp32 upcast for the loss + 4 bytes fp32 gradient).
+    For small models with large vocabularies this is the biggest part.
+overhead
+    CUDA context, cuBLAS workspaces and allocator fragmentation: a constant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+from babeltune.models.types import ModelFacts
+
+GIB = 1024 ** 3
+
+# Calibrate these against measured peaks (GPU issue).
+CUDA_CONTEXT_GIB = 0.8
+NF4_BITS_PER_PARAM = 4.127          # 4 bits + double-quantised absmax constants (QLoRA, section 3)
+TRAINABLE_WEIGHT_BYTES = 4          # PEFT keeps adapter weights in fp32
+TRAINABLE_GRAD_BYTES = 4
+LOGIT_BYTES_PER_ENTRY = 2 + 4 + 4   # bf16 logits, fp32 upcast in the loss, fp32 gradient
+OPTIMIZER_STATE_BYTES = {
+    "adamw_torch": 8, "adamw_torch_fused": 8,       # two fp32 moments
+    "adamw_8bit": 2, "paged_adamw_8bit": 2,         # two 8-bit moments (bitsandbytes)
+    "adafactor": 4,                                 # factored second moment, approx.
+    "sgd": 0,
+}
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+BUDGET_SHARE = 0.90                 # advise keeps the estimate under this share of GPU memory
+
+
+@dataclass
+class MemoryEstimate:
+    """Estimated peak training memory, with its parts (GiB) and the inputs it was computed for."""
+
+    total_gib: float
+    parts: dict[str, float]
+    inputs: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"total_gib": round(self.total_gib, 3), "parts": {k: round(v, 3) for k, v in self.parts.items()},
+                "inputs": dict(self.inputs)}
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {gib:.2f}" for name, gib in self.parts.items())
+        return f"{self.total_gib:.2f} GiB ({parts})"
+
+
+def module_shapes(facts: ModelFacts) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each linear module of one decoder layer (Llama-style names)."""
+    h, i = facts.hidden_size, facts.intermediate_size
+    q_out, kv_out = facts.heads * facts.head_dim, facts.kv_heads * facts.head_dim
+    return {
+        "q_proj": (h, q_out), "k_proj": (h, kv_out), "v_proj": (h, kv_out), "o_proj": (q_out, h),
+        "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+    }
+
+
+def resolve_targets(facts: ModelFacts, target_modules: Union[Sequence[str], str]) -> list[str]:
+    if target_modules == "all-linear":
+        return list(facts.linear_modules)
+    return list(target_modules)
+
+
+def lora_parameters(facts: ModelFacts, lora_r: int, target_modules: Union[Sequence[str], str]) -> int:
+    """Trainable LoRA parameters: r x (in + out) for every targeted module in every layer.
+    Unknown module names count as hidden x hidden."""
+    shapes = module_shapes(facts)
+    square = (facts.hidden_size, facts.hidden_size)
+    per_layer = sum(sum(shapes.get(name, square)) for name in resolve_targets(facts, target_modules))
+    return lora_r * per_layer * facts.layers
+
+
+def linear_parameters(facts: ModelFacts) -> int:
+    """Parameters in the decoder blocks' linear layers (what 4-bit loading quantises)."""
+    return facts.layers * sum(a * b for a, b in module_shapes(facts).values())
+
+
+def embedding_parameters(facts: ModelFacts, modules_to_save: Sequence[str]) -> int:
+    """Parameters trained in full through modules_to_save (embed_tokens / lm_head: vocab x hidden each)."""
+    return sum(facts.vocab_size * facts.hidden_size for name in modules_to_save if name in ("embed_tokens", "lm_head"))
+
+
+def weight_bytes(facts: ModelFacts, load_in_4bit: bool, precision: str) -> float:
+    if not load_in_4bit:
+        return facts.parameters * DTYPE_BYTES.get(precision, 2)
+    linear = min(linear_parameters(facts), facts.parameters)
+    return linear * NF4_BITS_PER_PARAM / 8 + (facts.parameters - linear) * 2
+
+
+def activation_bytes_per_token_layer(facts: ModelFacts, precision: str, targets: Sequence[str],
+                                     lora_dropout: float) -> float:
+    """Saved activations of one decoder layer for one token, without checkpointing."""
+    h, i = facts.hidden_size, facts.intermediate_size
+    q, kv = facts.heads * facts.head_dim, facts.kv_heads * facts.head_dim
+    elem = DTYPE_BYTES.get(precision, 2)
+    saved = elem * (4 * h + 2 * q + 2 * kv + 4 * i) + 4 * 2 * h
+    if lora_dropout > 0:
+        shapes = module_shapes(facts)
+        saved += sum((elem + 1) * shapes.get(name, (h, h))[0] for name in targets)
+    return saved
+
+
+def estimate_memory(facts: ModelFacts, *, batch_size: int, seq_len: int, lora_r: int,
+                    target_modules: Union[Sequence[str], str], load_in_4bit: bool, gradient_checkpointing: bool,
+                    modules_to_save: Sequence[str] = (), optimizer: str = "adamw_torch", precision: str = "bf16",
+                    lora_dropout: float = 0.0) -> MemoryEstimate:
+    """Estimated peak GPU memory of one training micro-step (see the module docstring for the formulas)."""
+    targets = resolve_targets(facts, target_modules)
+    tokens = batch_size * seq_len
+    trainable = lora_parameters(facts, lora_r, targets) + embedding_parameters(facts, modules_to_save)
+    per_trainable = TRAINABLE_WEIGHT_BYTES + TRAINABLE_GRAD_BYTES + OPTIMIZER_STATE_BYTES.get(optimizer, 8)
+    per_layer = activation_bytes_per_token_layer(facts, precision, targets, lora_dropout)
+    if gradient_checkpointing:
+        activations = tokens * (facts.layers * facts.hidden_size * DTYPE_BYTES.get(precision, 2) + per_layer)
+    else:
+        activations = tokens * facts.layers * per_layer
+    parts_bytes = {
+        "weights": weight_bytes(facts, load_in_4bit, precision),
+        "trainable": trainable * per_trainable,
+        "activations": activations,
+        "logits": tokens * facts.vocab_size * LOGIT_BYTES_PER_ENTRY,
+        "overhead": CUDA_CONTEXT_GIB * GIB,
+    }
+    parts = {name: value / GIB for name, value in parts_bytes.items()}
+    inputs = dict(batch_size=batch_size, seq_len=seq_len, lora_r=lora_r, load_in_4bit=load_in_4bit,
+                  gradient_checkpointing=gradient_checkpointing, modules_to_save=list(modules_to_save),
+                  optimizer=optimizer, precision=precision, trainable_parameters=trainable)
+    return MemoryEstimate(total_gib=sum(parts.values()), parts=parts, inputs=inputs)
+
+
+def budget_gib(gpu_memory_gib: float) -> float:
+    return gpu_memory_gib * BUDGET_SHARE
+
+
+def minimum_gpu_gib(estimate: MemoryEstimate) -> int:
+    """Smallest whole GiB of GPU memory for which ``estimate`` stays under the budget share."""
+    return math.ceil(estimate.total_gib / BUDGET_SHARE)

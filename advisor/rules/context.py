@@ -1,0 +1,107 @@
+"""What every rule sees (RuleContext), the evidence it cites, and small shared helpers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from babeltune.advisor.memory import MemoryEstimate, budget_gib, estimate_memory
+from babeltune.advisor.types import Decision, Measurements
+from babeltune.models.types import ModelFacts
+
+# Citations, spelled once so every rule cites them the same way.
+QLORA = "QLoRA (Dettmers et al. 2023)"
+RSLORA = "rsLoRA (Kalajdzievski 2023)"
+BIDERMAN = "Biderman et al. 2024, LoRA Learns Less and Forgets Less"
+UNSLOTH_CPT = "Unsloth continued-pretraining recipe (2024)"
+PETROV = "Petrov et al. 2023, Language Model Tokenizers Introduce Unfairness Between Languages"
+JOSHI = "Joshi et al. 2020, The State and Fate of Linguistic Diversity"
+HOFFMANN = "Hoffmann et al. 2022 (Chinchilla)"
+MUENNIGHOFF = "Muennighoff et al. 2023, Scaling Data-Constrained Language Models"
+KORTHIKANTI = "Korthikanti et al. 2022, Reducing Activation Recomputation"
+CHEN_CKPT = "Chen et al. 2016, Training Deep Nets with Sublinear Memory Cost"
+FLASH = "Dao 2023, FlashAttention-2"
+LOSHCHILOV = "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization"
+HF_TRAINER = "Hugging Face Trainer documentation"
+
+MIN_SEQ_LEN = 64
+LARGE_CORPUS_TOKENS = 100_000_000
+SMALL_CORPUS_TOKENS = 10_000_000
+
+Goal = Literal["cpt", "sft"]
+
+
+@dataclass
+class RuleContext:
+    """Inputs of every rule. ``decisions`` fills up as rules run in order (later rules read earlier ones)."""
+
+    measurements: Measurements
+    facts: ModelFacts
+    profile: Any = None                  # LangProfile (or any object with the same attributes), or None
+    gpu_memory_gib: float = 24.0
+    goal: Goal = "cpt"
+    precision: str = "bf16"
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+    def value(self, name: str) -> Any:
+        """Value of an earlier decision (KeyError names the rule order problem)."""
+        if name not in self.decisions:
+            raise KeyError(f"rule needs {name!r}, which has not been decided yet (check RULE_ORDER)")
+        return self.decisions[name].value
+
+    @property
+    def tokens(self) -> int:
+        return self.measurements.tokens
+
+    @property
+    def budget_gib(self) -> float:
+        return budget_gib(self.gpu_memory_gib)
+
+    @property
+    def language_name(self) -> str:
+        return getattr(self.profile, "name", None) or "the language"
+
+    def estimate(self, **overrides) -> MemoryEstimate:
+        """Memory estimate for the decisions so far, with ``overrides`` for what is still being chosen."""
+        settings = dict(
+            batch_size=self.decisions["per_device_train_batch_size"].value if "per_device_train_batch_size" in self.decisions else 1,
+            seq_len=self.decisions["max_seq_length"].value if "max_seq_length" in self.decisions else MIN_SEQ_LEN,
+            lora_r=self.value("r"),
+            target_modules=self.value("target_modules"),
+            load_in_4bit=self.decisions["load_in_4bit"].value if "load_in_4bit" in self.decisions else False,
+            gradient_checkpointing=(self.decisions["gradient_checkpointing"].value
+                                    if "gradient_checkpointing" in self.decisions else True),
+            modules_to_save=self.decisions["modules_to_save"].value if "modules_to_save" in self.decisions else [],
+            optimizer=self.decisions["optimizer"].value if "optimizer" in self.decisions else "adamw_torch",
+            lora_dropout=self.decisions["lora_dropout"].value if "lora_dropout" in self.decisions else 0.0,
+        )
+        settings.update(overrides)
+        return estimate_memory(self.facts, precision=self.precision, **settings)
+
+    def fits(self, **overrides) -> bool:
+        return self.estimate(**overrides).total_gib <= self.budget_gib
+
+
+def fmt_tokens(n: float) -> str:
+    """12345678 -> '12.3M', 45600 -> '45.6k' (for reasons that must stay one line)."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def round_up(value: float, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def floor_power_of_two(value: float) -> int:
+    """Largest power of two <= value (at least 1)."""
+    return 1 if value < 2 else 2 ** int(math.floor(math.log2(value)))
+
+
+def tokens_per_char_note(m: Measurements) -> str:
+    low, high = m.tokens_per_char_ci95
+    if m.tokens_exact or low == high:
+        return f"{m.tokens_per_char:.3f} tokens/char"
+    return f"{m.tokens_per_char:.3f} tokens/char (95% CI {low:.3f}-{high:.3f})"

@@ -1,0 +1,3 @@
+from babeltune.cli import main
+
+main()

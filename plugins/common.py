@@ -1,0 +1,244 @@
+"""Helpers shared by the built-in backends: dtype, attention choice, loading the base model and
+tokenizer, gradient checkpointing, trainable-parameter bookkeeping and optimizer parameter groups.
+
+torch/transformers are imported inside the functions so importing a backend module stays cheap."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from babeltune.errors import BabeltuneError
+
+if TYPE_CHECKING:
+    from babeltune.config import TrainConfig
+    from babeltune.trainer.backend import Runtime
+
+PRECISION_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# Parameters that never get weight decay (decaying a norm gain or a bias towards 0 only hurts).
+NO_DECAY_FRAGMENTS = ("bias", "norm", "ln_", "layernorm")
+
+
+def torch_dtype(precision: str):
+    """``runtime.precision`` ("bf16" | "fp16" | "fp32") -> the torch dtype the weights load in."""
+    import torch
+
+    if precision not in PRECISION_DTYPES:
+        raise BabeltuneError(f"training.precision: {precision!r} is not one of bf16, fp16, fp32")
+    return getattr(torch, PRECISION_DTYPES[precision])
+
+
+def model_class_for(model_dir: str):
+    """The transformers causal-LM class for a folder, read from config.json only (no weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        raise BabeltuneError(
+            f"{model_dir}: model_type {config.model_type!r} is not a causal language model transformers knows; "
+            "use a decoder-only model (Llama, Qwen, Gemma, Mistral, ...)") from None
+
+
+def flash_attention_status(runtime: "Runtime", model_class: Any = None) -> tuple[bool, str]:
+    """Whether flash_attention_2 can run here, and the one-line reason."""
+    if runtime.device != "cuda":
+        return False, f"flash_attention_2 needs an NVIDIA GPU (device is {runtime.device})"
+    if importlib.util.find_spec("flash_attn") is None:
+        return False, "flash-attn is not installed (pip install flash-attn)"
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(runtime.local_rank)
+    if major < 8:
+        return False, f"GPU compute capability {major}.{minor} is below 8.0 (flash-attn needs Ampere or newer)"
+    if runtime.precision not in ("bf16", "fp16"):
+        return False, f"flash_attention_2 needs bf16 or fp16, precision is {runtime.precision}"
+    if model_class is not None and not (getattr(model_class, "_supports_flash_attn", False)
+                                        or getattr(model_class, "_supports_flash_attn_2", False)):
+        return False, f"{model_class.__name__} does not support flash_attention_2"
+    version = importlib.metadata.version("flash-attn") if _has_dist("flash-attn") else "?"
+    return True, f"flash-attn {version} on an sm{major}{minor} GPU"
+
+
+def sdpa_status(model_class: Any = None) -> tuple[bool, str]:
+    import torch
+
+    if not hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        return False, f"torch {torch.__version__} has no scaled_dot_product_attention"
+    if model_class is not None and not getattr(model_class, "_supports_sdpa", False):
+        return False, f"{model_class.__name__} does not support sdpa"
+    return True, "torch scaled_dot_product_attention"
+
+
+def choose_attention(runtime: "Runtime", requested: str = "auto", model_class: Any = None) -> tuple[str, str]:
+    """(implementation, why): flash_attention_2 when installed and usable on the GPU, else sdpa, else
+    eager. An explicit request that cannot run here is an error rather than a silent downgrade."""
+    flash_ok, flash_why = flash_attention_status(runtime, model_class)
+    sdpa_ok, sdpa_why = sdpa_status(model_class)
+    if requested == "flash_attention_2":
+        if not flash_ok:
+            raise BabeltuneError(f"model.attn_implementation: flash_attention_2 cannot run here ({flash_why}); "
+                                 "set it to auto or sdpa")
+        return "flash_attention_2", f"requested; {flash_why}"
+    if requested == "sdpa":
+        if not sdpa_ok:
+            raise BabeltuneError(f"model.attn_implementation: sdpa cannot run here ({sdpa_why}); set it to auto or eager")
+        return "sdpa", f"requested; {sdpa_why}"
+    if requested == "eager":
+        return "eager", "requested"
+    if flash_ok:
+        return "flash_attention_2", flash_why
+    if sdpa_ok:
+        return "sdpa", f"{sdpa_why} (not flash_attention_2: {flash_why})"
+    return "eager", f"no faster kernel: {flash_why}; {sdpa_why}"
+
+
+def _has_dist(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def load_tokenizer(config: "TrainConfig", runtime: "Runtime"):
+    """The model's own tokenizer (or the config's override) with a pad token set."""
+    source = config.model.tokenizer or runtime.model_dir
+    try:
+        from babeltune.models.tokenizers import hf_tokenizer
+    except ImportError:  # the models package may not provide it (older checkout): plain transformers
+        hf_tokenizer = None
+    if hf_tokenizer is not None:
+        return hf_tokenizer(source)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        # EOS as padding is safe: padded positions carry label -100 and attention mask 0.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(config: "TrainConfig", runtime: "Runtime"):
+    """BitsAndBytesConfig for QLoRA (NF4, double quantisation, compute in the run's dtype), or None."""
+    if not config.model.load_in_4bit:
+        return None
+    if runtime.device != "cuda":
+        raise BabeltuneError("model.load_in_4bit: 4-bit QLoRA needs an NVIDIA GPU and bitsandbytes (device is "
+                             f"{runtime.device}); set model.load_in_4bit: false to train in {runtime.precision}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BabeltuneError("model.load_in_4bit: bitsandbytes is not installed; pip install 'babeltune[unsloth]' "
+                             "(or pip install bitsandbytes), or set model.load_in_4bit: false")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch_dtype(runtime.precision))
+
+
+def load_base_model(config: "TrainConfig", runtime: "Runtime", attn_implementation: str):
+    """The frozen base model from ``runtime.model_dir`` in the run's dtype, on the run's device."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype(runtime.precision), attn_implementation=attn_implementation)
+    quant = quantization_config(config, runtime)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": runtime.local_rank}
+    model = AutoModelForCausalLM.from_pretrained(runtime.model_dir, **kwargs)
+    if quant is None and runtime.device == "cuda":
+        model.to(f"cuda:{runtime.local_rank}")
+    model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    return model
+
+
+def prepare_for_training(model, config: "TrainConfig"):
+    """4-bit preparation and non-reentrant gradient checkpointing, before the adapter is attached."""
+    checkpointing = config.training.gradient_checkpointing
+    kwargs = {"use_reentrant": False}
+    if config.model.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs=kwargs)
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if checkpointing:
+        # With frozen embeddings the checkpointed blocks would see inputs without grad and skip backward.
+        model.enable_input_require_grads()
+    return model
+
+
+def upcast_trainable(model) -> int:
+    """Trainable parameters in float32 (the optimizer state and the GradScaler need it); returns how many."""
+    import torch
+
+    count = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            count += 1
+    return count
+
+
+def trainable_share(model) -> tuple[int, int, float]:
+    """(trainable parameters, all parameters, trainable %). Shared tensors are counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        numel = param.numel() * (2 if param.__class__.__name__ == "Params4bit" else 1)
+        total += numel
+        trainable += numel if param.requires_grad else 0
+    return trainable, total, (100.0 * trainable / total) if total else 0.0
+
+
+def trainable_names(model) -> list[str]:
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def check_fragments_trainable(model, fragments: Iterable[str], where: str) -> None:
+    """Every fragment must name at least one trainable parameter right after the adapter is attached,
+    otherwise a module meant to train was silently dropped (wrong module name, tied weights, ...)."""
+    names = trainable_names(model)
+    missing = [fragment for fragment in fragments if not any(fragment in name for name in names)]
+    if missing:
+        raise BabeltuneError(f"{where}: {', '.join(missing)} matched no trainable parameter of this model; "
+                             "check the module names (`babeltune plugins` and the model's named_modules())")
+
+
+def optimizer_param_groups(model, config: "TrainConfig", *, special: Iterable[str] = (),
+                           special_lr: Optional[float] = None) -> list[dict]:
+    """Groups for AdamW: parameters whose name contains a ``special`` fragment (modules_to_save copies of
+    embed_tokens/lm_head) get ``special_lr`` and no decay; biases and norms no decay; the rest decay."""
+    special = tuple(special)
+    lr, decay = config.training.learning_rate, config.training.weight_decay
+    groups = {"decay": [], "no_decay": [], "special": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if special and any(fragment in name for fragment in special):
+            groups["special"].append(param)
+        elif any(fragment in name.lower() for fragment in NO_DECAY_FRAGMENTS):
+            groups["no_decay"].append(param)
+        else:
+            groups["decay"].append(param)
+    result = [
+        {"params": groups["decay"], "lr": lr, "weight_decay": decay, "name": "adapter"},
+        {"params": groups["no_decay"], "lr": lr, "weight_decay": 0.0, "name": "adapter_no_decay"},
+        {"params": groups["special"], "lr": special_lr or lr, "weight_decay": 0.0, "name": "embeddings"},
+    ]
+    return [group for group in result if group["params"]]
+
+
+def tied_embeddings(model) -> bool:
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text_config, "tie_word_embeddings", False))
+
+
+def option(config: "TrainConfig", key: str, default: Any = None) -> Any:
+    return config.backend.options.get(key, default)

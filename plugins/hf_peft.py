@@ -1,0 +1,167 @@
+"""The hf-peft backend: transformers + PEFT LoRA (rsLoRA, DoRA, modules_to_save with their own lr),
+QLoRA through bitsandbytes on GPU, and liger-kernel fused ops when installed on the GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import TYPE_CHECKING, Any, Optional
+
+from babeltune.errors import BabeltuneError
+from babeltune.plugins import common
+from babeltune.trainer.backend import Backend, LoadedModel, Runtime
+from babeltune.trainer.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from babeltune.config import TrainConfig
+
+LIGER_CHOICES = ("auto", True, False)
+
+
+def lora_kwargs(config: "TrainConfig") -> dict[str, Any]:
+    """peft.LoraConfig arguments for the config's adapter section."""
+    adapter = config.adapter
+    kwargs: dict[str, Any] = dict(
+        r=adapter.r, lora_alpha=adapter.lora_alpha, lora_dropout=adapter.lora_dropout,
+        target_modules=adapter.target_modules, bias=adapter.bias, use_rslora=adapter.use_rslora,
+        use_dora=adapter.use_dora, modules_to_save=list(adapter.modules_to_save) or None, task_type="CAUSAL_LM",
+    )
+    if adapter.modules_to_save:
+        # Keeps one shared trainable copy when embed_tokens and lm_head are tied (PEFT >= 0.18).
+        kwargs["ensure_weight_tying"] = True
+    return kwargs
+
+
+def make_lora_config(config: "TrainConfig"):
+    from peft import LoraConfig
+
+    kwargs = lora_kwargs(config)
+    known = {field.name for field in dataclasses.fields(LoraConfig)}
+    if "ensure_weight_tying" in kwargs and "ensure_weight_tying" not in known:
+        kwargs.pop("ensure_weight_tying")  # older PEFT: tied modules_to_save are untied (noted at load)
+    return LoraConfig(**kwargs)
+
+
+def lora_expected_trainable(config: "TrainConfig", model=None) -> list[str]:
+    """Name fragments that must receive a non-zero gradient after step 1."""
+    fragments = ["lora_A", "lora_B"]
+    if config.adapter.use_dora:
+        fragments.append("lora_magnitude_vector")
+    fragments += [f"{name}.modules_to_save" for name in _saved_modules_with_own_params(config, model)]
+    return fragments
+
+
+def _saved_modules_with_own_params(config: "TrainConfig", model=None) -> list[str]:
+    """modules_to_save entries that own a parameter; a tied lm_head shares embed_tokens' copy and its
+    parameter is listed (and trained) under embed_tokens."""
+    names = list(config.adapter.modules_to_save)
+    if model is not None and {"embed_tokens", "lm_head"} <= set(names) and common.tied_embeddings(model):
+        owned = common.trainable_names(model)
+        if not any("lm_head.modules_to_save" in name for name in owned):
+            names.remove("lm_head")
+    return names
+
+
+def liger_setting(config: "TrainConfig") -> Any:
+    value = common.option(config, "liger", "auto")
+    if value not in LIGER_CHOICES:
+        raise BabeltuneError(f"backend.options.liger: {value!r} is not one of auto, true, false")
+    return value
+
+
+def apply_liger(model, config: "TrainConfig", runtime: Runtime) -> Optional[str]:
+    """Fused RMSNorm/SwiGLU/RoPE/linear-cross-entropy kernels from liger-kernel, patched into the
+    instance before the adapter is attached. Returns a note line, or None when off."""
+    setting = liger_setting(config)
+    if setting is False:
+        return None
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if runtime.device != "cuda" or not installed:
+        why = "liger-kernel is not installed (pip install 'babeltune[fast]')" if not installed else "no GPU"
+        if setting is True:
+            raise BabeltuneError(f"backend.options.liger: true, but {why}; set liger: auto or false")
+        return f"liger-kernel: off ({why})"
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        _apply_liger_kernel_to_instance(model=model)
+    except Exception as exc:  # an unsupported architecture or version: train unfused, and say so
+        if setting is True:
+            raise BabeltuneError(f"backend.options.liger: could not patch this model ({exc}); set liger: auto or false") from None
+        return f"liger-kernel: off (patching failed: {str(exc).splitlines()[0]})"
+    return "liger-kernel: fused RMSNorm, SwiGLU, RoPE and linear cross-entropy applied"
+
+
+def load_prepared_base(config: "TrainConfig", runtime: Runtime) -> tuple[Any, Any, str, list[str]]:
+    """Tokenizer, base model (dtype, attention, 4-bit, checkpointing, fused kernels) and notes, ready for
+    an adapter. Shared by the LoRA and IA3 backends."""
+    model_class = common.model_class_for(runtime.model_dir)
+    attn, why = common.choose_attention(runtime, config.model.attn_implementation, model_class)
+    notes = [f"attention: {attn} ({why})", f"weights: {runtime.precision} on {runtime.device}"]
+    tokenizer = common.load_tokenizer(config, runtime)
+    model = common.load_base_model(config, runtime, attn)
+    if config.model.load_in_4bit:
+        notes.append("QLoRA: base weights in 4-bit NF4 (bitsandbytes, double quantisation)")
+    liger_note = apply_liger(model, config, runtime)
+    if liger_note:
+        notes.append(liger_note)
+    model = common.prepare_for_training(model, config)
+    if config.training.gradient_checkpointing:
+        notes.append("gradient checkpointing: non-reentrant, input embeddings require grad")
+    return tokenizer, model, attn, notes
+
+
+class HfPeftBackend(Backend):
+    name = "hf-peft"
+    description = "transformers + PEFT LoRA (rsLoRA, DoRA, QLoRA, modules_to_save with their own lr); CPU and GPU"
+
+    def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
+        from peft import get_peft_model
+
+        tokenizer, base, attn, notes = load_prepared_base(config, runtime)
+        tied = common.tied_embeddings(base)
+        model = get_peft_model(base, make_lora_config(config))
+        upcast = common.upcast_trainable(model)
+        expected = lora_expected_trainable(config, model)
+        common.check_fragments_trainable(model, expected, "adapter.target_modules/modules_to_save")
+        notes += self._adapter_notes(config, model, tied, upcast)
+        return LoadedModel(model=model, tokenizer=tokenizer, attn_implementation=attn, notes=notes,
+                           expected_trainable=expected, padding_free=attn == "flash_attention_2")
+
+    def _adapter_notes(self, config: "TrainConfig", model, tied: bool, upcast: int) -> list[str]:
+        adapter = config.adapter
+        kind = "DoRA" if adapter.use_dora else "LoRA"
+        scale = f"alpha/sqrt(r) = {adapter.lora_alpha / adapter.r ** 0.5:.3g} (rsLoRA)" if adapter.use_rslora \
+            else f"alpha/r = {adapter.lora_alpha / adapter.r:.3g}"
+        trainable, total, share = common.trainable_share(model)
+        notes = [f"{kind} r={adapter.r}, scale {scale}, on {adapter.target_modules}",
+                 f"trainable: {trainable:,} of {total:,} parameters ({share:.3f}%)"]
+        if adapter.modules_to_save:
+            lr = adapter.embedding_learning_rate or config.training.learning_rate
+            notes.append(f"modules_to_save {adapter.modules_to_save} train in full at lr {lr:g}")
+            if tied and {"embed_tokens", "lm_head"} & set(adapter.modules_to_save):
+                notes.append("tied embeddings: embed_tokens and lm_head share one weight, so they share one "
+                             "trainable copy (listed under embed_tokens)")
+        if upcast:
+            notes.append(f"{upcast} trainable tensors upcast to float32 for the optimizer")
+        return notes
+
+    def optimizer_param_groups(self, model: Any, config: "TrainConfig") -> Optional[list[dict]]:
+        return common.optimizer_param_groups(
+            model, config, special=[f"{name}.modules_to_save" for name in config.adapter.modules_to_save],
+            special_lr=config.adapter.embedding_learning_rate)
+
+    def translate(self, config: "TrainConfig") -> dict[str, Any]:
+        return {
+            "from_pretrained": {"attn_implementation": config.model.attn_implementation,
+                                "load_in_4bit": config.model.load_in_4bit, "dtype": config.model.dtype},
+            "lora_config": lora_kwargs(config),
+            "gradient_checkpointing_kwargs": {"use_reentrant": False} if config.training.gradient_checkpointing else None,
+            "embedding_learning_rate": config.adapter.embedding_learning_rate,
+            "liger": liger_setting(config),
+        }
+
+
+@hookimpl
+def register_backends(register) -> None:
+    register(HfPeftBackend())

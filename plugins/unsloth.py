@@ -1,0 +1,149 @@
+"""The unsloth backend: Unsloth's FastLanguageModel (its own kernels and gradient checkpointing) with
+the config's LoRA values, and UnslothTrainer for the separate embedding learning rate.
+
+Unsloth is imported only inside ``load``/``trainer_class``: it patches torch and transformers on
+import and fails without an NVIDIA GPU, so ``availability`` decides without importing it."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any, Optional
+
+from babeltune.errors import BabeltuneError
+from babeltune.plugins import common
+from babeltune.trainer.backend import Backend, LoadedModel, Runtime
+from babeltune.trainer.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from babeltune.config import TrainConfig
+
+INSTALL_HINT = "pip install 'babeltune[unsloth]'"
+CONFIG_DTYPES = {"auto": None, "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def unsloth_installed() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def translate_config(config: "TrainConfig") -> dict[str, Any]:
+    """The config as Unsloth arguments: FastLanguageModel.from_pretrained, FastLanguageModel.get_peft_model
+    and UnslothTrainingArguments (only the keys Unsloth adds; the core builds the rest)."""
+    adapter, model = config.adapter, config.model
+    from_pretrained = {
+        "max_seq_length": model.max_seq_length,
+        "dtype": CONFIG_DTYPES[model.dtype],    # None = Unsloth picks bf16 where supported, else fp16
+        "load_in_4bit": model.load_in_4bit,
+    }
+    get_peft_model = {
+        "r": adapter.r,
+        "lora_alpha": adapter.lora_alpha,
+        "lora_dropout": adapter.lora_dropout,
+        "target_modules": adapter.target_modules,
+        "bias": adapter.bias,
+        "use_rslora": adapter.use_rslora,
+        "use_gradient_checkpointing": "unsloth" if config.training.gradient_checkpointing else False,
+        "random_state": config.training.seed,
+        "modules_to_save": list(adapter.modules_to_save) or None,
+    }
+    training_args = {"embedding_learning_rate": adapter.embedding_learning_rate if adapter.modules_to_save else None}
+    return {"from_pretrained": from_pretrained, "get_peft_model": get_peft_model, "training_args": training_args}
+
+
+def unsupported(config: "TrainConfig") -> list[str]:
+    """Config values Unsloth's fast path cannot honour; ``load`` refuses them rather than drop them."""
+    problems = []
+    if config.adapter.use_dora:
+        problems.append("adapter.use_dora: Unsloth's fast LoRA kernels do not implement DoRA; use --backend hf-peft")
+    if config.model.attn_implementation == "eager":
+        problems.append("model.attn_implementation: eager is not used by Unsloth (it picks its own kernels); set auto")
+    return problems
+
+
+class UnslothBackend(Backend):
+    name = "unsloth"
+    description = "Unsloth FastLanguageModel LoRA/QLoRA with its own kernels and checkpointing (NVIDIA GPU only)"
+
+    def availability(self) -> tuple[bool, str]:
+        if not cuda_available():
+            return False, "no NVIDIA GPU (torch.cuda.is_available() is False)"
+        if not unsloth_installed():
+            return False, f"unsloth not installed ({INSTALL_HINT})"
+        return True, ""
+
+    def translate(self, config: "TrainConfig") -> dict[str, Any]:
+        return translate_config(config)
+
+    def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
+        usable, why = self.availability()
+        if not usable:
+            raise BabeltuneError(f"backend unsloth: {why}; use --backend hf-peft")
+        problems = unsupported(config)
+        if problems:
+            raise BabeltuneError("\n".join(problems))
+        from unsloth import FastLanguageModel  # imported here only: it patches torch/transformers
+
+        args = translate_config(config)
+        from_pretrained = dict(args["from_pretrained"], dtype=common.torch_dtype(runtime.precision))
+        model, tokenizer = FastLanguageModel.from_pretrained(model_name=runtime.model_dir, **from_pretrained)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = FastLanguageModel.get_peft_model(model, **args["get_peft_model"])
+        return self._loaded(model, tokenizer, config)
+
+    def _loaded(self, model, tokenizer, config: "TrainConfig") -> LoadedModel:
+        from babeltune.plugins.hf_peft import lora_expected_trainable
+
+        expected = lora_expected_trainable(config, model)
+        # Unsloth has silently dropped embed_tokens/lm_head from modules_to_save before: check now, and the
+        # core checks their gradients after step 1.
+        common.check_fragments_trainable(model, expected, "adapter.modules_to_save (unsloth)")
+        trainable, total, share = common.trainable_share(model)
+        attn = getattr(model.config, "_attn_implementation", None) or "unsloth"
+        notes = [f"unsloth {_version('unsloth')}: attention {attn}, gradient checkpointing "
+                 f"{'unsloth' if config.training.gradient_checkpointing else 'off'}",
+                 f"trainable: {trainable:,} of {total:,} parameters ({share:.3f}%)"]
+        if config.adapter.modules_to_save:
+            notes.append(f"modules_to_save {config.adapter.modules_to_save} at embedding lr "
+                         f"{config.adapter.embedding_learning_rate or config.training.learning_rate:g} (UnslothTrainer)")
+        return LoadedModel(model=model, tokenizer=tokenizer, attn_implementation=attn, notes=notes,
+                           expected_trainable=expected, padding_free=False)
+
+    def optimizer_param_groups(self, model: Any, config: "TrainConfig") -> Optional[list[dict]]:
+        # The same groups as hf-peft (UnslothTrainer keeps an optimizer it is given); when the core lets
+        # UnslothTrainer build its own, training_args.embedding_learning_rate gives the same split.
+        return common.optimizer_param_groups(
+            model, config, special=[f"{name}.modules_to_save" for name in config.adapter.modules_to_save],
+            special_lr=config.adapter.embedding_learning_rate)
+
+    def trainer_class(self) -> Optional[type]:
+        from unsloth import UnslothTrainer
+
+        return UnslothTrainer
+
+    def training_arguments_class(self) -> Optional[type]:
+        """UnslothTrainingArguments (adds ``embedding_learning_rate``); for cores that build their own args."""
+        from unsloth import UnslothTrainingArguments
+
+        return UnslothTrainingArguments
+
+
+def _version(name: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+@hookimpl
+def register_backends(register) -> None:
+    register(UnslothBackend())

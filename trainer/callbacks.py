@@ -1,0 +1,275 @@
+"""Trainer callbacks owned by the core: progress, metrics JSONL, loss curve, NaN guard, gradient check.
+
+Each factory imports transformers lazily and returns a ``transformers.TrainerCallback``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from babeltune.errors import BabeltuneError, atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+
+
+def _base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def progress_callback(echo: Callable[[str], Any] = print):
+    """A rich progress bar (step, loss, tokens/s, ETA) on terminals, plus one line per log on every output."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class RichProgress(_base()):
+        def __init__(self):
+            self.console = Console(stderr=True)
+            self.progress: Optional[Progress] = None
+            self.task = None
+            self.start_time = self.start_step = self.start_tokens = 0
+            self.last_loss = float("nan")
+
+        def tokens_per_second(self, state) -> float:
+            elapsed = time.monotonic() - self.start_time
+            return (state.num_input_tokens_seen - self.start_tokens) / elapsed if elapsed > 0 else 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_time, self.start_step = time.monotonic(), state.global_step
+            self.start_tokens = state.num_input_tokens_seen or 0
+            if self.console.is_terminal:
+                self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                                         TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
+                                                   loss="-", tps="-")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.update(self.task, completed=state.global_step, loss=f"{self.last_loss:.4f}",
+                                     tps=f"{self.tokens_per_second(state):,.0f}")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                self.last_loss = logs["loss"]
+            done = state.global_step - self.start_step
+            elapsed = time.monotonic() - self.start_time
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else 0
+            shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
+                              if k in ("loss", "eval_loss", "learning_rate", "grad_norm"))
+            if shown:
+                line = (f"step {state.global_step}/{state.max_steps}  {shown}  "
+                        f"{self.tokens_per_second(state):,.0f} tok/s  ETA {format_eta(eta)}")
+                (self.progress.console.print if self.progress else echo)(line)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+
+    return RichProgress()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics JSONL and the loss curve
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    return records
+
+
+def metrics_callback(output_dir: str | Path):
+    """Append every log (train loss, eval loss, lr, grad norm, tokens seen) to metrics.jsonl.
+    On resume, records past the checkpoint's step are dropped: those steps are trained again."""
+    path = Path(output_dir) / METRICS_FILE
+
+    class MetricsJsonl(_base()):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                kept = [r for r in read_metrics(path) if r.get("step", 0) <= state.global_step]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            record = {"step": state.global_step, "epoch": state.epoch, "tokens_seen": state.num_input_tokens_seen,
+                      "time": round(time.time(), 3), **logs}
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, default=float) + "\n")
+
+    return MetricsJsonl()
+
+
+def plot_losses(metrics_path: Path, png_path: Path) -> Optional[Path]:
+    """Train and eval loss against step, as a PNG (written via a temp file). None when nothing was logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
+    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
+    if not train and not evals:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    for points, label, style in ((train, "train loss", "-"), (evals, "eval loss", "o-")):
+        if points:
+            axes.plot(*zip(*points), style, label=label)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss (nats/token)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def loss_plot_callback(output_dir: str | Path):
+    folder = Path(output_dir)
+
+    class LossPlot(_base()):
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                plot_losses(folder / METRICS_FILE, folder / LOSS_PLOT)
+
+    return LossPlot()
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN guard
+
+
+def nonfinite_causes(config) -> list[str]:
+    """Likely causes of non-finite losses, most likely first, with the values from this config."""
+    tr, ad = config.training, config.adapter
+    causes = [f"learning rate too high (training.learning_rate {tr.learning_rate:g}): try 2-5x lower"]
+    if tr.precision == "fp16":
+        causes.append("fp16 overflow (training.precision fp16): use bf16 on GPUs that support it, or fp32")
+    if tr.warmup_steps == 0 and tr.warmup_ratio == 0:
+        causes.append("no warmup (training.warmup_steps 0, warmup_ratio 0): warm up over ~3-5% of steps")
+    if ad.modules_to_save:
+        rate = ad.embedding_learning_rate or tr.learning_rate
+        causes.append(f"full-rank {', '.join(ad.modules_to_save)} at learning rate {rate:g}: set adapter.embedding_learning_rate lower")
+    causes.append(f"gradient clipping too loose (training.max_grad_norm {tr.max_grad_norm:g}): try 0.3-1.0")
+    causes.append("bad data: rows whose labels are all -100 or corrupt text; check data.train")
+    return causes
+
+
+def nan_guard_callback(limit: int):
+    """Stops training after ``limit`` optimizer steps with a non-finite loss and blocks every checkpoint save from
+    the first one on (the weights after a NaN step are damaged), so the last checkpoint stays a good one.
+    ``tripped``/``first_step``/``count`` tell the caller what happened."""
+
+    class NanGuard(_base()):
+        def __init__(self):
+            self.step_bad = False
+            self.count = 0
+            self.first_step: Optional[int] = None
+            self.tripped = False
+            self.handle = None
+
+        def _watch(self, module, inputs, output):
+            loss = getattr(output, "loss", None)
+            if loss is None and isinstance(output, dict):
+                loss = output.get("loss")
+            if loss is not None and not bool(loss.detach().isfinite().all()):
+                self.step_bad = True
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if model is not None and self.handle is None:
+                self.handle = model.register_forward_hook(self._watch)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_bad = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.step_bad:
+                self.count += 1
+                self.first_step = self.first_step or state.global_step
+            if self.first_step is not None:
+                control.should_save = False
+            if self.count >= limit:
+                self.tripped = True
+                control.should_training_stop = True
+            return control
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.handle is not None:
+                self.handle.remove()
+                self.handle = None
+
+    return NanGuard()
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient check after the first optimizer step
+
+
+def ungraded_fragments(model: Any, fragments: list[str]) -> dict[str, str]:
+    """fragment -> problem, for every expected-trainable name fragment without a non-zero gradient."""
+    problems = {}
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    for fragment in fragments:
+        matched = [p for name, p in params if fragment in name]
+        if not matched:
+            problems[fragment] = "matches no trainable parameter"
+        elif not any(p.grad is not None and bool(p.grad.detach().abs().max() > 0) for p in matched):
+            problems[fragment] = f"all {len(matched)} matching parameter(s) got a zero or missing gradient"
+    return problems
+
+
+def gradient_check_callback(fragments: list[str]):
+    """Every fragment in ``LoadedModel.expected_trainable`` must match a trainable parameter with a non-zero
+    gradient (frameworks drop such modules silently). Checked before the first optimizer step; fragments
+    still at zero are checked again before the second one, because a LoRA A matrix has a zero gradient at
+    step 1 by construction (B starts at zero, so dL/dA = 0 until B has moved)."""
+
+    class GradientCheck(_base()):
+        def __init__(self):
+            self.pending = list(fragments)
+            self.rounds = 0
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if not self.pending or model is None or self.rounds >= 2:
+                return
+            self.rounds += 1
+            problems = ungraded_fragments(model, self.pending)
+            self.pending = list(problems)
+            if problems and (self.rounds == 2 or any("matches no" in why for why in problems.values())):
+                listed = "; ".join(f"{k}: {v}" for k, v in problems.items())
+                raise BabeltuneError(f"gradient check at step {state.global_step + 1}: modules meant to train got no "
+                                     f"gradient ({listed}); check adapter.target_modules / modules_to_save against "
+                                     "the model's module names")
+
+    return GradientCheck()

@@ -1,0 +1,354 @@
+"""Training data: corpus -> token rows -> batches.
+
+cpt (continued pretraining): documents are tokenised with an EOS after each one, then
+  - blocks:       concatenated and cut into max_seq_length blocks (labels = input ids);
+  - padding_free: greedily packed into rows of at most max_seq_length tokens, and a batch is flattened into
+                  one row whose position ids restart at every document (no attention across documents,
+                  no padding; needs flash-attention varlen, i.e. ``LoadedModel.padding_free``);
+  - off:          one document per row, padded per batch.
+sft: instruction/response records or chat ``messages`` (the tokenizer's chat template); loss only on the
+  response tokens (labels -100 on the prompt).
+
+When no eval corpus is given, a deterministic held-out split picks documents by a hash of their text, so
+the same document is held out in every run, whatever the seed or the file order.
+Plain torch Datasets: the GPU machine has no `datasets` package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+
+from babeltune.errors import BabeltuneError
+
+if TYPE_CHECKING:
+    from babeltune.config import TrainConfig
+
+IGNORE_INDEX = -100
+TOKENIZE_BATCH = 512
+
+
+class TokenRows:
+    """A list of token rows as a map-style torch Dataset (``__len__`` + ``__getitem__``)."""
+
+    def __init__(self, rows: list[dict[str, list[int]]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.rows[index]
+
+    def token_count(self) -> int:
+        return sum(len(row["input_ids"]) for row in self.rows)
+
+
+@dataclass
+class PreparedData:
+    train: TokenRows
+    eval: Optional[TokenRows]
+    collator: Callable[[list[dict]], dict]
+    eval_texts: list[str]                  # held-out documents as text (scored in bits per character at the end)
+    heldout_source: str                    # where the held-out split came from, for the log and manifest
+    stats: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading (the advisor's corpus reader: same formats, same errors)
+
+
+def corpus_spec(config: "TrainConfig", path: str):
+    from babeltune.advisor.corpus import CorpusSpec
+
+    data = config.data
+    return CorpusSpec(path=path, doc_split=data.doc_split, text_field=data.text_field, text_column=data.text_column)
+
+
+def read_documents(config: "TrainConfig", path: str) -> list[str]:
+    from babeltune.advisor.corpus import iter_documents
+
+    documents = list(iter_documents(corpus_spec(config, path)))
+    if not documents:
+        raise BabeltuneError(f"{path}: no text documents found; point data.train/data.eval at a non-empty corpus")
+    return documents
+
+
+def read_records(config: "TrainConfig", path: str) -> list[dict]:
+    from babeltune.advisor.corpus import iter_records
+
+    records = list(iter_records(corpus_spec(config, path)))
+    if not records:
+        raise BabeltuneError(f"{path}: no records found; SFT needs a JSONL/CSV/parquet file with one example per row")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out split
+
+
+def heldout_score(text: str) -> float:
+    """A stable number in [0, 1) derived from the text alone."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def split_heldout(items: list, key: Callable[[Any], str], fraction: float) -> tuple[list, list]:
+    """(train, held out): items whose text hash falls below ``fraction``; at least one of each side."""
+    if len(items) < 2:
+        raise BabeltuneError(f"data.train: {len(items)} document(s) cannot be split into train and held-out parts; "
+                             "add documents or set data.eval to a separate corpus")
+    scores = [heldout_score(key(item)) for item in items]
+    held = [i for i, s in enumerate(scores) if s < fraction]
+    if not held:  # tiny corpora: hold out the single lowest-scoring document
+        held = [min(range(len(items)), key=scores.__getitem__)]
+    if len(held) == len(items):
+        held = held[:-1]
+    held_set = set(held)
+    return [x for i, x in enumerate(items) if i not in held_set], [items[i] for i in held]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenisation
+
+
+def require_eos(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise BabeltuneError("model.tokenizer: the tokenizer has no EOS token, which separates documents; "
+                             "use a tokenizer with an eos_token")
+    return tokenizer.eos_token_id
+
+
+def tokenize_documents(tokenizer, documents: list[str]) -> list[list[int]]:
+    """Token ids per document as the model normally sees them (BOS if the tokenizer adds one), + EOS."""
+    eos = require_eos(tokenizer)
+    out: list[list[int]] = []
+    for start in range(0, len(documents), TOKENIZE_BATCH):
+        encoded = tokenizer(documents[start:start + TOKENIZE_BATCH], add_special_tokens=True)["input_ids"]
+        for ids in encoded:
+            ids = list(ids)
+            if not ids or ids[-1] != eos:
+                ids.append(eos)
+            out.append(ids)
+    return out
+
+
+def chunks(ids: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
+def pack_blocks(docs: list[list[int]], block: int) -> list[dict]:
+    """Concatenate and cut into ``block``-token rows. The remainder is dropped unless it is the only row."""
+    stream = [token for doc in docs for token in doc]
+    full = len(stream) // block
+    rows = [stream[i * block:(i + 1) * block] for i in range(full)]
+    if not rows and stream:
+        rows = [stream]
+    return [{"input_ids": row, "labels": list(row)} for row in rows]
+
+
+def pack_padding_free(docs: list[list[int]], block: int) -> list[dict]:
+    """Greedy in-order packing of whole documents into rows of <= ``block`` tokens, remembering where each
+    document starts so the collator can restart position ids there."""
+    rows, current, lengths = [], [], []
+    for doc in docs:
+        for piece in chunks(doc, block):
+            if current and len(current) + len(piece) > block:
+                rows.append({"input_ids": current, "labels": list(current), "doc_lengths": lengths})
+                current, lengths = [], []
+            current = current + piece
+            lengths.append(len(piece))
+    if current:
+        rows.append({"input_ids": current, "labels": list(current), "doc_lengths": lengths})
+    return rows
+
+
+def one_per_row(docs: list[list[int]], block: int) -> list[dict]:
+    """One document per row (long documents split into block-sized pieces); padded later per batch."""
+    return [{"input_ids": piece, "labels": list(piece)} for doc in docs for piece in chunks(doc, block) if len(piece) > 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# SFT
+
+
+def chat_segments(tokenizer, messages: list[dict], where: str) -> list[tuple[str, bool]]:
+    """Render ``messages`` with the chat template turn by turn: (text, carries_loss) segments.
+    Each prefix rendering must extend the previous one, so the response tokens are exactly located."""
+    segments, previous = [], ""
+    for k in range(1, len(messages) + 1):
+        next_is_assistant = k < len(messages) and messages[k].get("role") == "assistant"
+        text = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=next_is_assistant)
+        if not text.startswith(previous):
+            raise BabeltuneError(f"{where}: the tokenizer's chat template renders turns inconsistently; "
+                                 "use prompt/response fields instead of messages")
+        segments.append((text[len(previous):], messages[k - 1].get("role") == "assistant"))
+        previous = text
+    return segments
+
+
+def record_segments(tokenizer, record: dict, config: "TrainConfig", where: str) -> list[tuple[str, bool]]:
+    data = config.data
+    if data.messages_field in record:
+        messages = record[data.messages_field]
+        if (not isinstance(messages, list) or not messages
+                or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)):
+            raise BabeltuneError(f"{where}: {data.messages_field} must be a list of {{role, content}} objects")
+        if not getattr(tokenizer, "chat_template", None):
+            raise BabeltuneError(f"{where}: chat messages need a tokenizer with a chat template; "
+                                 f"use {data.prompt_field}/{data.response_field} fields for this model")
+        return chat_segments(tokenizer, messages, where)
+    missing = [name for name in (data.prompt_field, data.response_field) if not isinstance(record.get(name), str)]
+    if missing:
+        raise BabeltuneError(f"{where}: text field(s) {', '.join(missing)} missing (keys: {', '.join(map(str, record)) or 'none'}); "
+                             "set data.prompt_field / data.response_field or data.messages_field")
+    prompt, response = record[data.prompt_field], record[data.response_field]
+    if getattr(tokenizer, "chat_template", None):
+        return chat_segments(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], where)
+    return [(prompt.rstrip() + "\n", False), (response, True)]
+
+
+def encode_sft(tokenizer, segments: list[tuple[str, bool]], block: int) -> Optional[dict]:
+    """Token ids with labels only on response segments; None when truncation leaves no response token."""
+    eos = require_eos(tokenizer)
+    ids, labels = [], []
+    for index, (text, trains) in enumerate(segments):
+        piece = tokenizer(text, add_special_tokens=(index == 0))["input_ids"]
+        ids += piece
+        labels += piece if trains else [IGNORE_INDEX] * len(piece)
+    if labels and labels[-1] != IGNORE_INDEX and ids[-1] != eos:
+        ids.append(eos)
+        labels.append(eos)
+    ids, labels = ids[:block], labels[:block]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return {"input_ids": ids, "labels": labels}
+
+
+def sft_rows(tokenizer, records: list[dict], config: "TrainConfig", source: str) -> tuple[list[dict], int]:
+    rows, dropped = [], 0
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise BabeltuneError(f"{source}: record {index + 1} is not an object")
+        row = encode_sft(tokenizer, record_segments(tokenizer, record, config, f"{source}: record {index + 1}"),
+                         config.model.max_seq_length)
+        if row is None:
+            dropped += 1
+        else:
+            rows.append(row)
+    return rows, dropped
+
+
+def record_text(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+
+
+# ---------------------------------------------------------------------------------------------
+# Collators
+
+
+class PadCollator:
+    """Right-pad a batch: pad id in input_ids, -100 in labels, 0 in attention_mask."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, mask = [], [], []
+        for f in features:
+            gap = width - len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_token_id] * gap)
+            labels.append(list(f["labels"]) + [IGNORE_INDEX] * gap)
+            mask.append([1] * len(f["input_ids"]) + [0] * gap)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+class FlattenCollator:
+    """Padding-free batches: every row of the batch is concatenated into one row; position ids restart at each
+    document and the first label of each document is -100 (it would be predicted across a document boundary)."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        ids, labels, positions = [], [], []
+        for f in features:
+            lengths = f.get("doc_lengths") or [len(f["input_ids"])]
+            start = 0
+            for length in lengths:
+                ids += f["input_ids"][start:start + length]
+                labels += [IGNORE_INDEX] + list(f["labels"][start + 1:start + length])
+                positions += list(range(length))
+                start += length
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def cpt_rows(tokenizer, documents: list[str], packing: str, block: int) -> list[dict]:
+    docs = tokenize_documents(tokenizer, documents)
+    if packing == "padding_free":
+        return pack_padding_free(docs, block)
+    if packing == "blocks":
+        return pack_blocks(docs, block)
+    return one_per_row(docs, block)
+
+
+def effective_packing(config: "TrainConfig", padding_free_supported: bool, notes: list[str]) -> str:
+    packing = config.data.packing
+    if packing == "padding_free" and not padding_free_supported:
+        notes.append("data.packing padding_free needs flash-attention varlen, which this model load does not support; "
+                     "using blocks instead")
+        return "blocks"
+    if config.data.mode == "sft" and packing == "blocks":
+        notes.append("sft: one example per row (padded per batch); blocks packing applies to cpt only")
+        return "off"
+    return packing
+
+
+def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False) -> PreparedData:
+    """Read, split and tokenise the corpora of ``config`` for the HF Trainer."""
+    notes: list[str] = []
+    packing = effective_packing(config, padding_free, notes)
+    block = config.model.max_seq_length
+    sft = config.data.mode == "sft"
+    read = read_records if sft else read_documents
+    key = record_text if sft else (lambda text: text)
+    train_items = read(config, config.data.train)
+    if config.data.eval:
+        eval_items, source = read(config, config.data.eval), f"data.eval ({config.data.eval})"
+    else:
+        train_items, eval_items = split_heldout(train_items, key, config.data.eval_fraction)
+        source = f"hash split of data.train (eval_fraction {config.data.eval_fraction})"
+    eval_items = eval_items[:config.eval.max_eval_documents]
+    stats = {"train_documents": len(train_items), "eval_documents": len(eval_items), "packing": packing}
+    if sft:
+        train_rows, dropped = sft_rows(tokenizer, train_items, config, config.data.train)
+        eval_rows, _ = sft_rows(tokenizer, eval_items, config, config.data.eval or config.data.train)
+        eval_texts = [key(record) for record in eval_items]
+        if dropped:
+            notes.append(f"sft: {dropped} example(s) dropped: the prompt fills all {block} tokens, leaving no response to learn")
+    else:
+        train_rows = cpt_rows(tokenizer, train_items, packing, block)
+        eval_rows = cpt_rows(tokenizer, eval_items, "off" if packing == "blocks" else packing, block)
+        eval_texts = list(eval_items)
+    if not train_rows:
+        raise BabeltuneError(f"{config.data.train}: no training rows after tokenisation; check data.mode and the fields")
+    train, evaluation = TokenRows(train_rows), (TokenRows(eval_rows) if eval_rows else None)
+    stats.update(train_rows=len(train), train_tokens=train.token_count(),
+                 eval_rows=len(evaluation or []), eval_tokens=evaluation.token_count() if evaluation else 0)
+    collator = FlattenCollator() if packing == "padding_free" else PadCollator(pad_id(tokenizer))
+    return PreparedData(train, evaluation, collator, eval_texts, source, stats, notes)
+
+
+def pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return require_eos(tokenizer)

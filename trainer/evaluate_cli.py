@@ -1,0 +1,79 @@
+"""`babeltune eval`: bits per character per language, before and after an adapter.
+
+Heavy libraries (torch, transformers, peft) load inside the command, so `--help` stays instant."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from babeltune.errors import BabeltuneError, handle_errors
+
+
+def parse_corpus_option(value: str) -> tuple[str, str]:
+    """'LANG=PATH' -> (LANG, PATH); anything else is a one-line error with the fix."""
+    language, sep, path = value.partition("=")
+    language, path = language.strip(), path.strip()
+    if not sep or not language or not path:
+        raise BabeltuneError(f"--corpus {value!r}: expected LANG=PATH, e.g. --corpus mr=data/mr.txt "
+                             "(repeat --corpus for more languages)")
+    return language, path
+
+
+def resolve_corpora(values: tuple[str, ...]) -> dict[str, str]:
+    """LANG=PATH options -> {language code: path}. Languages are resolved by name, ISO code or native name
+    when the language profiles are installed; the same language twice is an error."""
+    corpora: dict[str, str] = {}
+    for value in values:
+        language, path = parse_corpus_option(value)
+        code = _language_code(language)
+        if code in corpora:
+            raise BabeltuneError(f"--corpus {value!r}: language {code!r} is given twice; "
+                                 "pass one corpus per language (a folder holds several files)")
+        corpora[code] = path
+    return corpora
+
+
+def _language_code(language: str) -> str:
+    try:
+        from babeltune.advisor.language import resolve_language
+    except ImportError:   # language profiles not installed in this tree: keep the label as typed
+        return language
+    return resolve_language(language).code
+
+
+@click.command("eval")
+@click.option("--model", "model_spec", required=True, metavar="M",
+              help="Built-in model name, Hugging Face folder or GGUF file.")
+@click.option("--adapter", default=None, metavar="DIR",
+              help="PEFT adapter folder written by `train`; scores before and after it.")
+@click.option("--corpus", "corpus_options", multiple=True, required=True, metavar="LANG=PATH",
+              help="Held-out text per language (repeatable): text, JSONL, CSV, parquet, or a folder.")
+@click.option("--max-documents", type=int, default=None, metavar="N", help="Score at most N documents per language.")
+@click.option("--max-length", type=int, default=1024, show_default=True, metavar="N",
+              help="Tokens per forward pass; longer documents are scored with a sliding window.")
+@click.option("--batch-size", type=int, default=4, show_default=True, metavar="N", help="Windows per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("--out", "out_file", default=None, metavar="FILE", help="Also write the JSON report to FILE.")
+@handle_errors
+def eval_command(model_spec, adapter, corpus_options, max_documents, max_length, batch_size, as_json, out_file):
+    """Bits per character per language (total nats / ln 2 / characters): comparable across
+    tokenizers, so it shows what an adapter gained on its language and what English lost."""
+    corpora = resolve_corpora(corpus_options)
+    from babeltune.trainer.evaluate import evaluate_corpora
+
+    report = evaluate_corpora(model_spec, corpora, adapter=adapter, max_documents=max_documents,
+                              max_length=max_length, batch_size=batch_size, echo=_echo_stderr)
+    if out_file:
+        path = report.write_json(out_file)
+        _echo_stderr(f"eval: report written to {path}")
+    if as_json:
+        click.echo(report.to_json(), nl=False)
+    else:
+        from rich.console import Console
+        Console().print(report.render_table())
+
+
+def _echo_stderr(message: str) -> None:
+    click.echo(message, file=sys.stderr)

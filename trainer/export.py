@@ -1,0 +1,145 @@
+"""The final output: the adapter (PEFT, safetensors) + tokenizer + resolved config, a reload check, a merged model.
+
+The reload check loads the saved folder exactly as a user would (``PeftModel.from_pretrained`` on a freshly
+loaded base model), compares its logits with the in-memory model, and fails when the adapter changes
+nothing (logits equal to the base model's): a run that trained nothing must not look like a success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from babeltune.errors import BabeltuneError, atomic_write_text
+
+if TYPE_CHECKING:
+    from babeltune.config import TrainConfig
+
+RESOLVED_CONFIG = "babeltune_config.yaml"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Logit agreement between the saved and the in-memory adapter (max |diff| / max |logit|).
+TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 1e-2, "4bit": 0.15}  # 4bit: reloaded in full precision
+# Below this relative difference the adapter is indistinguishable from the base model.
+NO_EFFECT = 1e-7
+
+
+@dataclass
+class ReloadCheck:
+    max_abs_diff: float            # saved vs in-memory logits
+    relative_diff: float
+    adapter_effect: float          # adapted vs base logits (relative); ~0 means the adapter does nothing
+    tolerance: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def is_peft_model(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def resolved_config_yaml(config: "TrainConfig") -> str:
+    header = "# The resolved config of this run (defaults filled in); `train --config` accepts it as is.\n"
+    return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_final(model: Any, tokenizer: Any, config: "TrainConfig", output_dir: str | Path) -> Path:
+    """Adapter weights (safetensors) + adapter_config.json + tokenizer + the resolved config, in output_dir."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not is_peft_model(model):
+        raise BabeltuneError(f"backend {config.backend.name}: the trained model is not a PEFT model, so no adapter can "
+                             "be saved; the backend must return a peft.PeftModel")
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    atomic_write_text(folder / RESOLVED_CONFIG, resolved_config_yaml(config))
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise BabeltuneError(f"{folder}: the adapter was not written as {ADAPTER_WEIGHTS}; check disk space and permissions")
+    return folder
+
+
+def probe_batch(tokenizer: Any, texts: list[str], max_length: int, device: Any) -> dict:
+    """A small real batch (held-out text) for the logit comparisons."""
+    import torch
+
+    sample = [t for t in texts[:4] if t.strip()] or ["babeltune"]
+    ids = [tokenizer(t, add_special_tokens=True)["input_ids"][:min(max_length, 64)] for t in sample]
+    width = max(len(row) for row in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    mask = [[1] * len(row) + [0] * (width - len(row)) for row in ids]
+    ids = [row + [pad] * (width - len(row)) for row in ids]
+    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
+
+
+def logits(model: Any, batch: dict):
+    import torch
+
+    with torch.no_grad():
+        out = model(**batch).logits.float()
+    return out[batch["attention_mask"].bool()]
+
+
+def relative(a, b) -> tuple[float, float]:
+    diff = float((a - b).abs().max())
+    return diff, diff / max(float(b.abs().max()), 1e-12)
+
+
+def load_saved(folder: Path, model_dir: str, in_memory: Any) -> Any:
+    """Base model from ``model_dir`` in the in-memory model's dtype/device + the saved adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    reference = next(in_memory.parameters())
+    attn = getattr(getattr(in_memory, "config", None), "_attn_implementation", None)
+    kwargs = {"dtype": in_memory.get_base_model().dtype}
+    if attn:
+        kwargs["attn_implementation"] = attn
+    base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(reference.device)
+    return PeftModel.from_pretrained(base, str(folder)).eval()
+
+
+def reload_check(model: Any, folder: Path, model_dir: str, tokenizer: Any, texts: list[str], *,
+                 precision: str, max_length: int) -> tuple[ReloadCheck, Any]:
+    """Compare logits of the saved adapter (reloaded from disk) with the in-memory model. Returns the check and
+    the reloaded model (for merging and evaluation). Raises BabeltuneError on a mismatch or a no-op adapter."""
+    was_training = model.training
+    model.eval()
+    batch = probe_batch(tokenizer, texts, max_length, next(model.parameters()).device)
+    try:
+        current = logits(model, batch)
+        with model.disable_adapter():
+            base = logits(model, batch)
+        reloaded_model = load_saved(folder, model_dir, model)
+        reloaded = logits(reloaded_model, batch)
+    finally:
+        model.train(was_training)
+    abs_diff, rel_diff = relative(reloaded, current)
+    _, effect = relative(current, base)
+    check = ReloadCheck(abs_diff, rel_diff, effect, TOLERANCE.get(precision, 3e-2))
+    if effect <= NO_EFFECT:
+        raise BabeltuneError(f"{folder}: the saved adapter does not change the model (logits equal the base model's, "
+                             f"relative difference {effect:.1e}); training did not update it: check learning_rate, "
+                             "max_steps and the gradient check in the log")
+    if rel_diff > check.tolerance:
+        raise BabeltuneError(f"{folder}: the reloaded adapter's logits differ from the trained model's by {rel_diff:.2e} "
+                             f"(relative; tolerance {check.tolerance:g} in {precision}); the saved adapter is not the "
+                             "trained one: check adapter_config.json target_modules and modules_to_save")
+    return check, reloaded_model
+
+
+def merge(reloaded_model: Any, tokenizer: Any, folder: Path) -> Path:
+    """Fold the adapter into the base weights and save a plain transformers model (safetensors)."""
+    merged = reloaded_model.merge_and_unload()
+    folder.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+

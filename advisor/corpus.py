@@ -213,12 +213,12 @@ def iter_documents(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None
 
 def documents_in_file(path: Path, spec: CorpusSpec) -> Iterator[str]:
     """Documents of one (already checked) file."""
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
+    if path.suffix.lower() == ".txt":
         yield from _txt_documents(path, spec.doc_split)
         return
-    for record in _records_in_file(path, spec):
-        text = _record_text(record, path, spec).strip()
+    column, rows = _file_rows(path, spec)
+    for row in rows:
+        text = _row_text(row, column, path, spec).strip()
         if text:
             yield text
 
@@ -255,9 +255,9 @@ def iter_records(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
     count = 0
     for path in usable_files(spec, skipped):
         if path.suffix.lower() == ".txt":
-            rows = ({"text": doc} for doc in _txt_documents(path, spec.doc_split))
+            rows: Iterator[dict] = ({"text": doc} for doc in _txt_documents(path, spec.doc_split))
         else:
-            rows = _records_in_file(path, spec)
+            rows = _file_rows(path, spec)[1]
         for row in rows:
             count += 1
             yield row
@@ -265,14 +265,18 @@ def iter_records(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
         raise empty_corpus_error(spec, skipped)
 
 
-def _records_in_file(path: Path, spec: CorpusSpec) -> Iterator[dict]:
+def _file_rows(path: Path, spec: CorpusSpec) -> tuple[Optional[str], Iterator[dict]]:
+    """(text column or None for JSONL, rows) of one structured file; the column is checked up front."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        yield from _jsonl_records(path)
-    elif suffix in (".csv", ".tsv"):
-        yield from _csv_records(path, spec, delimiter="\t" if suffix == ".tsv" else ",")
-    elif suffix == ".parquet":
-        yield from _parquet_records(path, spec)
+        return None, _jsonl_records(path)
+    if suffix == ".parquet":
+        parquet = _parquet_file(path)
+        return _choose_column(list(parquet.schema_arrow.names), spec, path), _parquet_rows(parquet)
+    csv.field_size_limit(2**31 - 1)   # documents may be far longer than csv's 128 KiB default
+    reader = csv.DictReader(_lines(path), delimiter="\t" if suffix == ".tsv" else ",")
+    column = _choose_column([c for c in reader.fieldnames or [] if c is not None], spec, path)
+    return column, ({k: v for k, v in row.items() if k is not None} for row in reader)
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -300,17 +304,17 @@ def _jsonl_records(path: Path) -> Iterator[dict]:
         yield record
 
 
-def _record_text(record: dict, path: Path, spec: CorpusSpec) -> str:
-    """The document text of one row: the JSONL field or the table column."""
-    if path.suffix.lower() == ".jsonl":
+def _row_text(row: dict, column: Optional[str], path: Path, spec: CorpusSpec) -> str:
+    """The document text of one row: the JSONL field (dots walk into objects) or the table column."""
+    if column is None:
         key, option = spec.text_field, "--text-field"
-        value, found = _lookup(record, key)
+        value, found = _lookup(row, key)
     else:
-        key, option = record.get("__column__", spec.text_column or "text"), "--text-column"
-        value, found = record.get("__value__"), True
+        key, option = column, "--text-column"
+        value, found = row.get(column), True
     if not found:
         raise BabeltuneError(f"corpus: {path}: a record has no field {key!r} (fields: "
-                             f"{', '.join(map(str, record)) or 'none'}); pass {option} naming the text field")
+                             f"{', '.join(map(str, row)) or 'none'}); pass {option} naming the text field")
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -342,15 +346,6 @@ def _choose_column(columns: list[str], spec: CorpusSpec, path: Path) -> str:
                          f"pass --text-column naming the column that holds the text")
 
 
-def _csv_records(path: Path, spec: CorpusSpec, delimiter: str) -> Iterator[dict]:
-    csv.field_size_limit(2**31 - 1)   # documents may be far longer than csv's 128 KiB default
-    reader = csv.DictReader(_lines(path), delimiter=delimiter)
-    column = _choose_column(list(reader.fieldnames or []), spec, path)
-    for row in reader:
-        row = {k: v for k, v in row.items() if k is not None}
-        yield {**row, "__column__": column, "__value__": row.get(column)}
-
-
 def _parquet_file(path: Path):
     import pyarrow.parquet as pq
     try:
@@ -359,17 +354,9 @@ def _parquet_file(path: Path):
         raise FileProblem(f"not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
-def _parquet_records(path: Path, spec: CorpusSpec) -> Iterator[dict]:
-    parquet = _parquet_file(path)
-    column = _choose_column(list(parquet.schema_arrow.names), spec, path)
-    for batch in parquet.iter_batches(batch_size=2048):   # one row group slice at a time
-        for row in batch.to_pylist():
-            yield {**row, "__column__": column, "__value__": row.get(column)}
-
-
-def strip_internal_keys(record: dict) -> dict:
-    """A record without the helper keys iter_records adds for table formats."""
-    return {k: v for k, v in record.items() if k not in ("__column__", "__value__")}
+def _parquet_rows(parquet) -> Iterator[dict]:
+    for batch in parquet.iter_batches(batch_size=2048):   # streams row group by row group
+        yield from batch.to_pylist()
 
 
 # --------------------------------------------------------------------------- identity

@@ -91,11 +91,20 @@ def resolve_language(text: str) -> LangProfile:
     direct = table.get(normalize_key(text))
     if direct:
         return profiles[direct]
-    candidates = [code for code in (_code_from_tag(text), _code_from_name(text)) if code]
-    for code in candidates:
-        if normalize_key(code) in table:
+    tag_code, name_code = _code_from_tag(text), _code_from_name(text)
+    for code in (tag_code, name_code):
+        if code and normalize_key(code) in table:
             return profiles[table[normalize_key(code)]]
-    raise _unknown_language_error(text.strip(), candidates[0] if candidates else None)
+    # langcodes' name search also matches by prefix ('maraathi' -> Marra): only name a language without a
+    # profile in the error when the user typed its code or its exact name.
+    if name_code and not _is_exact_name(text, name_code):
+        name_code = None
+    raise _unknown_language_error(text.strip(), tag_code or name_code)
+
+
+def _is_exact_name(text: str, code: str) -> bool:
+    language = langcodes.Language.get(code)
+    return normalize_key(text) in {normalize_key(language.display_name()), normalize_key(language.autonym())}
 
 
 def resolve_language_code(text: str) -> str:

@@ -146,7 +146,76 @@ def write_token_corpus(path: Path, seq: int) -> None:
     path.write_text("\n".join(d.replace("\n", " ") for d in docs) + "\n", encoding="utf-8")
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in {"make-model", "bare-peft", "bare-unsloth"}:
+
+class TimingPlugin:
+    """A babeltune plugin (extra_callbacks hook) that times the optimizer steps after warmup."""
+
+    def __init__(self, tokens_per_step: int, warmup: int):
+        self.tokens_per_step, self.warmup, self.result = tokens_per_step, warmup, {}
+
+    def extra_callbacks(self, config):
+        import torch
+        from transformers import TrainerCallback
+        plugin = self
+
+        class StepTimer(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == plugin.warmup:
+                    torch.cuda.synchronize()
+                    plugin.start = time.perf_counter()
+                    torch.cuda.reset_peak_memory_stats()
+                elif state.global_step > plugin.warmup:
+                    torch.cuda.synchronize()
+                    timed = state.global_step - plugin.warmup
+                    plugin.result = {"tokens_per_s": round(plugin.tokens_per_step * timed / (time.perf_counter() - plugin.start), 1),
+                                     "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3), "timed_steps": timed}
+        return [StepTimer()]
+
+
+def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int, warmup: int,
+                  sets: list[str]) -> dict:
+    """`train` through babeltune's own entry (config -> plugins -> backend -> HF Trainer) on the same shape."""
+    import tempfile
+    import torch
+    from babeltune.config import apply_overrides, validate_config
+    from babeltune.trainer.hookspecs import hookimpl
+    from babeltune.trainer.plugins import get_plugin_manager
+    from babeltune.trainer.run import run_training
+    work = Path(tempfile.mkdtemp(prefix="bt-bench-"))
+    corpus = work / "corpus.txt"
+    write_token_corpus(corpus, seq)
+    raw = {"schema_version": 1, "language": "mr",
+           "model": {"name": model_dir, "max_seq_length": seq, "dtype": "bfloat16"},
+           "data": {"train": str(corpus), "eval_fraction": 0.01, "packing": "blocks"},
+           "adapter": {"r": 16, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": LORA_TARGETS},
+           "training": {"output_dir": str(work / "run"), "per_device_train_batch_size": batch,
+                        "gradient_accumulation_steps": 1, "learning_rate": 2e-4, "max_steps": steps + warmup,
+                        "optimizer": "adamw_torch", "lr_scheduler_type": "constant", "gradient_checkpointing": True,
+                        "logging_steps": 1, "save_steps": 100000, "precision": "bf16"},
+           "eval": {"evaluation_strategy": "no", "save_strategy": "no", "max_eval_documents": 8},
+           "backend": {"name": backend}}
+    raw = apply_overrides(raw, sets) if sets else raw
+    config = validate_config(raw)
+    plugin = TimingPlugin(batch * seq, warmup)
+    timing_impl = type("BenchTiming", (), {"extra_callbacks": hookimpl(plugin.extra_callbacks)})()
+    get_plugin_manager().register(timing_impl, name="bench-timing")
+    result = run_training(config, backend=backend)
+    return {"stack": f"babeltune train --backend {backend}", "overrides": sets, **plugin.result,
+            "final_loss": getattr(result, "final_loss", None)}
+
+
+def run_child(args: list[str], timeout: int = 900) -> dict:
+    """One measurement in a fresh process; its last stdout line is the JSON result."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    sys.stderr.write(proc.stderr[-3000:])
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": f"exit {proc.returncode}", "args": args, "stderr_tail": proc.stderr[-1500:]}
+    return json.loads(lines[-1])
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in {"make-model", "bare-peft", "bare-unsloth", "babeltune"}:
     parser = argparse.ArgumentParser()
     parser.add_argument("cmd")
     parser.add_argument("arg")
@@ -157,11 +226,58 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in {"make-model"
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--load-in-4bit", action="store_true")
     parser.add_argument("--no-checkpointing", action="store_true")
+    parser.add_argument("--set", action="append", default=[])
     a = parser.parse_args()
     if a.cmd == "make-model":
         result = make_model(a.arg, a.extra)
     elif a.cmd == "bare-peft":
         result = bare_peft(a.arg, a.batch, a.seq, a.steps, a.warmup, a.load_in_4bit, not a.no_checkpointing)
+    elif a.cmd == "babeltune":
+        result = babeltune_run(a.arg, a.extra, a.batch, a.seq, a.steps, a.warmup, a.set)
     else:
         result = bare_unsloth(a.arg, a.batch, a.seq, a.steps, a.warmup)
     print(json.dumps(result))
+
+
+def ratio(a: dict, b: dict, key: str = "tokens_per_s"):
+    return round(a[key] / b[key], 3) if key in a and key in b and b[key] else None
+
+
+def suite(only: set[str], out_path: Path, batch: int, seq: int, steps: int, warmup: int) -> dict:
+    """The side-by-side comparisons the GPU issue asks for, each pair measured in this one call."""
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="bt-models-"))
+    common = ["--batch", str(batch), "--seq", str(seq), "--steps", str(steps), "--warmup", str(warmup)]
+    report = {"command": " ".join([sys.executable, *sys.argv]), "gpu": gpu_name(), "versions": versions(),
+              "shape": "Llama-3.2-1B shape, vocab 49152, random init", "batch": batch, "seq": seq, "results": {}}
+    model_1b = str(base / "1b")
+    report["model"] = run_child(["make-model", "1b", model_1b])
+    res = report["results"]
+    if "unsloth" in only:
+        res["unsloth_bare"] = run_child(["bare-unsloth", model_1b, *common])
+        res["unsloth_babeltune"] = run_child(["babeltune", model_1b, "unsloth", *common])
+        res["unsloth_speed_ratio"] = ratio(res["unsloth_babeltune"], res["unsloth_bare"])
+        res["unsloth_memory_ratio"] = ratio(res["unsloth_babeltune"], res["unsloth_bare"], "peak_gib")
+    if "hf-peft" in only:
+        res["peft_bare"] = run_child(["bare-peft", model_1b, *common])
+        res["peft_babeltune_fast"] = run_child(["babeltune", model_1b, "hf-peft", *common])
+        res["peft_babeltune_plain"] = run_child(["babeltune", model_1b, "hf-peft", *common,
+                                                 "--set", "backend.options.liger=false"])
+        res["fast_path_speedup_vs_bare"] = ratio(res["peft_babeltune_fast"], res["peft_bare"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(res, indent=1))
+    return report
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "suite":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("cmd")
+    parser.add_argument("--only", default="unsloth,hf-peft")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    a = parser.parse_args()
+    suite(set(a.only.split(",")), a.out, a.batch, a.seq, a.steps, a.warmup)

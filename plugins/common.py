@@ -91,7 +91,7 @@ def choose_attention(runtime: "Runtime", requested: str = "auto", model_class: A
     if flash_ok:
         return "flash_attention_2", flash_why
     if sdpa_ok:
-        return "sdpa", f"{sdpa_why} (not flash_attention_2: {flash_why})"
+        return "sdpa", f"{sdpa_why}; not flash_attention_2: {flash_why}"
     return "eager", f"no faster kernel: {flash_why}; {sdpa_why}"
 
 
@@ -194,6 +194,19 @@ def trainable_share(model) -> tuple[int, int, float]:
         total += numel
         trainable += numel if param.requires_grad else 0
     return trainable, total, (100.0 * trainable / total) if total else 0.0
+
+
+def attach_adapter(model, peft_config, key: str):
+    """peft.get_peft_model with PEFT's module-name errors turned into one line naming the config key and
+    the module names this model does have."""
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as exc:
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if name and not list(module.children())})
+        raise BabeltuneError(f"{key}: {str(exc).splitlines()[0]} This model's modules: {', '.join(leaves)}") from None
 
 
 def trainable_names(model) -> list[str]:

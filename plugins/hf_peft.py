@@ -77,7 +77,8 @@ def apply_liger(model, config: "TrainConfig", runtime: Runtime) -> Optional[str]
         return None
     installed = importlib.util.find_spec("liger_kernel") is not None
     if runtime.device != "cuda" or not installed:
-        why = "liger-kernel is not installed (pip install 'babeltune[fast]')" if not installed else "no GPU"
+        why = "its kernels need a GPU" if runtime.device != "cuda" else \
+            "liger-kernel is not installed (pip install 'babeltune[fast]')"
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: true, but {why}; set liger: auto or false")
         return f"liger-kernel: off ({why})"
@@ -116,11 +117,9 @@ class HfPeftBackend(Backend):
     description = "transformers + PEFT LoRA (rsLoRA, DoRA, QLoRA, modules_to_save with their own lr); CPU and GPU"
 
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
-        from peft import get_peft_model
-
         tokenizer, base, attn, notes = load_prepared_base(config, runtime)
         tied = common.tied_embeddings(base)
-        model = get_peft_model(base, make_lora_config(config))
+        model = common.attach_adapter(base, make_lora_config(config), "adapter.target_modules")
         upcast = common.upcast_trainable(model)
         expected = lora_expected_trainable(config, model)
         common.check_fragments_trainable(model, expected, "adapter.target_modules/modules_to_save")

@@ -94,13 +94,11 @@ class IA3Backend(Backend):
     description = "PEFT (IA)^3 on keys, values and FF output + BitFit (all biases); CPU and GPU"
 
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
-        from peft import get_peft_model
-
         from babeltune.plugins.hf_peft import load_prepared_base
 
         tokenizer, base, attn, notes = load_prepared_base(config, runtime)
         peft_config = ia3_config(base.config.model_type, config)
-        model = get_peft_model(base, peft_config)
+        model = common.attach_adapter(base, peft_config, "backend.options.target_modules (ia3)")
         notes.append(f"(IA)^3 on {sorted(peft_config.target_modules)} (feed-forward: {sorted(peft_config.feedforward_modules)})")
         expected = ["ia3_l"]
         bias_names = enable_bitfit(model) if common.option(config, "bitfit", True) else []

@@ -237,39 +237,51 @@ def nan_guard_callback(limit: int):
 
 
 def ungraded_fragments(model: Any, fragments: list[str]) -> dict[str, str]:
-    """fragment -> problem, for every expected-trainable name fragment without a non-zero gradient."""
+    """fragment -> problem ("none" | "zero" | "no match") for every expected-trainable name fragment whose
+    parameters have no non-zero gradient."""
     problems = {}
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     for fragment in fragments:
         matched = [p for name, p in params if fragment in name]
         if not matched:
-            problems[fragment] = "matches no trainable parameter"
+            problems[fragment] = "no match"
+        elif all(p.grad is None for p in matched):
+            problems[fragment] = "none"
         elif not any(p.grad is not None and bool(p.grad.detach().abs().max() > 0) for p in matched):
-            problems[fragment] = f"all {len(matched)} matching parameter(s) got a zero or missing gradient"
+            problems[fragment] = "zero"
     return problems
+
+
+PROBLEM_TEXT = {"no match": "matches no trainable parameter", "none": "no gradient reached it (disconnected from the loss)",
+                "zero": "its gradient stayed exactly zero after an update"}
 
 
 def gradient_check_callback(fragments: list[str]):
     """Every fragment in ``LoadedModel.expected_trainable`` must match a trainable parameter with a non-zero
-    gradient (frameworks drop such modules silently). Checked before the first optimizer step; fragments
-    still at zero are checked again before the second one, because a LoRA A matrix has a zero gradient at
-    step 1 by construction (B starts at zero, so dL/dA = 0 until B has moved)."""
+    gradient (frameworks drop such modules silently). Checked before the first optimizer step: no match or no
+    gradient at all fails at once. An exactly-zero gradient is re-checked until one update with a learning rate
+    > 0 has happened, because a LoRA A matrix has a zero gradient by construction until B (initialised to zero)
+    has moved, and warmup may start at learning rate 0."""
 
     class GradientCheck(_base()):
         def __init__(self):
             self.pending = list(fragments)
-            self.rounds = 0
+            self.updated = False   # an optimizer step with lr > 0 has happened
 
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            if not self.pending or model is None or self.rounds >= 2:
+            if not self.pending or model is None:
                 return
-            self.rounds += 1
             problems = ungraded_fragments(model, self.pending)
             self.pending = list(problems)
-            if problems and (self.rounds == 2 or any("matches no" in why for why in problems.values())):
-                listed = "; ".join(f"{k}: {v}" for k, v in problems.items())
-                raise BabeltuneError(f"gradient check at step {state.global_step + 1}: modules meant to train got no "
+            fatal = {k: v for k, v in problems.items() if v != "zero" or self.updated}
+            if fatal:
+                listed = "; ".join(f"{k}: {PROBLEM_TEXT[v]}" for k, v in fatal.items())
+                raise BabeltuneError(f"gradient check at step {state.global_step + 1}: modules meant to train get no "
                                      f"gradient ({listed}); check adapter.target_modules / modules_to_save against "
                                      "the model's module names")
+
+        def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            if optimizer is not None and any(group.get("lr", 0) > 0 for group in optimizer.param_groups):
+                self.updated = True
 
     return GradientCheck()

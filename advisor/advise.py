@@ -1,0 +1,252 @@
+"""`advise` orchestration: language -> tokenizer(s) -> measurements -> model facts -> rules -> Advice.
+
+Advice holds every decision with its reason, the resolved TrainConfig (validated with the same schema
+`train` reads), the memory estimate and the measurements the reasons cite.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from babeltune.advisor.memory import MemoryEstimate
+from babeltune.advisor.types import Decision, Measurements
+from babeltune.errors import BabeltuneError
+
+DEFAULT_GPU_GIB = 24.0
+DEFAULT_TRAINING_SEED = 3407
+MIN_LANGID_AGREEMENT = 0.3   # below this share of sampled documents in --lang, the corpus is "mostly another language"
+
+# Decision name -> dotted TrainConfig key (batch_size is the product of two keys: comment only).
+CONFIG_KEYS = {
+    "max_seq_length": "model.max_seq_length", "load_in_4bit": "model.load_in_4bit",
+    "flash_attention": "model.attn_implementation", "packing": "data.packing",
+    "r": "adapter.r", "lora_alpha": "adapter.lora_alpha", "lora_dropout": "adapter.lora_dropout",
+    "target_modules": "adapter.target_modules", "bias": "adapter.bias", "use_rslora": "adapter.use_rslora",
+    "modules_to_save": "adapter.modules_to_save", "embedding_learning_rate": "adapter.embedding_learning_rate",
+    "per_device_train_batch_size": "training.per_device_train_batch_size",
+    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
+    "learning_rate": "training.learning_rate", "num_train_epochs": "training.num_train_epochs",
+    "max_steps": "training.max_steps", "weight_decay": "training.weight_decay", "optimizer": "training.optimizer",
+    "lr_scheduler_type": "training.lr_scheduler_type", "warmup_ratio": "training.warmup_ratio",
+    "gradient_checkpointing": "training.gradient_checkpointing", "logging_steps": "training.logging_steps",
+    "save_steps": "training.save_steps", "evaluation_strategy": "eval.evaluation_strategy",
+    "eval_steps": "eval.eval_steps", "save_strategy": "eval.save_strategy",
+    "early_stopping_patience": "eval.early_stopping_patience",
+}
+
+
+@dataclass
+class Candidate:
+    """One tokenizer/model measured on the corpus (for model choice and --compare)."""
+
+    spec: str
+    kind: str                       # "model" | "tokenizer"
+    measurements: Measurements
+
+    def to_dict(self) -> dict:
+        m = self.measurements
+        return {"spec": self.spec, "kind": self.kind, "tokenizer": m.tokenizer, "tokens_per_char": m.tokens_per_char,
+                "tokens_per_char_ci95": list(m.tokens_per_char_ci95), "tokens_per_word": m.tokens_per_word,
+                "tokens": m.tokens, "tokens_exact": m.tokens_exact, "premium_vs_english": m.premium_vs_english}
+
+
+@dataclass
+class Advice:
+    language: str
+    profile: Any
+    model: str
+    tokenizer: Optional[str]
+    goal: str
+    gpu_memory_gib: float
+    corpus: Any                     # CorpusSpec
+    measurements: Measurements
+    facts: Any                      # ModelFacts
+    decisions: dict[str, Decision]
+    config: dict
+    config_reasons: dict[str, str]  # dotted key -> reason, for keys no rule decides
+    memory: MemoryEstimate
+    notes: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        budget = self.gpu_memory_gib * 0.9
+        return {
+            "language": self.language,
+            "language_name": getattr(self.profile, "name", self.language),
+            "model": self.model, "tokenizer": self.measurements.tokenizer, "goal": self.goal,
+            "gpu_memory_gib": self.gpu_memory_gib,
+            "measurements": self.measurements.to_dict(),
+            "parameters": {name: d.to_dict() for name, d in self.decisions.items()},
+            "memory": {**self.memory.to_dict(), "budget_gib": round(budget, 3)},
+            "model_facts": self.facts.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "notes": list(self.notes),
+            "config": self.config,
+        }
+
+
+def parse_gpu_memory(text: Optional[str]) -> Optional[float]:
+    """'24GB', '24', '80 GiB', '16g' -> GiB as a float (GPU makers' 'GB' are GiB: a 24 GB card has 24 GiB)."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(g|gb|gib|m|mb|mib)?\s*", str(text).lower())
+    if not match or float(match.group(1)) <= 0:
+        raise BabeltuneError(f"--gpu-memory: {text!r} is not a memory size; use e.g. --gpu-memory 24GB")
+    value = float(match.group(1))
+    return value / 1024 if (match.group(2) or "g").startswith("m") else value
+
+
+def measure_candidate(spec: str, kind: str, corpus, profile, *, full: bool, seed: int) -> Candidate:
+    from babeltune.advisor.measure import measure_corpus
+    from babeltune.models.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    return Candidate(spec, kind, measure_corpus(corpus, tokenizer, profile, full=full, seed=seed))
+
+
+def pick_builtin(corpus, profile, *, full: bool, seed: int, echo: Callable[[str], None]) -> tuple[Candidate, list[Candidate], str]:
+    """Measure under every installed built-in's tokenizer; the fewest tokens per character wins."""
+    from babeltune.models.builtins import BUILTINS, installed_builtins
+
+    names = installed_builtins()
+    if not names:
+        raise BabeltuneError(f"--model: none given and no built-in model is installed ({', '.join(BUILTINS)}); "
+                             "pass --model PATH, or run `babeltune models list` for the install command")
+    candidates = []
+    for name in names:
+        echo(f"measuring {corpus.path} under {name}'s tokenizer ...")
+        candidates.append(measure_candidate(name, "model", corpus, profile, full=full, seed=seed))
+    best = min(candidates, key=lambda c: c.measurements.tokens_per_char)
+    figures = ", ".join(f"{c.spec} {c.measurements.tokens_per_char:.3f}" for c in candidates)
+    note = (f"no --model given: measured {len(candidates)} installed built-in(s) in tokens/char ({figures}); "
+            f"picked {best.spec}, the fewest tokens per character")
+    return best, candidates, note
+
+
+def check_language(measurements: Measurements, profile, lang_arg: str) -> Optional[str]:
+    """Error when the sampled documents are mostly another language; a warning line when agreement is low."""
+    info = measurements.langid or {}
+    agreement, top = info.get("agreement"), info.get("top")
+    expected = info.get("expected") or getattr(profile, "langid_code", None)
+    if agreement is None or expected is None or top is None:
+        return None
+    if top != expected and agreement < MIN_LANGID_AGREEMENT:
+        raise BabeltuneError(
+            f"--corpus: {measurements.documents:,} documents look mostly like {top!r}, not --lang {lang_arg!r} "
+            f"({agreement:.0%} of sampled documents identified as {expected!r}); pass the right --lang or corpus")
+    if agreement < 0.8:
+        return f"warning: only {agreement:.0%} of sampled documents were identified as {expected!r} (most common: {top!r})"
+    return None
+
+
+def resolve_models(model: Optional[str], tokenizer: Optional[str], corpus, profile, *, full: bool, seed: int,
+                   echo: Callable[[str], None]) -> tuple[str, Measurements, list[Candidate], list[str]]:
+    """Which model to advise for, and the measurements under the tokenizer that will train it."""
+    notes: list[str] = []
+    candidates: list[Candidate] = []
+    if model is None:
+        best, candidates, note = pick_builtin(corpus, profile, full=full, seed=seed, echo=echo)
+        model, notes = best.spec, [note]
+        measurements = best.measurements
+    elif tokenizer is None:
+        echo(f"measuring {corpus.path} under {model}'s tokenizer ...")
+        measurements = measure_candidate(model, "model", corpus, profile, full=full, seed=seed).measurements
+    if tokenizer is not None:
+        echo(f"measuring {corpus.path} under tokenizer {tokenizer} ...")
+        measurements = measure_candidate(tokenizer, "tokenizer", corpus, profile, full=full, seed=seed).measurements
+        notes.append(f"--tokenizer {tokenizer}: measured with it instead of {model}'s own tokenizer")
+    return model, measurements, candidates, notes
+
+
+def config_tokenizer(tokenizer: Optional[str]) -> Optional[str]:
+    """Only folders and tokenizer.json files can train; tiktoken/SentencePiece overrides only measure."""
+    if tokenizer and (Path(tokenizer).is_dir() or tokenizer.endswith("tokenizer.json")):
+        return str(Path(tokenizer).resolve())
+    return None
+
+
+def build_config(decisions: dict[str, Decision], *, language: str, model: str, tokenizer: Optional[str],
+                 corpus, goal: str) -> tuple[dict, dict[str, str]]:
+    """The TrainConfig dict (sections in schema order) and reasons for keys no rule decides."""
+    model_path = str(Path(model).resolve()) if Path(model).exists() else model
+    config: dict = {"schema_version": 1, "language": language,
+                    "model": {"name": model_path, "tokenizer": config_tokenizer(tokenizer), "dtype": "auto"},
+                    "data": {"train": str(Path(corpus.path).resolve()), "mode": goal, "doc_split": corpus.doc_split,
+                             "text_field": corpus.text_field, "text_column": corpus.text_column},
+                    "adapter": {}, "training": {"output_dir": f"runs/{language}-{Path(model).stem}",
+                                                "seed": DEFAULT_TRAINING_SEED},
+                    "eval": {}, "backend": {"name": "hf-peft"}}
+    for name, key in CONFIG_KEYS.items():
+        section, leaf = key.split(".")
+        value = decisions[name].value
+        if name == "flash_attention":
+            value = "auto" if value else "sdpa"
+        config[section][leaf] = value
+    reasons = {
+        "language": f"--lang resolved to {language}",
+        "model.name": f"the base model ({model})",
+        "model.tokenizer": "null = the model's own tokenizer" if not config["model"]["tokenizer"] else "--tokenizer",
+        "model.dtype": "auto = bf16 on GPUs that support it, fp32 on CPU",
+        "data.train": "the measured corpus", "data.mode": f"--goal {goal}",
+        "training.output_dir": "checkpoints, adapter, metrics and manifest",
+        "training.seed": "data split, shuffling and adapter initialisation",
+        "backend.name": "plain Hugging Face + PEFT; `train --backend unsloth` where Unsloth is installed",
+    }
+    return config, reasons
+
+
+def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optional[str] = None,
+           gpu_memory: Optional[str | float] = None, goal: str = "cpt", full: bool = False, seed: int = 0,
+           echo: Callable[[str], None] = lambda line: None) -> Advice:
+    """Measure ``corpus`` (a CorpusSpec) for language ``lang`` and decide every training parameter."""
+    from babeltune.advisor.language import resolve_language
+    from babeltune.advisor.rules import RuleContext, apply_rules
+    from babeltune.config import validate_config
+    from babeltune.models.facts import model_facts
+
+    profile = resolve_language(lang)
+    gpu_gib = gpu_memory if isinstance(gpu_memory, (int, float)) else parse_gpu_memory(gpu_memory)
+    notes = []
+    if gpu_gib is None:
+        gpu_gib = DEFAULT_GPU_GIB
+        notes.append(f"no --gpu-memory given: advising for a common {DEFAULT_GPU_GIB:g} GB GPU")
+    model, measurements, candidates, model_notes = resolve_models(model, tokenizer, corpus, profile, full=full,
+                                                                  seed=seed, echo=echo)
+    notes = model_notes + notes
+    warning = check_language(measurements, profile, lang)
+    if warning:
+        notes.append(warning)
+    facts = model_facts(model)
+    ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal)
+    decisions = apply_rules(ctx)
+    config, reasons = build_config(decisions, language=profile.code, model=model, tokenizer=tokenizer,
+                                   corpus=corpus, goal=goal)
+    validate_config(config, source="advised config")
+    return Advice(language=profile.code, profile=profile, model=model, tokenizer=tokenizer, goal=goal,
+                  gpu_memory_gib=float(gpu_gib), corpus=corpus, measurements=measurements, facts=facts,
+                  decisions=decisions, config=config, config_reasons=reasons, memory=ctx.estimate(),
+                  notes=notes, candidates=candidates)
+
+
+def compare(lang: str, corpus, *, models: list[str], tokenizers: list[str], full: bool = False, seed: int = 0,
+            echo: Callable[[str], None] = lambda line: None) -> tuple[Any, list[Candidate], Candidate]:
+    """Measure the corpus under each model's and tokenizer's tokenizer; the best fit spends the fewest
+    tokens per character (on one corpus, the premium vs English ranks the same way)."""
+    from babeltune.advisor.language import resolve_language
+
+    profile = resolve_language(lang)
+    specs = [(m, "model") for m in models] + [(t, "tokenizer") for t in tokenizers]
+    if len(specs) < 2:
+        from babeltune.models.builtins import installed_builtins
+        specs += [(name, "model") for name in installed_builtins() if (name, "model") not in specs]
+    if len(specs) < 2:
+        raise BabeltuneError("--compare: needs at least two candidates; pass several --model/--tokenizer")
+    candidates = []
+    for spec, kind in specs:
+        echo(f"measuring {corpus.path} under {spec} ...")
+        candidates.append(measure_candidate(spec, kind, corpus, profile, full=full, seed=seed))
+    best = min(candidates, key=lambda c: c.measurements.tokens_per_char)
+    return profile, candidates, best

@@ -1,0 +1,126 @@
+"""`advise`: measure a corpus under the model's own tokenizer and write a config whose every value has
+a reason. Only click is imported at module level so that `advise --help` answers instantly."""
+
+from __future__ import annotations
+
+import click
+
+from babeltune.errors import handle_errors
+
+EXAMPLES = """
+\b
+Examples:
+  advise --lang marathi --corpus ./data
+  advise --lang mr --corpus tweets.csv --text-column tweet --model smollm2-135m --out mr.yaml
+  advise --lang hi --corpus hi.txt --compare --tokenizer cl100k --tokenizer qwen --model smollm2-135m
+"""
+
+
+def command_line() -> str:
+    """The command as the user typed it (for the config header)."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    program = Path(sys.argv[0]).name
+    if program not in ("advise", "babeltune", "__main__.py"):
+        program = "advise"
+    return shlex.join([program, *sys.argv[1:]])
+
+
+def check_single(models: tuple[str, ...], tokenizers: tuple[str, ...], compare: bool) -> None:
+    from babeltune.errors import BabeltuneError
+
+    for flag, values in (("--model", models), ("--tokenizer", tokenizers)):
+        if len(values) > 1 and not compare:
+            raise BabeltuneError(f"{flag}: given {len(values)} times ({', '.join(values)}); only --compare takes "
+                                 f"several, otherwise pass one")
+
+
+def run_compare(lang, spec, models, tokenizers, *, full, seed, as_json, echo) -> None:
+    import json
+
+    from rich.console import Console
+
+    from babeltune.advisor.advise import compare
+    from babeltune.advisor.render import compare_verdict, render_compare
+
+    profile, candidates, best = compare(lang, spec, models=list(models), tokenizers=list(tokenizers),
+                                        full=full, seed=seed, echo=echo)
+    if as_json:
+        click.echo(json.dumps({"language": profile.code, "candidates": [c.to_dict() for c in candidates],
+                               "best": best.spec, "verdict": compare_verdict(candidates, best)},
+                              ensure_ascii=False, indent=2))
+    else:
+        render_compare(profile, candidates, best, Console())
+
+
+def write_outputs(advice, *, out, as_json, report, echo) -> None:
+    import json
+
+    import yaml
+
+    from babeltune.advisor.render import memory_line, render_table, render_yaml
+    from babeltune.config import validate_config
+    from babeltune.errors import atomic_write_text
+
+    if out:
+        text = render_yaml(advice, command_line())
+        validate_config(yaml.safe_load(text), source=str(out))   # the file must load exactly as advised
+        atomic_write_text(out, text)
+        echo(f"wrote {out}")
+    if report:
+        from babeltune.advisor.report import write_report
+
+        echo(f"wrote {write_report(advice, report)}")
+    if as_json:
+        click.echo(json.dumps(advice.to_dict(), ensure_ascii=False, indent=2, default=str))
+    elif not out:
+        from rich.console import Console
+
+        render_table(advice, Console())
+    if out or as_json:
+        echo(memory_line(advice))
+        for note in advice.notes:
+            echo(note)
+
+
+@click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--lang", required=True, help="Language: name, ISO 639-1/3 code or native name (marathi, mr, mar, मराठी).")
+@click.option("--corpus", required=True, help="File or folder: .txt, .jsonl, .csv/.tsv, .parquet.")
+@click.option("--model", "models", multiple=True, help="Built-in name, Hugging Face folder or GGUF file (default: the installed built-in that fits best).")
+@click.option("--tokenizer", "tokenizers", multiple=True, help="Tokenizer override: tiktoken name, SentencePiece .model, tokenizer.json or a named tokenizer.")
+@click.option("--gpu-memory", default=None, help="GPU memory, e.g. 24GB (default: 24 GB).")
+@click.option("--goal", type=click.Choice(["cpt", "sft"]), default="cpt", show_default=True, help="cpt = continued pretraining on raw text; sft = instruction tuning.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the explained YAML config here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (measurements, parameters, memory).")
+@click.option("--report", type=click.Path(file_okay=False), default=None, help="Write a PNG histogram of document token lengths into this folder.")
+@click.option("--compare", is_flag=True, help="Compare tokens/char and premium across several --model/--tokenizer.")
+@click.option("--full", is_flag=True, help="Tokenize every document (exact count) instead of a sample.")
+@click.option("--strict", is_flag=True, help="Fail on a binary or undecodable file instead of skipping it.")
+@click.option("--doc-split", type=click.Choice(["line", "paragraph", "file"]), default="line", show_default=True, help=".txt: one document per line, per blank-line paragraph, or per file.")
+@click.option("--text-field", default="text", show_default=True, help=".jsonl/.parquet field with the text.")
+@click.option("--text-column", default=None, help=".csv/.tsv column with the text (default: 'text', else the first).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the measurement sample.")
+@handle_errors
+def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, report, compare, full, strict,
+           doc_split, text_field, text_column, seed):
+    """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
+    reason that cites the measured number."""
+    from babeltune.advisor.advise import advise as run_advise
+    from babeltune.advisor.corpus import CorpusSpec
+
+    check_single(models, tokenizers, compare)
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731 - progress goes to stderr, stdout stays clean
+    spec = CorpusSpec(path=corpus, doc_split=doc_split, text_field=text_field, text_column=text_column, strict=strict)
+    if compare:
+        run_compare(lang, spec, models, tokenizers, full=full, seed=seed, as_json=as_json, echo=echo)
+        return
+    advice = run_advise(lang, spec, model=models[0] if models else None,
+                        tokenizer=tokenizers[0] if tokenizers else None, gpu_memory=gpu_memory, goal=goal,
+                        full=full, seed=seed, echo=echo)
+    write_outputs(advice, out=out, as_json=as_json, report=report, echo=echo)
+
+
+def main():
+    advise()

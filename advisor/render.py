@@ -1,0 +1,122 @@
+"""Rendering advice: the YAML config (header + a reason comment on every key), a rich table, and the
+--compare table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from babeltune import __version__
+from babeltune.advisor.advise import CONFIG_KEYS, Advice, Candidate
+from babeltune.advisor.memory import BUDGET_SHARE
+
+KEY_TO_DECISION = {key: name for name, key in CONFIG_KEYS.items()}
+
+
+def yaml_value(value: Any) -> str:
+    """One YAML flow value (lists inline), exactly as yaml.safe_load will read it back."""
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=1 << 20).strip()
+    return text.removesuffix("...").strip()
+
+
+def measurement_lines(advice: Advice) -> list[str]:
+    m = advice.measurements
+    low, high = m.tokens_per_char_ci95
+    exact = "exact" if m.tokens_exact else f"estimated from {m.sampled_documents:,} sampled documents"
+    pct = m.doc_tokens_percentiles
+    lines = [
+        f"corpus: {advice.corpus.path}: {m.files} file(s), {m.documents:,} documents, {m.characters:,} characters, "
+        f"{m.bytes:,} bytes" + (f", {m.words:,} words" if m.words else ""),
+        f"tokenizer {m.tokenizer}: {m.tokens:,} tokens ({exact}); {m.tokens_per_char:.3f} tokens/char "
+        f"(95% CI {low:.3f}-{high:.3f})" + (f"; {m.tokens_per_word:.2f} tokens/word" if m.tokens_per_word else ""),
+        "document tokens: " + ", ".join(f"{k} {v:,}" for k, v in pct.items()),
+    ]
+    if m.premium_vs_english is not None:
+        lines.append(f"premium vs English: {m.premium_vs_english:.2f}x on {m.premium_reference or 'parallel reference text'}")
+    if m.skipped:
+        lines.append(f"skipped {len(m.skipped)} file(s): " + "; ".join(f"{s.path} ({s.reason})" for s in m.skipped[:3]))
+    return lines
+
+
+def memory_line(advice: Advice) -> str:
+    budget = advice.gpu_memory_gib * BUDGET_SHARE
+    return (f"memory estimate: {advice.memory.describe()} <= {budget:.1f} GiB "
+            f"({BUDGET_SHARE:.0%} of {advice.gpu_memory_gib:g} GB)")
+
+
+def header_lines(advice: Advice, command: str) -> list[str]:
+    name = getattr(advice.profile, "name", advice.language)
+    lines = [f"babeltune {__version__}: config written by `advise`; every key carries the reason for its value.",
+             f"command: {command}",
+             f"language: {name} ({advice.language}); model: {advice.model}; goal: {advice.goal}"]
+    lines += measurement_lines(advice)
+    lines.append(memory_line(advice))
+    batch = advice.decisions.get("batch_size")
+    if batch is not None:
+        lines.append(f"batch_size (effective) = {batch.value}: {batch.reason}")
+    lines += advice.notes
+    return lines
+
+
+def key_reason(advice: Advice, dotted: str) -> str:
+    name = KEY_TO_DECISION.get(dotted)
+    if name is not None:
+        return advice.decisions[name].reason
+    return advice.config_reasons.get(dotted, "")
+
+
+def render_yaml(advice: Advice, command: str) -> str:
+    """The config as YAML: header comments, then every key with its reason as a comment above it."""
+    out = [f"# {line}" for line in header_lines(advice, command)]
+    for section, body in advice.config.items():
+        if not isinstance(body, dict):
+            out += ["", f"# {key_reason(advice, section)}" if key_reason(advice, section) else "",
+                    f"{section}: {yaml_value(body)}"]
+            continue
+        out += ["", f"{section}:"]
+        for key, value in body.items():
+            reason = key_reason(advice, f"{section}.{key}")
+            if reason:
+                out.append(f"  # {reason}")
+            out.append(f"  {key}: {yaml_value(value)}")
+    return "\n".join(line for line in out if line is not None) + "\n"
+
+
+def render_table(advice: Advice, console) -> None:
+    """Human-readable advice: measurements, notes, memory, then one row per parameter."""
+    from rich.table import Table
+
+    for line in header_lines(advice, command="")[2:]:
+        console.print(line, markup=False, highlight=False)
+    table = Table(title=f"babeltune advice: {getattr(advice.profile, 'name', advice.language)} on {advice.model}",
+                  show_lines=False)
+    table.add_column("parameter", style="bold")
+    table.add_column("value")
+    table.add_column("reason (measured)", overflow="fold")
+    for name, decision in advice.decisions.items():
+        table.add_row(name, yaml_value(decision.value), decision.reason)
+    console.print(table)
+
+
+def render_compare(profile, candidates: list[Candidate], best: Candidate, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"tokenizer fit on {getattr(profile, 'name', '')} ({getattr(profile, 'code', '')})")
+    for column in ("candidate", "tokens/char", "95% CI", "tokens/word", "premium vs English", "tokens"):
+        table.add_column(column)
+    for c in sorted(candidates, key=lambda c: c.measurements.tokens_per_char):
+        m = c.measurements
+        low, high = m.tokens_per_char_ci95
+        table.add_row(f"{c.spec} ({c.kind})", f"{m.tokens_per_char:.3f}", f"{low:.3f}-{high:.3f}",
+                      f"{m.tokens_per_word:.2f}" if m.tokens_per_word else "-",
+                      f"{m.premium_vs_english:.2f}x" if m.premium_vs_english is not None else "-", f"{m.tokens:,}")
+    console.print(table)
+    console.print(compare_verdict(candidates, best), markup=False, highlight=False)
+
+
+def compare_verdict(candidates: list[Candidate], best: Candidate) -> str:
+    worst = max(candidates, key=lambda c: c.measurements.tokens_per_char)
+    ratio = worst.measurements.tokens_per_char / best.measurements.tokens_per_char
+    return (f"best fit: {best.spec} ({best.measurements.tokens_per_char:.3f} tokens/char; {worst.spec} spends "
+            f"{ratio:.2f}x as many tokens on the same text)")

@@ -1,0 +1,59 @@
+"""`advise --report DIR`: a PNG histogram of document lengths in tokens with max_seq_length marked."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from babeltune.errors import BabeltuneError
+
+REPORT_NAME = "doc_token_lengths.png"
+
+
+def histogram_png(lengths: list[int], max_seq_length: int, *, title: str) -> bytes:
+    """PNG bytes of the length histogram (matplotlib Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    axes = figure.subplots()
+    bins = min(60, max(10, len(set(lengths))))
+    axes.hist(lengths, bins=bins, color="#4c72b0", edgecolor="white")
+    truncated = sum(1 for n in lengths if n > max_seq_length) / len(lengths)
+    axes.axvline(max_seq_length, color="#c44e52", linestyle="--", linewidth=2,
+                 label=f"max_seq_length = {max_seq_length} ({truncated:.1%} of documents longer)")
+    axes.set_xlabel("document length (tokens)")
+    axes.set_ylabel("documents")
+    axes.set_title(title)
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_report(advice, folder: str | Path) -> Path:
+    """Write the histogram into ``folder`` (temp file + rename: no half-written PNG)."""
+    import os
+    import tempfile
+
+    lengths = advice.measurements.doc_token_lengths
+    if not lengths:
+        raise BabeltuneError("--report: the measurement kept no document lengths to plot; rerun without --report")
+    seq = advice.decisions["max_seq_length"].value
+    title = (f"{getattr(advice.profile, 'name', advice.language)} under {advice.measurements.tokenizer}: "
+             f"{len(lengths):,} documents")
+    data = histogram_png(lengths, seq, title=title)
+    target = Path(folder) / REPORT_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

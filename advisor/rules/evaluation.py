@@ -1,0 +1,51 @@
+"""Evaluation, checkpointing and logging rules: evaluation_strategy, eval_steps, save_strategy,
+save_steps, early_stopping_patience, logging_steps. All follow the planned optimizer steps."""
+
+from __future__ import annotations
+
+from babeltune.advisor.rules.context import HF_TRAINER, RuleContext
+from babeltune.advisor.rules.schedule import total_steps
+from babeltune.advisor.types import Decision
+
+EVALUATIONS_PER_RUN = 10
+PATIENCE = 3
+MIN_EVALUATIONS_FOR_EARLY_STOP = 2 * PATIENCE
+
+
+def rule_evaluation_strategy(ctx: RuleContext) -> Decision:
+    steps = total_steps(ctx)
+    return Decision("steps", (f"{steps} optimizer steps: evaluating by steps gives ~{EVALUATIONS_PER_RUN} points "
+                              "on the held-out split, by epoch only one per pass"), [HF_TRAINER])
+
+
+def rule_eval_steps(ctx: RuleContext) -> Decision:
+    steps = total_steps(ctx)
+    every = max(1, round(steps / EVALUATIONS_PER_RUN))
+    return Decision(every, f"{steps} steps / {EVALUATIONS_PER_RUN} evaluations = every {every} steps", [HF_TRAINER])
+
+
+def rule_save_strategy(ctx: RuleContext) -> Decision:
+    strategy = ctx.value("evaluation_strategy")
+    return Decision(strategy, (f"same as evaluation_strategy ({strategy}): early stopping reloads the best "
+                               "evaluated checkpoint, so every evaluation needs one (the seeds' 'epoch' would not)"),
+                    [HF_TRAINER])
+
+
+def rule_save_steps(ctx: RuleContext) -> Decision:
+    every = ctx.value("eval_steps")
+    return Decision(every, f"= eval_steps ({every}): a checkpoint at every evaluation", [HF_TRAINER])
+
+
+def rule_early_stopping_patience(ctx: RuleContext) -> Decision:
+    evaluations = total_steps(ctx) // ctx.value("eval_steps")
+    if evaluations < MIN_EVALUATIONS_FOR_EARLY_STOP:
+        return Decision(None, (f"only {evaluations} evaluations planned: too few to stop early after {PATIENCE} "
+                               "without improvement"), [HF_TRAINER])
+    return Decision(PATIENCE, (f"stop after {PATIENCE} of {evaluations} evaluations without a lower eval loss "
+                               f"(every {ctx.value('eval_steps')} steps)"), [HF_TRAINER])
+
+
+def rule_logging_steps(ctx: RuleContext) -> Decision:
+    steps = total_steps(ctx)
+    every = min(50, max(1, steps // 50))
+    return Decision(every, f"{steps} steps: every {every} gives ~{steps // every} loss points", [HF_TRAINER])

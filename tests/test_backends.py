@@ -1,0 +1,287 @@
+"""The built-in backends on CPU with the tiny random Llama (and a tiny Qwen2 with biases for BitFit):
+each loads, one forward/backward on real Marathi text gives non-zero gradients on everything it says
+must train, parameter groups carry the embedding lr, and unsloth translates the config and explains
+why it cannot run here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from babeltune.config import validate_config
+from babeltune.errors import BabeltuneError
+from babeltune.trainer.backend import Runtime
+
+torch = pytest.importorskip("torch")
+
+
+def make_config(**sections) -> "object":
+    data = {
+        "language": "mr",
+        "model": {"name": "tiny", "max_seq_length": 64},
+        "data": {"train": "tests/data/text/mr.txt"},
+        "training": {"per_device_train_batch_size": 2, "learning_rate": 2e-4, "max_steps": 2,
+                     "weight_decay": 0.01},
+        "eval": {"evaluation_strategy": "no"},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return validate_config(data)
+
+
+def cpu_runtime(model_dir) -> Runtime:
+    return Runtime(device="cpu", precision="fp32", model_dir=str(model_dir))
+
+
+def backward_on(loaded, lines: list[str]) -> dict[str, float]:
+    """Step 1 (forward, backward, AdamW step), then the gradients of step 2 on real lines, per trainable
+    parameter name. Step 2, as in the core's check: LoRA's B starts at zero, so A's first gradient is 0."""
+    batch = loaded.tokenizer(lines[:2], return_tensors="pt", padding=True, truncation=True, max_length=48)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    loaded.model.train()
+    optimizer = torch.optim.AdamW([p for p in loaded.model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = loaded.model(**batch, labels=labels).loss
+        assert math.isfinite(loss.item())
+        loss.backward()
+        grads = {name: (0.0 if p.grad is None else p.grad.abs().sum().item())
+                 for name, p in loaded.model.named_parameters() if p.requires_grad}
+        optimizer.step()
+    return grads
+
+
+def assert_expected_got_gradients(loaded, grads: dict[str, float]) -> None:
+    assert loaded.expected_trainable
+    for fragment in loaded.expected_trainable:
+        matching = {name: g for name, g in grads.items() if fragment in name}
+        assert matching, f"{fragment} matches no trainable parameter"
+        assert any(g > 0 for g in matching.values()), f"{fragment}: all gradients are zero"
+
+
+def backend(name):
+    from babeltune.trainer.plugins import available_backends
+
+    return available_backends()[name]
+
+
+# --------------------------------------------------------------------------------------- hf-peft
+
+
+def test_hf_peft_lora_with_embeddings_trains_and_groups_lr(tiny_model_dir, marathi_lines):
+    config = make_config(adapter={"r": 4, "lora_alpha": 8, "use_rslora": True,
+                                  "modules_to_save": ["embed_tokens", "lm_head"], "embedding_learning_rate": 2e-5},
+                         training={"gradient_checkpointing": True})
+    hf = backend("hf-peft")
+    loaded = hf.load(config, cpu_runtime(tiny_model_dir))
+    assert loaded.attn_implementation == "sdpa"
+    assert any(note.startswith("attention: sdpa") and "flash_attention_2" in note for note in loaded.notes)
+    assert any("tied embeddings" in note for note in loaded.notes)
+    assert loaded.padding_free is False
+    assert {"lora_A", "lora_B", "embed_tokens.modules_to_save"} <= set(loaded.expected_trainable)
+    grads = backward_on(loaded, marathi_lines)
+    assert_expected_got_gradients(loaded, grads)
+    # rsLoRA scale alpha/sqrt(r) = 8/2 = 4
+    lora_layer = loaded.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert lora_layer.scaling["default"] == pytest.approx(4.0)
+
+    groups = hf.optimizer_param_groups(loaded.model, config)
+    by_name = {group["name"]: group for group in groups}
+    assert by_name["embeddings"]["lr"] == 2e-5 and by_name["embeddings"]["weight_decay"] == 0.0
+    assert by_name["adapter"]["lr"] == 2e-4 and by_name["adapter"]["weight_decay"] == 0.01
+    grouped = sum(len(group["params"]) for group in groups)
+    assert grouped == sum(1 for p in loaded.model.parameters() if p.requires_grad)
+    torch.optim.AdamW(groups)  # torch accepts the groups as given
+
+
+def test_hf_peft_dora_and_biasless_all_linear(tiny_model_dir, marathi_lines):
+    config = make_config(adapter={"r": 2, "use_dora": True, "target_modules": "all-linear"},
+                         training={"gradient_checkpointing": False})
+    loaded = backend("hf-peft").load(config, cpu_runtime(tiny_model_dir))
+    assert "lora_magnitude_vector" in loaded.expected_trainable
+    names = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
+    assert any("mlp.down_proj.lora_A" in n for n in names)
+    assert not any("lm_head" in n for n in names)          # all-linear leaves the output layer alone
+    assert_expected_got_gradients(loaded, backward_on(loaded, marathi_lines))
+
+
+def test_hf_peft_wrong_module_names_are_clear_errors(tiny_model_dir):
+    config = make_config(adapter={"target_modules": ["q_proj"], "modules_to_save": ["embed_token"]})
+    with pytest.raises(BabeltuneError, match="embed_token.modules_to_save matched no trainable parameter"):
+        backend("hf-peft").load(config, cpu_runtime(tiny_model_dir))
+    config = make_config(adapter={"target_modules": ["q_projj"]})
+    with pytest.raises(BabeltuneError, match="adapter.target_modules: .*q_projj.*modules: .*q_proj") as info:
+        backend("hf-peft").load(config, cpu_runtime(tiny_model_dir))
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_hf_peft_4bit_on_cpu_is_a_one_line_error(tiny_model_dir):
+    config = make_config(model={"load_in_4bit": True})
+    with pytest.raises(BabeltuneError, match="load_in_4bit.*NVIDIA GPU") as info:
+        backend("hf-peft").load(config, cpu_runtime(tiny_model_dir))
+    assert len(str(info.value).splitlines()) == 1
+
+
+def test_attention_choice_on_cpu():
+    from babeltune.plugins.common import choose_attention
+
+    runtime = Runtime(device="cpu", precision="fp32", model_dir=".")
+    impl, why = choose_attention(runtime, "auto")
+    assert impl == "sdpa" and "NVIDIA GPU" in why
+    assert choose_attention(runtime, "eager")[0] == "eager"
+    with pytest.raises(BabeltuneError, match="flash_attention_2 cannot run here"):
+        choose_attention(runtime, "flash_attention_2")
+
+
+def test_hf_peft_translate_and_liger_option():
+    hf = backend("hf-peft")
+    out = hf.translate(make_config(adapter={"r": 8, "lora_alpha": 16, "use_rslora": True,
+                                            "modules_to_save": ["embed_tokens"], "embedding_learning_rate": 1e-5}))
+    assert out["lora_config"]["r"] == 8 and out["lora_config"]["use_rslora"] is True
+    assert out["lora_config"]["modules_to_save"] == ["embed_tokens"]
+    assert out["embedding_learning_rate"] == 1e-5
+    with pytest.raises(BabeltuneError, match="backend.options.liger"):
+        hf.translate(make_config(backend={"options": {"liger": "yes"}}))
+
+
+# --------------------------------------------------------------------------------------- ia3
+
+
+def test_ia3_on_biasless_llama_says_no_bitfit(tiny_model_dir, marathi_lines):
+    config = make_config(training={"learning_rate": 3e-3})
+    loaded = backend("ia3").load(config, cpu_runtime(tiny_model_dir))
+    notes = "\n".join(loaded.notes)
+    assert "BitFit: not applied" in notes and "no bias terms" in notes
+    assert loaded.expected_trainable == ["ia3_l"]
+    trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
+    assert trainable and all("ia3_l" in n for n in trainable)
+    assert {n.split(".")[-3] for n in trainable} == {"k_proj", "v_proj", "down_proj"}
+    share_line = next(note for note in loaded.notes if note.startswith("trainable share"))
+    share = float(share_line.split(":")[1].split("%")[0])
+    assert 0 < share < 2
+    assert_expected_got_gradients(loaded, backward_on(loaded, marathi_lines))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_dir(tmp_path_factory, tiny_model_dir):
+    """A 2-layer Qwen2 (attention projections with bias) sharing the tiny tokenizer."""
+    import shutil
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    for path in tiny_model_dir.iterdir():
+        if path.name.startswith("tokenizer") or path.name == "special_tokens_map.json":
+            shutil.copy(path, folder / path.name)
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(tiny_model_dir))
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                 eos_token_id=0, pad_token_id=2)).save_pretrained(folder)
+    return folder
+
+
+def test_ia3_bitfit_trains_and_saves_biases(tiny_qwen2_dir, marathi_lines, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ia3 = backend("ia3")
+    loaded = ia3.load(make_config(training={"learning_rate": 3e-3}), cpu_runtime(tiny_qwen2_dir))
+    notes = "\n".join(loaded.notes)
+    assert "BitFit: 6 bias tensors" in notes        # q/k/v biases in 2 layers
+    assert ".bias" in loaded.expected_trainable
+    grads = backward_on(loaded, marathi_lines)
+    assert_expected_got_gradients(loaded, grads)
+    assert any(n.endswith("q_proj.bias") for n in grads)  # not targeted by (IA)^3, trained by BitFit
+
+    groups = ia3.optimizer_param_groups(loaded.model, make_config())
+    optimizer = torch.optim.AdamW(groups)
+    optimizer.step()
+    ids = loaded.tokenizer(marathi_lines[:1], return_tensors="pt")["input_ids"]
+    loaded.model.eval()
+    with torch.no_grad():
+        trained_logits = loaded.model(ids).logits
+    loaded.model.save_pretrained(tmp_path / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        reloaded_logits = reloaded(ids).logits
+    assert not torch.allclose(base_logits, trained_logits, atol=1e-4)
+    torch.testing.assert_close(reloaded_logits, trained_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_ia3_options_and_unknown_architecture():
+    from babeltune.plugins.ia3 import ia3_modules
+
+    assert ia3_modules("llama", make_config()) == (["k_proj", "v_proj", "down_proj"], ["down_proj"])
+    custom = make_config(backend={"options": {"target_modules": ["k_proj", "v_proj", "fc2"], "feedforward_modules": ["fc2"]}})
+    assert ia3_modules("whatever", custom) == (["k_proj", "v_proj", "fc2"], ["fc2"])
+    with pytest.raises(BabeltuneError, match="no \\(IA\\)\\^3 module map"):
+        ia3_modules("brand_new_arch", make_config())
+    bad = make_config(backend={"options": {"target_modules": ["k_proj"], "feedforward_modules": ["fc2"]}})
+    with pytest.raises(BabeltuneError, match="subset"):
+        ia3_modules("llama", bad)
+
+
+# --------------------------------------------------------------------------------------- unsloth
+
+
+def test_unsloth_availability_without_gpu_does_not_import_unsloth(monkeypatch):
+    import sys
+
+    from babeltune.plugins import unsloth as unsloth_plugin
+
+    monkeypatch.setattr(unsloth_plugin, "cuda_available", lambda: False)
+    ok, why = backend("unsloth").availability()
+    assert (ok, why) == (False, "no NVIDIA GPU (torch.cuda.is_available() is False)")
+    monkeypatch.setattr(unsloth_plugin, "cuda_available", lambda: True)
+    monkeypatch.setattr(unsloth_plugin, "unsloth_installed", lambda: False)
+    ok, why = backend("unsloth").availability()
+    assert not ok and why == "unsloth not installed (pip install 'babeltune[unsloth]')"
+    assert "unsloth" not in sys.modules
+
+
+def test_unsloth_translate_maps_every_value():
+    config = make_config(
+        model={"max_seq_length": 2048, "dtype": "bfloat16", "load_in_4bit": True},
+        adapter={"r": 32, "lora_alpha": 64, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
+                 "bias": "none", "use_rslora": True, "modules_to_save": ["embed_tokens", "lm_head"],
+                 "embedding_learning_rate": 5e-6},
+        training={"seed": 42, "gradient_checkpointing": True})
+    out = backend("unsloth").translate(config)
+    assert out["from_pretrained"] == {"max_seq_length": 2048, "dtype": "bfloat16", "load_in_4bit": True}
+    assert out["get_peft_model"] == {
+        "r": 32, "lora_alpha": 64, "lora_dropout": 0.05, "target_modules": ["q_proj", "v_proj"], "bias": "none",
+        "use_rslora": True, "use_gradient_checkpointing": "unsloth", "random_state": 42,
+        "modules_to_save": ["embed_tokens", "lm_head"]}
+    assert out["training_args"] == {"embedding_learning_rate": 5e-6}
+    plain = backend("unsloth").translate(make_config(training={"gradient_checkpointing": False}))
+    assert plain["from_pretrained"]["dtype"] is None and plain["get_peft_model"]["modules_to_save"] is None
+    assert plain["get_peft_model"]["use_gradient_checkpointing"] is False
+    assert plain["training_args"] == {"embedding_learning_rate": None}
+
+
+def test_unsloth_load_without_gpu_is_one_line(tiny_model_dir, monkeypatch):
+    from babeltune.plugins import unsloth as unsloth_plugin
+
+    monkeypatch.setattr(unsloth_plugin, "cuda_available", lambda: False)
+    with pytest.raises(BabeltuneError, match="no NVIDIA GPU.*--backend hf-peft"):
+        backend("unsloth").load(make_config(), cpu_runtime(tiny_model_dir))
+
+
+@pytest.mark.gpu
+def test_unsloth_loads_on_gpu(tiny_model_dir, marathi_lines):
+    from babeltune.plugins.unsloth import unsloth_installed
+
+    if not unsloth_installed():
+        pytest.skip("unsloth not installed")
+    config = make_config(adapter={"r": 4, "modules_to_save": ["embed_tokens", "lm_head"], "embedding_learning_rate": 1e-5})
+    loaded = backend("unsloth").load(config, Runtime(device="cuda", precision="bf16", model_dir=str(tiny_model_dir)))
+    batch = loaded.tokenizer(marathi_lines[:2], return_tensors="pt", padding=True).to("cuda")
+    loaded.model(**batch, labels=batch["input_ids"]).loss.backward()
+    grads = {n: p.grad.abs().sum().item() for n, p in loaded.model.named_parameters() if p.requires_grad and p.grad is not None}
+    assert_expected_got_gradients(loaded, grads)

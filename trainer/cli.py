@@ -1,0 +1,87 @@
+"""`train --config FILE`: the command-line front of ``babeltune.trainer.run.run_training``.
+
+Config problems are collected and shown once (``key: message`` per line, exit 2, no traceback).
+torch/transformers load only once a run really starts, so `--help` and config errors are instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import click
+import yaml
+
+from babeltune.errors import handle_errors
+
+RESUME_LAST = "\0last"  # --resume given without a value
+
+
+def echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def load_train_config(path: str, sets: tuple[str, ...], *, backend: Optional[str], output_dir: Optional[str],
+                      max_steps: Optional[int], echo=echo_err):
+    """Read the YAML, apply --set and the dedicated options, validate once (every problem in one error)."""
+    from babeltune.config import apply_overrides, read_yaml, validate_config
+
+    data = apply_overrides(read_yaml(path), list(sets))
+    sections = {name: data.get(name) for name in ("training", "backend")}
+    if output_dir is not None and isinstance(sections["training"], dict):
+        sections["training"]["output_dir"] = output_dir
+    if max_steps is not None and isinstance(sections["training"], dict):
+        epochs = sections["training"].pop("num_train_epochs", None)
+        if epochs is not None:
+            echo(f"--max-steps {max_steps} replaces training.num_train_epochs ({epochs})")
+        sections["training"]["max_steps"] = max_steps
+    if backend is not None:
+        data["backend"] = sections["backend"] if isinstance(sections["backend"], dict) else {}
+        data["backend"]["name"] = backend
+    return validate_config(data, source=path)
+
+
+def show_dry_run(config, backend: Optional[str]) -> None:
+    """The resolved config and what the backend makes of it; loads no model."""
+    from babeltune.trainer.export import resolved_config_yaml
+    from babeltune.trainer.plugins import select_backend
+
+    click.echo(resolved_config_yaml(config))
+    chosen = select_backend(backend or config.backend.name, echo=echo_err)
+    click.echo(f"# backend {chosen.name}: translate()")
+    click.echo(yaml.safe_dump(chosen.translate(config), sort_keys=False, allow_unicode=True, default_flow_style=False))
+
+
+@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Config YAML written by `advise`.")
+@click.option("--backend", default=None, help="Training backend (see `babeltune plugins`); overrides backend.name.")
+@click.option("--output-dir", default=None, help="Overrides training.output_dir.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimizer steps; replaces training.num_train_epochs.")
+@click.option("--resume", is_flag=False, flag_value=RESUME_LAST, default=None, metavar="[CKPT]",
+              help="Continue from the last complete checkpoint in output_dir, or from CKPT.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set training.learning_rate=1e-4.")
+@click.option("--merge", is_flag=True, help="Also write the adapter merged into the base model (output_dir/merged).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and the backend's arguments, then stop.")
+@click.option("--no-eval", is_flag=True, help="Skip the held-out bits-per-character evaluation at the end.")
+@handle_errors
+def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval):
+    """Train an adapter from a config written by `advise`."""
+    config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
+    if dry_run:
+        show_dry_run(config, backend)
+        return
+    from babeltune.trainer.run import run_training
+
+    result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
+                          echo=echo_err, config_file=config_path, evaluate=not no_eval)
+    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+    click.echo(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    train.main(args=argv, prog_name="train", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

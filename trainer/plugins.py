@@ -1,0 +1,176 @@
+"""The plugin manager: built-in backends (ordinary plugins listed in DEFAULT_PLUGINS) plus third-party
+packages registered under the ``babeltune`` entry-point group. ``BABELTUNE_PLUGINS`` (a comma list of
+plugin names; empty or unset = all) limits which plugins load."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import os
+from typing import Callable, Optional
+
+import pluggy
+
+from babeltune.errors import BabeltuneError
+from babeltune.trainer import hookspecs
+from babeltune.trainer.backend import Backend
+
+ENTRY_POINT_GROUP = "babeltune"
+ENV_VAR = "BABELTUNE_PLUGINS"
+FALLBACK_BACKEND = "hf-peft"
+# plugin name -> module; each module has `@hookimpl def register_backends(register)`.
+DEFAULT_PLUGINS = ("babeltune.plugins.hf_peft", "babeltune.plugins.ia3", "babeltune.plugins.unsloth")
+BUILTIN_NAMES = {"hf-peft": DEFAULT_PLUGINS[0], "ia3": DEFAULT_PLUGINS[1], "unsloth": DEFAULT_PLUGINS[2]}
+
+_cache: dict[Optional[frozenset], tuple[pluggy.PluginManager, dict[str, Backend]]] = {}
+
+
+def canonical(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def wanted_plugins() -> Optional[frozenset[str]]:
+    """Plugin names from BABELTUNE_PLUGINS, or None for all."""
+    raw = os.environ.get(ENV_VAR, "")
+    names = frozenset(canonical(part) for part in raw.split(",") if part.strip())
+    return names or None
+
+
+def _entry_point_names() -> list[str]:
+    return [canonical(ep.name) for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+
+
+def _register_plugins(pm: pluggy.PluginManager, wanted: Optional[frozenset[str]]) -> None:
+    if wanted is not None:
+        known = set(BUILTIN_NAMES) | set(_entry_point_names())
+        unknown = sorted(wanted - known)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BabeltuneError(f"{ENV_VAR}: unknown plugin {unknown[0]!r}{hint}; known: {', '.join(sorted(known))}")
+    for name, module in BUILTIN_NAMES.items():
+        if wanted is None or name in wanted:
+            _guarded(name, lambda: pm.register(importlib.import_module(module), name=name))
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if (wanted is None or canonical(ep.name) in wanted) and not pm.has_plugin(ep.name):
+            _guarded(ep.name, lambda: pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name))
+    _guarded("?", pm.check_pending)
+
+
+def _guarded(plugin: str, action: Callable) -> None:
+    """Turn a plugin's import or validation failure into one line naming the plugin and the fix."""
+    try:
+        action()
+    except pluggy.PluginValidationError as exc:
+        who = getattr(exc, "plugin", None)
+        name = plugin if plugin != "?" else getattr(who, "__name__", str(who))
+        message = str(exc).splitlines()[0]
+        raise BabeltuneError(f"plugin {name}: {message}; babeltune's hooks are "
+                             f"{', '.join(_hook_names())} (fix the name or mark it optionalhook)") from None
+    except ImportError as exc:
+        raise BabeltuneError(f"plugin {plugin}: could not be imported ({exc}); reinstall it, or leave it out "
+                             f"with {ENV_VAR}") from None
+
+
+def _hook_names() -> list[str]:
+    return sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "babeltune_spec"))
+
+
+def _collect_backends(pm: pluggy.PluginManager) -> dict[str, Backend]:
+    backends: dict[str, Backend] = {}
+
+    def register(backend: Backend) -> None:
+        if not isinstance(backend, Backend) or not backend.name:
+            raise BabeltuneError(f"register_backends: {backend!r} is not a named babeltune.trainer.backend.Backend")
+        if backend.name in backends:
+            raise BabeltuneError(f"register_backends: two plugins register a backend named {backend.name!r}; "
+                                 f"uninstall one or limit plugins with {ENV_VAR}")
+        backends[backend.name] = backend
+        backend.plugin_name = _current_plugin[0]  # type: ignore[attr-defined]
+
+    _current_plugin = [""]
+    for name, plugin in pm.list_name_plugin():
+        caller = pm.subset_hook_caller("register_backends", remove_plugins=[p for p in pm.get_plugins() if p is not plugin])
+        _current_plugin[0] = name
+        caller(register=register)
+    return backends
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The plugin manager for the current BABELTUNE_PLUGINS setting (built once per setting)."""
+    return _load()[0]
+
+
+def _load() -> tuple[pluggy.PluginManager, dict[str, Backend]]:
+    wanted = wanted_plugins()
+    if wanted not in _cache:
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        _register_plugins(pm, wanted)
+        _cache[wanted] = (pm, _collect_backends(pm))
+    return _cache[wanted]
+
+
+def reset_plugin_manager() -> None:
+    """Forget loaded plugins (tests; after installing a plugin in-process)."""
+    _cache.clear()
+
+
+def available_backends() -> dict[str, Backend]:
+    """Every registered backend by name (usable here or not: see ``Backend.availability()``)."""
+    return dict(_load()[1])
+
+
+def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
+    """The backend called ``name``; when it cannot run here, the one the resolve_backend_fallback hook
+    names (default hf-peft), after saying in one line what runs instead and why."""
+    pm, backends = _load()
+    if name not in backends:
+        raise BabeltuneError(_unknown_backend_message(name, backends))
+    backend = backends[name]
+    usable, reason = backend.availability()
+    if usable:
+        return backend
+    fallback = pm.hook.resolve_backend_fallback(name=name, reason=reason) or FALLBACK_BACKEND
+    if fallback == name or fallback not in backends:
+        raise BabeltuneError(f"backend {name}: {reason}; no usable fallback ({fallback!r} is "
+                             f"{'the same backend' if fallback == name else 'not loaded'}): pick another with --backend")
+    fallback_ok, fallback_reason = backends[fallback].availability()
+    if not fallback_ok:
+        raise BabeltuneError(f"backend {name}: {reason}; fallback {fallback} cannot run either: {fallback_reason}")
+    echo(f"backend {name} is not usable here: {reason}; running {fallback} instead")
+    return backends[fallback]
+
+
+def _unknown_backend_message(name: str, backends: dict[str, Backend]) -> str:
+    close = difflib.get_close_matches(name, list(backends), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    limited = f"; {ENV_VAR}={os.environ[ENV_VAR]!r} limits which plugins load" if wanted_plugins() else ""
+    return f"backend.name: unknown backend {name!r}{hint}; available: {', '.join(sorted(backends)) or 'none'}{limited}"
+
+
+def plugin_descriptions() -> list[dict]:
+    """One entry per loaded plugin: name, package, version, hooks and the backends it provides."""
+    pm, backends = _load()
+    distributions = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    from babeltune import __version__
+
+    entries = []
+    for name, plugin in pm.list_name_plugin():
+        dist = distributions.get(id(plugin))
+        provided = [b for b in backends.values() if getattr(b, "plugin_name", None) == name]
+        entries.append({
+            "name": name,
+            "package": dist.project_name if dist else "babeltune",
+            "version": dist.version if dist else __version__,
+            "module": getattr(plugin, "__name__", type(plugin).__name__),
+            "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin) or []),
+            "backends": [_backend_entry(b) for b in provided],
+        })
+    return entries
+
+
+def _backend_entry(backend: Backend) -> dict:
+    usable, reason = backend.availability()
+    return {"name": backend.name, "description": backend.description, "available": usable, "reason": reason or None}

@@ -1,0 +1,311 @@
+"""`train`'s core: config -> seeded backend load -> data -> HF Trainer with the core callbacks -> final adapter,
+reload check, optional merge, held-out evaluation (bits per character, before/after) and the run manifest.
+
+The backend owns loading and the adapter; this module owns data, the loop, checkpoints, callbacks, metrics,
+saving and evaluation.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from babeltune.errors import BabeltuneError
+from babeltune.trainer import callbacks as cb
+from babeltune.trainer.backend import Backend, Runtime
+from babeltune.trainer.checkpoints import (check_trainable_names, completion_marker_callback, list_checkpoints,
+                                           resolve_resume)
+
+if TYPE_CHECKING:
+    from babeltune.config import TrainConfig
+    from babeltune.trainer.data import PreparedData
+
+HELDOUT_FILE = "heldout.jsonl"
+EVAL_REPORT = "eval.json"
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    final_loss: Optional[float]          # last logged training loss
+    steps: int                           # optimizer steps reached (global step)
+    eval_report: Optional[Path]          # eval.json (bits per character before/after), None when skipped
+    adapter_dir: Path
+    manifest: Path
+    merged_dir: Optional[Path] = None
+    resumed_from: Optional[Path] = None
+    stopped_early: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime and seeding
+
+
+def resolve_model_dir(spec: str) -> str:
+    """A local HF folder for model.name: built-in names and GGUF files through the models package."""
+    try:
+        from babeltune.models.resolve import resolve_model_dir as resolve
+    except ImportError:  # models package not in this tree: plain HF folders still work
+        folder = Path(spec).expanduser()
+        if (folder / "config.json").is_file():
+            return str(folder)
+        raise BabeltuneError(f"model.name: {spec!r} is not a Hugging Face folder (no config.json); "
+                             "pass a folder with config.json and weights") from None
+    return str(resolve(spec))
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    import torch
+
+    if device == "cpu":
+        if requested == "fp16":
+            raise BabeltuneError("training.precision: fp16 needs a GPU; use auto, bf16 or fp32 on CPU")
+        return "fp32" if requested == "auto" else requested
+    if requested == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if requested == "bf16" and not torch.cuda.is_bf16_supported():
+        raise BabeltuneError("training.precision: this GPU does not support bf16; use fp16 or auto")
+    return requested
+
+
+def make_runtime(config: "TrainConfig") -> Runtime:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Runtime(device=device, precision=resolve_precision(config.training.precision, device),
+                   model_dir=resolve_model_dir(config.model.name),
+                   world_size=int(os.environ.get("WORLD_SIZE", "1")), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch (all devices) RNGs: must run before the backend creates the adapter."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def pick_backend(choice: Union[str, Backend, None], config: "TrainConfig", echo: Callable) -> Backend:
+    if isinstance(choice, Backend):
+        return choice
+    from babeltune.trainer.plugins import select_backend
+
+    return select_backend(choice or config.backend.name, echo=echo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer arguments, optimizer, callbacks
+
+
+def supported(cls: type, kwargs: dict) -> dict:
+    """Keep only the arguments this transformers version knows (the GPU machine runs an older one)."""
+    known = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in kwargs.items() if k in known}
+
+
+def warmup_kwargs(config: "TrainConfig", known: set) -> dict:
+    tr = config.training
+    if tr.warmup_steps > 0:
+        return {"warmup_steps": tr.warmup_steps}
+    if tr.warmup_ratio > 0:
+        # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a ratio)
+        return {"warmup_ratio": tr.warmup_ratio} if "warmup_ratio" in known else {"warmup_steps": tr.warmup_ratio}
+    return {}
+
+
+def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path, has_eval: bool):
+    from transformers import TrainingArguments
+
+    tr, ev = config.training, config.eval
+    eval_strategy = ev.evaluation_strategy if has_eval else "no"
+    early = ev.early_stopping_patience is not None and eval_strategy != "no"
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=tr.per_device_train_batch_size,
+        per_device_eval_batch_size=ev.per_device_eval_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps, learning_rate=tr.learning_rate,
+        num_train_epochs=tr.num_train_epochs or 1.0, max_steps=tr.max_steps or -1, weight_decay=tr.weight_decay,
+        optim=tr.optimizer, lr_scheduler_type=tr.lr_scheduler_type, max_grad_norm=tr.max_grad_norm,
+        logging_strategy="steps", logging_steps=tr.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
+        eval_strategy=eval_strategy, eval_steps=ev.eval_steps, save_strategy=ev.save_strategy, save_steps=tr.save_steps,
+        save_total_limit=tr.save_total_limit, gradient_checkpointing=tr.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
+        seed=tr.seed, data_seed=tr.seed, bf16=runtime.precision == "bf16", fp16=runtime.precision == "fp16",
+        use_cpu=runtime.device == "cpu", report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        label_names=["labels"], include_num_input_tokens_seen=True, dataloader_num_workers=0,
+        load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+    )
+    known = set(inspect.signature(TrainingArguments.__init__).parameters)
+    kwargs.update(warmup_kwargs(config, known))
+    if "activation_checkpointing" in known:  # the newer name; the old one warns
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
+        kwargs["activation_checkpointing_kwargs"] = kwargs.pop("gradient_checkpointing_kwargs")
+    return TrainingArguments(**supported(TrainingArguments, kwargs))
+
+
+def build_optimizer(backend: Backend, model: Any, config: "TrainConfig", args: Any):
+    """The backend's parameter groups (e.g. a lower lr for embeddings) with the configured optimizer class."""
+    groups = backend.optimizer_param_groups(model, config)
+    if not groups:
+        return None
+    from transformers import Trainer
+
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return optimizer_cls(groups, **optimizer_kwargs)
+
+
+def plugin_callbacks(config: "TrainConfig") -> list:
+    try:
+        from babeltune.trainer.plugins import get_plugin_manager
+    except ImportError:
+        return []
+    return [callback for result in get_plugin_manager().hook.extra_callbacks(config=config) for callback in (result or [])]
+
+
+def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str], echo: Callable) -> dict[str, Any]:
+    callbacks = {
+        "progress": cb.progress_callback(echo), "metrics": cb.metrics_callback(output_dir),
+        "plot": cb.loss_plot_callback(output_dir), "complete": completion_marker_callback(),
+        "nan": cb.nan_guard_callback(config.training.max_nonfinite_losses),
+        "grad": cb.gradient_check_callback(expected),
+    }
+    if config.eval.early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks["early"] = EarlyStoppingCallback(early_stopping_patience=config.eval.early_stopping_patience,
+                                                   early_stopping_threshold=config.eval.early_stopping_threshold)
+    return callbacks
+
+
+def make_trainer(backend: Backend, loaded, data: "PreparedData", args, callbacks: list, config: "TrainConfig"):
+    from transformers import PrinterCallback, Trainer
+
+    trainer_cls = backend.trainer_class() or Trainer
+    optimizer = build_optimizer(backend, loaded.model, config, args)
+    trainer = trainer_cls(model=loaded.model, args=args, data_collator=data.collator, train_dataset=data.train,
+                          eval_dataset=data.eval, processing_class=loaded.tokenizer, callbacks=callbacks,
+                          optimizers=(optimizer, None))
+    trainer.remove_callback(PrinterCallback)  # our progress callback prints the logs
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps after training
+
+
+def last_logged_loss(log_history: list[dict]) -> Optional[float]:
+    for record in reversed(log_history):
+        if "loss" in record:
+            return float(record["loss"])
+    return None
+
+
+def nonfinite_error(guard, config: "TrainConfig", output_dir: Path) -> BabeltuneError:
+    good = [p for step, p, ok in list_checkpoints(output_dir) if ok and step < (guard.first_step or 0)]
+    keep = f"last good checkpoint: {good[-1]} (resume from it with a lower learning rate)" if good else "no checkpoint was saved before it"
+    causes = "\n".join(f"training: likely cause {i}: {cause}" for i, cause in enumerate(cb.nonfinite_causes(config), 1))
+    return BabeltuneError(f"training: {guard.count} optimizer steps with a non-finite loss (first at step {guard.first_step}); "
+                          f"stopped; {keep}\n{causes}")
+
+
+def write_heldout(texts: list[str], output_dir: Path) -> Path:
+    from babeltune.errors import atomic_write_text
+
+    return atomic_write_text(output_dir / HELDOUT_FILE, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
+
+
+def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, output_dir: Path, echo: Callable) -> Path:
+    """Bits per character on the held-out split (+ eval.extra_corpora), before and after the adapter."""
+    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.trainer.evaluate import evaluate_corpora
+
+    corpora: dict[str, Any] = {config.language: CorpusSpec(path=str(heldout), text_field="text")}
+    corpora.update(config.eval.extra_corpora)
+    report = evaluate_corpora(config.model.name, corpora, model=model, tokenizer=tokenizer,
+                              max_documents=config.eval.max_eval_documents, max_length=config.model.max_seq_length,
+                              batch_size=config.eval.per_device_eval_batch_size, echo=echo)
+    path = report.write_json(output_dir / EVAL_REPORT)
+    from rich.console import Console
+
+    Console(stderr=True).print(report.render_table())
+    return Path(path)
+
+
+def check_fresh_output(output_dir: Path, resuming: bool) -> None:
+    if not resuming and list_checkpoints(output_dir):
+        raise BabeltuneError(f"training.output_dir: {output_dir} already holds checkpoints from an earlier run; "
+                             "continue it with --resume, or pass another --output-dir")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = None, resume: Union[str, bool, None] = None,
+                 merge: bool = False, echo: Callable[[str], Any] = print, config_file: Optional[str] = None,
+                 evaluate: bool = True) -> RunResult:
+    """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
+    ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint."""
+    from babeltune.trainer import export, manifest
+    from babeltune.trainer.data import prepare_data
+
+    started = time.time()
+    output_dir = Path(config.training.output_dir)
+    checkpoint = resolve_resume(resume, output_dir, echo)
+    check_fresh_output(output_dir, checkpoint is not None)
+    runtime = make_runtime(config)
+    echo(f"device {runtime.device}, precision {runtime.precision}, model {runtime.model_dir}")
+    seed_everything(config.training.seed)
+    chosen = pick_backend(backend, config, echo)
+    loaded = chosen.load(config, runtime)
+    for note in loaded.notes:
+        echo(f"{chosen.name}: {note}")
+    if checkpoint is not None:
+        check_trainable_names(checkpoint, loaded.model)
+        echo(f"resume: from {checkpoint}")
+    data = prepare_data(config, loaded.tokenizer, padding_free=loaded.padding_free)
+    for note in data.notes:
+        echo(f"data: {note}")
+    echo(f"data: {data.stats['train_rows']} train rows ({data.stats['train_tokens']:,} tokens), "
+         f"{data.stats['eval_documents']} held-out documents from {data.heldout_source}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    args = training_arguments(config, runtime, output_dir, has_eval=data.eval is not None)
+    callbacks = core_callbacks(config, output_dir, loaded.expected_trainable, echo)
+    callbacks_list = list(callbacks.values()) + plugin_callbacks(config)
+    trainer = make_trainer(chosen, loaded, data, args, callbacks_list, config)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if callbacks["nan"].tripped:
+        raise nonfinite_error(callbacks["nan"], config, output_dir)
+    model = trainer.model
+    trainer.optimizer = None  # free optimizer state before the reload check loads a second copy
+    adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir)
+    check, reloaded = export.reload_check(model, adapter_dir, runtime.model_dir, loaded.tokenizer, data.eval_texts,
+                                          precision="4bit" if config.model.load_in_4bit else runtime.precision,
+                                          max_length=config.model.max_seq_length)
+    echo(f"reload check: saved adapter matches the trained model (relative logit difference {check.relative_diff:.1e}; "
+         f"adapter effect {check.adapter_effect:.1e})")
+    heldout = write_heldout(data.eval_texts, output_dir)
+    # scored with the adapter as reloaded from disk: what a user of the output folder gets
+    report = evaluate_heldout(config, reloaded, loaded.tokenizer, heldout, output_dir, echo) if evaluate else None
+    merged_dir = export.merge(reloaded, loaded.tokenizer, output_dir / "merged") if merge else None
+    final_loss = last_logged_loss(trainer.state.log_history)
+    stopped_early = trainer.state.global_step < trainer.state.max_steps
+    extra = {
+        "backend_notes": loaded.notes, "attn_implementation": loaded.attn_implementation, "data": data.stats,
+        "data_notes": data.notes, "heldout_source": data.heldout_source, "resumed_from": str(checkpoint) if checkpoint else None,
+        "result": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps, "final_loss": final_loss,
+                   "stopped_early": stopped_early, "tokens_seen": trainer.state.num_input_tokens_seen,
+                   "seconds": round(time.time() - started, 1)},
+        "reload_check": check.to_dict(), "eval_report": str(report) if report else None,
+        "merged_dir": str(merged_dir) if merged_dir else None,
+    }
+    path = manifest.write_manifest(output_dir, manifest.build_manifest(
+        config, runtime, backend=chosen.name, config_file=config_file, tokenizer_dir=adapter_dir, extra=extra))
+    echo(f"done: adapter in {adapter_dir}, manifest {path}" + (f", eval {report}" if report else ""))
+    return RunResult(output_dir, final_loss, trainer.state.global_step, report, adapter_dir, path, merged_dir,
+                     checkpoint, stopped_early, list(loaded.notes) + data.notes)

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from babeltune.advisor.memory import MemoryEstimate
+from babeltune.advisor.memory import MemoryEstimate, budget_gib
 from babeltune.advisor.types import Decision, Measurements
 from babeltune.errors import BabeltuneError
 
 DEFAULT_GPU_GIB = 24.0
 DEFAULT_TRAINING_SEED = 3407
-MIN_LANGID_AGREEMENT = 0.3   # below this share of sampled documents in --lang, the corpus is "mostly another language"
+MIN_LANGID_AGREEMENT = 0.5   # below this share of sampled documents in --lang, the corpus is "mostly another language"
 
 # Decision name -> dotted TrainConfig key (batch_size is the product of two keys: comment only).
 CONFIG_KEYS = {
@@ -72,7 +72,7 @@ class Advice:
     candidates: list[Candidate] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        budget = self.gpu_memory_gib * 0.9
+        budget = budget_gib(self.gpu_memory_gib)
         return {
             "language": self.language,
             "language_name": getattr(self.profile, "name", self.language),
@@ -133,7 +133,8 @@ def check_language(measurements: Measurements, profile, lang_arg: str) -> Option
     expected = info.get("expected") or getattr(profile, "langid_code", None)
     if agreement is None or expected is None or top is None:
         return None
-    if top != expected and agreement < MIN_LANGID_AGREEMENT:
+    mismatch = info.get("mismatch", top != expected and agreement < MIN_LANGID_AGREEMENT)
+    if mismatch:
         raise BabeltuneError(
             f"--corpus: {measurements.documents:,} documents look mostly like {top!r}, not --lang {lang_arg!r} "
             f"({agreement:.0%} of sampled documents identified as {expected!r}); pass the right --lang or corpus")
@@ -157,7 +158,9 @@ def resolve_models(model: Optional[str], tokenizer: Optional[str], corpus, profi
     if tokenizer is not None:
         echo(f"measuring {corpus.path} under tokenizer {tokenizer} ...")
         measurements = measure_candidate(tokenizer, "tokenizer", corpus, profile, full=full, seed=seed).measurements
-        notes.append(f"--tokenizer {tokenizer}: measured with it instead of {model}'s own tokenizer")
+        trains = ("training uses it too" if config_tokenizer(tokenizer)
+                  else "training still uses the model's own tokenizer (only folders/tokenizer.json can train)")
+        notes.append(f"--tokenizer {tokenizer}: measured with it instead of {model}'s own tokenizer; {trains}")
     return model, measurements, candidates, notes
 
 
@@ -191,6 +194,10 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
         "model.tokenizer": "null = the model's own tokenizer" if not config["model"]["tokenizer"] else "--tokenizer",
         "model.dtype": "auto = bf16 on GPUs that support it, fp32 on CPU",
         "data.train": "the measured corpus", "data.mode": f"--goal {goal}",
+        "data.doc_split": f"--doc-split {corpus.doc_split}: how .txt files were cut into documents when measured",
+        "data.text_field": f"--text-field {corpus.text_field} (.jsonl/.parquet)",
+        "data.text_column": f"--text-column {corpus.text_column} (.csv/.tsv)" if corpus.text_column else
+                            "--text-column: default ('text' if present, else the first column)",
         "training.output_dir": "checkpoints, adapter, metrics and manifest",
         "training.seed": "data split, shuffling and adapter initialisation",
         "backend.name": "plain Hugging Face + PEFT; `train --backend unsloth` where Unsloth is installed",

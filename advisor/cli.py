@@ -16,21 +16,28 @@ Examples:
 """
 
 
+class RecordingCommand(click.Command):
+    """Keeps the raw arguments, so the config header can show the exact command."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["babeltune.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
 def command_line() -> str:
     """The command as the user typed it (for the config header)."""
     import shlex
-    import sys
-    from pathlib import Path
 
-    program = Path(sys.argv[0]).name
-    if program not in ("advise", "babeltune", "__main__.py"):
-        program = "advise"
-    return shlex.join([program, *sys.argv[1:]])
+    ctx = click.get_current_context()
+    return " ".join([ctx.command_path, shlex.join(ctx.meta.get("babeltune.argv", []))]).strip()
 
 
-def check_single(models: tuple[str, ...], tokenizers: tuple[str, ...], compare: bool) -> None:
+def check_single(models: tuple[str, ...], tokenizers: tuple[str, ...], compare: bool, out, report) -> None:
     from babeltune.errors import BabeltuneError
 
+    if compare and (out or report):
+        flag = "--out" if out else "--report"
+        raise BabeltuneError(f"{flag}: --compare only measures and writes no config; drop {flag} or --compare")
     for flag, values in (("--model", models), ("--tokenizer", tokenizers)):
         if len(values) > 1 and not compare:
             raise BabeltuneError(f"{flag}: given {len(values)} times ({', '.join(values)}); only --compare takes "
@@ -85,7 +92,7 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
             echo(note)
 
 
-@click.command(epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=RecordingCommand, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--lang", required=True, help="Language: name, ISO 639-1/3 code or native name (marathi, mr, mar, मराठी).")
 @click.option("--corpus", required=True, help="File or folder: .txt, .jsonl, .csv/.tsv, .parquet.")
 @click.option("--model", "models", multiple=True, help="Built-in name, Hugging Face folder or GGUF file (default: the installed built-in that fits best).")
@@ -110,7 +117,7 @@ def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, rep
     from babeltune.advisor.advise import advise as run_advise
     from babeltune.advisor.corpus import CorpusSpec
 
-    check_single(models, tokenizers, compare)
+    check_single(models, tokenizers, compare, out, report)
     echo = lambda line: click.echo(line, err=True)  # noqa: E731 - progress goes to stderr, stdout stays clean
     spec = CorpusSpec(path=corpus, doc_split=doc_split, text_field=text_field, text_column=text_column, strict=strict)
     if compare:

@@ -84,23 +84,25 @@ def corpus_files(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
     return sorted(files)
 
 
-def iter_text_chunks(path: Path, chunk_size: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes, str]]:
+def iter_text_chunks(path: Path, chunk_size: Optional[int] = None, *, start: int = 0,
+                     end: Optional[int] = None) -> Iterator[tuple[int, bytes, str]]:
     """Yield ``(byte_offset, raw, text)`` pieces of a UTF-8 file, each ending just after a newline (but
-    the last), so no line or character is ever cut in two. A leading BOM is dropped.
+    the last), so no line or character is ever cut in two. A leading BOM is dropped. ``start``/``end``
+    read one byte range (which should begin at a line start); offsets stay file offsets.
 
     Raises FileProblem at the first NUL byte (binary file) or invalid UTF-8 sequence, with its offset."""
+    chunk_size = chunk_size or CHUNK_BYTES
     with open(path, "rb") as handle:
-        offset = 0
+        if start == 0 and handle.read(len(UTF8_BOM)) == UTF8_BOM:
+            start = len(UTF8_BOM)      # a BOM is an encoding mark, not text
+        handle.seek(start)
+        offset, left = start, (None if end is None else end - start)
         pending: list[bytes] = []          # blocks read since the last newline
         checker = _BlockChecker(path)
-        first = True
         while True:
-            block = handle.read(chunk_size)
-            if first:
-                first = False
-                if block.startswith(UTF8_BOM):
-                    block, offset = block[len(UTF8_BOM):], len(UTF8_BOM)
-                checker.start = offset
+            block = handle.read(chunk_size if left is None else min(chunk_size, left))
+            if left is not None:
+                left -= len(block)
             if not block:
                 if pending:
                     data = b"".join(pending)
@@ -115,8 +117,12 @@ def iter_text_chunks(path: Path, chunk_size: int = CHUNK_BYTES) -> Iterator[tupl
                 continue
             data = b"".join(pending + [block[: newline + 1]]) if pending else block[: newline + 1]
             rest = block[newline + 1:]
+            text = _decode_piece(data, offset)
+            checker.reset()
+            if rest:        # the start of the next line: the checker must see it before what follows
+                checker.check(rest, offset + len(data))
             pending = [rest] if rest else []
-            yield offset, data, _decode_piece(data, offset)
+            yield offset, data, text
             offset += len(data)
 
 
@@ -125,19 +131,22 @@ class _BlockChecker:
 
     def __init__(self, path: Path):
         self.path = path
-        self.start = 0
         self.decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def reset(self) -> None:
+        self.decoder.reset()
 
     def check(self, block: bytes, block_offset: int) -> None:
         nul = block.find(b"\x00")
-        if nul >= 0:
-            raise FileProblem(f"binary file (NUL byte at byte {block_offset + nul})", block_offset + nul)
         buffered = len(self.decoder.getstate()[0])
         try:
             self.decoder.decode(block)
         except UnicodeDecodeError as exc:
             at = block_offset - buffered + exc.start
-            raise FileProblem(f"invalid UTF-8 at byte {at}", at) from None
+            if nul < 0 or at < block_offset + nul:
+                raise FileProblem(f"invalid UTF-8 at byte {at}", at) from None
+        if nul >= 0:
+            raise FileProblem(f"binary file (NUL byte at byte {block_offset + nul})", block_offset + nul)
 
 
 def _decode_piece(data: bytes, offset: int) -> str:
@@ -272,11 +281,34 @@ def _file_rows(path: Path, spec: CorpusSpec) -> tuple[Optional[str], Iterator[di
         return None, _jsonl_records(path)
     if suffix == ".parquet":
         parquet = _parquet_file(path)
+        parquet.metadata_path = path
         return _choose_column(list(parquet.schema_arrow.names), spec, path), _parquet_rows(parquet)
     csv.field_size_limit(2**31 - 1)   # documents may be far longer than csv's 128 KiB default
     reader = csv.DictReader(_lines(path), delimiter="\t" if suffix == ".tsv" else ",")
-    column = _choose_column([c for c in reader.fieldnames or [] if c is not None], spec, path)
-    return column, ({k: v for k, v in row.items() if k is not None} for row in reader)
+    try:
+        columns = [c for c in reader.fieldnames or [] if c is not None]
+    except csv.Error as exc:
+        raise _csv_error(path, reader, exc) from None
+    return _choose_column(columns, spec, path), _csv_rows(reader, path)
+
+
+def _csv_rows(reader: csv.DictReader, path: Path) -> Iterator[dict]:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _csv_error(path, reader, exc) from None
+        yield {k: v for k, v in row.items() if k is not None}
+
+
+def _csv_error(path: Path, reader: csv.DictReader, exc: csv.Error) -> BabeltuneError:
+    why = str(exc).split(" - ")[0]   # drop csv's hint about universal-newline mode: not the user's fix
+    return BabeltuneError(f"corpus: {path} near line {max(1, reader.line_num)}: malformed "
+                          f"{path.suffix.lstrip('.').upper()} ({why}); fix the quoting there "
+                          f"(fields holding line breaks must be quoted)")
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -314,13 +346,19 @@ def _row_text(row: dict, column: Optional[str], path: Path, spec: CorpusSpec) ->
         value, found = row.get(column), True
     if not found:
         raise BabeltuneError(f"corpus: {path}: a record has no field {key!r} (fields: "
-                             f"{', '.join(map(str, row)) or 'none'}); pass {option} naming the text field")
+                             f"{', '.join(map(_shown, row)) or 'none'}); pass {option} naming the text field")
     if value is None:
         return ""
     if not isinstance(value, str):
         raise BabeltuneError(f"corpus: {path}: field {key!r} holds a {type(value).__name__}, not text; "
                              f"pass {option} naming a field that holds a string")
     return value
+
+
+def _shown(name: object) -> str:
+    """A field/column name for a one-line message: odd names (line breaks, quotes) are escaped."""
+    text = str(name)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def _lookup(record: dict, key: str) -> tuple[object, bool]:
@@ -338,7 +376,7 @@ def _choose_column(columns: list[str], spec: CorpusSpec, path: Path) -> str:
     wanted = spec.text_column or "text"
     if wanted in columns:
         return wanted
-    listed = ", ".join(columns) or "none"
+    listed = ", ".join(map(_shown, columns)) or "none"
     if spec.text_column:
         raise BabeltuneError(f"corpus: {path} has no column {wanted!r} (columns: {listed}); "
                              f"pass --text-column with one of these")
@@ -355,7 +393,16 @@ def _parquet_file(path: Path):
 
 
 def _parquet_rows(parquet) -> Iterator[dict]:
-    for batch in parquet.iter_batches(batch_size=2048):   # streams row group by row group
+    batches = parquet.iter_batches(batch_size=2048)   # streams row group by row group
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:   # data pages corrupt although the footer was readable
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            raise BabeltuneError(f"corpus: {parquet.metadata_path}: unreadable parquet data ({reason}); "
+                                 f"fix: rewrite the file or remove it") from None
         yield from batch.to_pylist()
 
 
@@ -370,6 +417,6 @@ def corpus_sha256(spec: CorpusSpec) -> str:
         name = path.name if root.is_file() else path.relative_to(root).as_posix()
         digest.update(f"{name}\0{path.stat().st_size}\0".encode("utf-8"))
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()

@@ -10,21 +10,18 @@ are tokenized completely, exactly.
 from __future__ import annotations
 
 import math
-import re
-from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import regex
 
-from babeltune.advisor.corpus import (
-    CorpusSpec, FileProblem, bad_file_error, check_file, corpus_files, documents_in_file,
-    empty_corpus_error, iter_text_chunks,
-)
+from babeltune.advisor.corpus import CorpusSpec, bad_file_error, corpus_files, documents_in_file, empty_corpus_error
 from babeltune.advisor.scripts import mostly_space_delimited, script_mix
+from babeltune.advisor.textscan import Counts, SampleFolder, SamplePool, ScanResult, scan_files
 from babeltune.advisor.types import Measurements, SkippedFile
 
 if TYPE_CHECKING:
@@ -35,8 +32,6 @@ EXACT_BELOW_CHARS = 2_000_000   # below this, tokenizing everything takes about 
 TARGET_HALF_WIDTH = 0.01        # relative half-width of the 95% interval of tokens/char
 Z95 = 1.959964
 MIN_SAMPLE_DOCS = 2_000         # enough documents for stable p99 lengths and a trustworthy interval
-POOL_DOCS = 100_000             # most sampled documents kept; ~38k suffice even for very mixed corpora
-POOL_CHARS = 64_000_000         # and at most this much text, so memory stays bounded for long documents
 TOKENIZE_BATCH = 2_000
 WORD_SAMPLE = 20_000            # words tokenized one by one for the multi-token share
 LANGID_SAMPLE = 1_000
@@ -44,180 +39,42 @@ LANGID_CHARS = 2_000            # py3langid needs no more than this per document
 SCRIPT_SAMPLE_CHARS = 2_000_000
 LENGTHS_KEPT = 100_000          # document token lengths kept for histograms/truncation shares
 
-# Bytes that start a non-ASCII whitespace character (U+0085, U+00A0, U+1680, U+2000-200A, U+2028/9,
-# U+202F, U+205F, U+3000): pieces without them can be counted on bytes alone.
-_NON_ASCII_SPACE = re.compile(rb"\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]|\xe2\x81\x9f|\xe3\x80\x80")
-# Byte classes: "\n" stays, the other characters str.isspace() calls ASCII whitespace become " ", and
-# every other byte (including all bytes of multi-byte characters) becomes "a".
-_CLASS_TABLE = bytes(
-    0x0A if b == 0x0A else 0x20 if b in b" \t\r\x0b\x0c\x1c\x1d\x1e\x1f" else 0x61 for b in range(256))
 _WORD_PART = regex.compile(r"[\p{L}\p{M}]+")
 
 
 # --------------------------------------------------------------------------- counting pass
 
 
-@dataclass
-class Counts:
-    documents: int = 0
-    characters: int = 0
-    bytes: int = 0
-    words: int = 0
-
-    def add(self, other: "Counts") -> None:
-        self.documents += other.documents
-        self.characters += other.characters
-        self.bytes += other.bytes
-        self.words += other.words
-
-
-class SamplePool:
-    """Bottom-k sample: every document gets a seeded uniform key; the documents with the smallest keys are
-    kept. Sorted by key, any prefix is a uniform random sample without replacement."""
-
-    def __init__(self, seed: int):
-        self.rng = np.random.default_rng(seed)
-        self.threshold = 1.0
-        self.keys: list[float] = []
-        self.docs: list[str] = []
-        self.files: list[int] = []
-        self.chars = 0
-        self.complete = True            # still holds every document seen
-
-    def candidates(self, count: int) -> Iterable[tuple[int, float]]:
-        """Draw keys for ``count`` documents; return (index, key) of those that may enter the pool."""
-        keys = self.rng.random(count)
-        picked = np.flatnonzero(keys < self.threshold)
-        return zip(picked.tolist(), keys[picked].tolist())
-
-    def add(self, key: float, doc: str, file_index: int) -> None:
-        self.keys.append(key)
-        self.docs.append(doc)
-        self.files.append(file_index)
-        self.chars += len(doc)
-        if len(self.keys) > POOL_DOCS * 3 // 2 or self.chars > POOL_CHARS * 3 // 2:
-            self._prune()
-
-    def _prune(self) -> None:
-        order = np.argsort(np.asarray(self.keys), kind="stable")
-        keep, chars = [], 0
-        for i in order[:POOL_DOCS].tolist():
-            if chars + len(self.docs[i]) > POOL_CHARS and keep:
-                break
-            keep.append(i)
-            chars += len(self.docs[i])
-        self.complete = False
-        self.threshold = self.keys[keep[-1]]
-        self.keys = [self.keys[i] for i in keep]
-        self.docs = [self.docs[i] for i in keep]
-        self.files = [self.files[i] for i in keep]
-        self.chars = chars
-
-    def drop_file(self, file_index: int) -> None:
-        """Forget the documents of a file found bad halfway through."""
-        kept = [i for i, f in enumerate(self.files) if f != file_index]
-        self.keys = [self.keys[i] for i in kept]
-        self.docs = [self.docs[i] for i in kept]
-        self.files = [self.files[i] for i in kept]
-        self.chars = sum(map(len, self.docs))
-
-    def ordered_documents(self) -> list[str]:
-        return [self.docs[i] for i in np.argsort(np.asarray(self.keys), kind="stable").tolist()]
-
-
-def scan_line_file(path: Path, pool: SamplePool, file_index: int) -> Counts:
-    """Counts for a one-document-per-line .txt file, computed on large byte chunks (no per-character
-    Python), feeding the sample pool. Raises FileProblem for binary/undecodable content."""
-    counts = Counts()
-    for _, raw, text in iter_text_chunks(path):
-        if _NON_ASCII_SPACE.search(raw) is None:
-            lengths = _count_piece_bytes(raw, text, counts)
-            lines = None
-        else:
-            lines = list(map(str.strip, text.split("\n")))
-            lengths = _count_piece_text(lines, counts)
-        raw_lines = None
-        for index, key in pool.candidates(len(lengths)):
-            if lengths[index]:
-                if lines is None:
-                    raw_lines = raw_lines or raw.split(b"\n")
-                    doc = raw_lines[index].decode("utf-8").strip()
-                else:
-                    doc = lines[index]
-                pool.add(key, doc, file_index)
-    return counts
-
-
-def _count_piece_bytes(raw: bytes, text: str, counts: Counts) -> list[int]:
-    """Fast path (only ASCII whitespace): classify bytes with translate, strip lines as bytes."""
-    classes = raw.translate(_CLASS_TABLE)
-    byte_lengths = list(map(len, map(bytes.strip, classes.split(b"\n"))))
-    doc_bytes = sum(byte_lengths)
-    # Continuation bytes (len(raw) - len(text)) all belong to non-space characters inside documents.
-    counts.characters += doc_bytes - (len(raw) - len(text))
-    counts.bytes += doc_bytes
-    counts.documents += len(byte_lengths) - byte_lengths.count(0)
-    counts.words += classes.count(b" a") + classes.count(b"\na") + (classes[:1] == b"a")
-    return byte_lengths
-
-
-def _count_piece_text(lines: list[str], counts: Counts) -> list[int]:
-    """Exact path for pieces holding non-ASCII whitespace: per line, but still without per-char loops."""
-    lengths = list(map(len, lines))
-    counts.characters += sum(lengths)
-    counts.bytes += sum(map(len, map(str.encode, lines)))
-    counts.documents += len(lengths) - lengths.count(0)
-    counts.words += sum(map(len, map(str.split, lines)))
-    return lengths
-
-
-def scan_documents(path: Path, spec: CorpusSpec, pool: SamplePool, file_index: int) -> Counts:
-    """Counts for any other file type, document by document (in batches for the key draws)."""
-    counts = Counts()
-    batch: list[str] = []
-    for doc in documents_in_file(path, spec):
-        batch.append(doc)
-        if len(batch) >= 4096:
-            _count_batch(batch, counts, pool, file_index)
-            batch = []
-    if batch:
-        _count_batch(batch, counts, pool, file_index)
-    return counts
-
-
-def _count_batch(batch: list[str], counts: Counts, pool: SamplePool, file_index: int) -> None:
-    counts.documents += len(batch)
-    counts.characters += sum(map(len, batch))
-    counts.bytes += sum(map(len, map(str.encode, batch)))
-    counts.words += sum(map(len, map(str.split, batch)))
-    for index, key in pool.candidates(len(batch)):
-        pool.add(key, batch[index], file_index)
-
-
 def count_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile]) -> tuple[Counts, SamplePool, list[Path]]:
     """One pass over the corpus: exact counts, the random sample, and the files that were read."""
-    totals, pool, good = Counts(), SamplePool(seed), []
-    for index, path in enumerate(corpus_files(spec, skipped)):
-        try:
-            if path.suffix.lower() == ".txt" and spec.doc_split == "line":
-                counts = scan_line_file(path, pool, index)
+    files = corpus_files(spec, skipped)
+    totals, sample, good, bad = Counts(), SampleFolder(), [], []
+    group: list[ScanResult] = []
+    for result in chain(scan_files(files, spec, seed), [None]):     # a file's results arrive together
+        if group and (result is None or result.file_index != group[0].file_index):
+            problem = _first_problem(group)
+            if problem is None:
+                for part in group:
+                    totals.add(part.counts)
+                sample.add([part.pool for part in group])
+                good.append(group[0].file_index)
             else:
-                problem = check_file(path)
-                if problem is not None:
-                    raise FileProblem(problem.reason, problem.offset)
-                counts = scan_documents(path, spec, pool, index)
-        except FileProblem as problem:
-            pool.drop_file(index)
-            skip = SkippedFile(str(path), problem.reason, problem.offset)
-            if spec.strict:
-                raise bad_file_error(skip) from None
-            skipped.append(skip)
-            continue
-        totals.add(counts)
-        good.append(path)
+                skip = SkippedFile(str(files[group[0].file_index]), *problem)
+                if spec.strict:
+                    raise bad_file_error(skip)
+                bad.append((group[0].file_index, skip))
+            group = []
+        if result is not None:
+            group.append(result)
+    skipped.extend(skip for _, skip in sorted(bad, key=lambda item: item[0]))
     if totals.documents == 0:
         raise empty_corpus_error(spec, skipped)
-    return totals, pool, good
+    return totals, sample.result(), [files[i] for i in sorted(good)]
+
+
+def _first_problem(results: list[ScanResult]) -> Optional[tuple[str, Optional[int]]]:
+    problems = [r.problem for r in results if r.problem is not None]
+    return min(problems, key=lambda p: -1 if p[1] is None else p[1]) if problems else None
 
 
 # --------------------------------------------------------------------------- tokens

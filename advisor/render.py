@@ -71,8 +71,8 @@ def render_yaml(advice: Advice, command: str) -> str:
     out = [f"# {line}" for line in header_lines(advice, command)]
     for section, body in advice.config.items():
         if not isinstance(body, dict):
-            out += ["", f"# {key_reason(advice, section)}" if key_reason(advice, section) else "",
-                    f"{section}: {yaml_value(body)}"]
+            reason = key_reason(advice, section)
+            out += [""] + ([f"# {reason}"] if reason else []) + [f"{section}: {yaml_value(body)}"]
             continue
         out += ["", f"{section}:"]
         for key, value in body.items():
@@ -80,12 +80,13 @@ def render_yaml(advice: Advice, command: str) -> str:
             if reason:
                 out.append(f"  # {reason}")
             out.append(f"  {key}: {yaml_value(value)}")
-    return "\n".join(line for line in out if line is not None) + "\n"
+    return "\n".join(out) + "\n"
 
 
 def render_table(advice: Advice, console) -> None:
     """Human-readable advice: measurements, notes, memory, then one row per parameter."""
     from rich.table import Table
+    from rich.text import Text
 
     for line in header_lines(advice, command="")[2:]:
         console.print(line, markup=False, highlight=False)
@@ -95,12 +96,13 @@ def render_table(advice: Advice, console) -> None:
     table.add_column("value")
     table.add_column("reason (measured)", overflow="fold")
     for name, decision in advice.decisions.items():
-        table.add_row(name, yaml_value(decision.value), decision.reason)
+        table.add_row(Text(name), Text(yaml_value(decision.value)), Text(decision.reason))   # no markup: [..] is data
     console.print(table)
 
 
 def render_compare(profile, candidates: list[Candidate], best: Candidate, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"tokenizer fit on {getattr(profile, 'name', '')} ({getattr(profile, 'code', '')})")
     for column in ("candidate", "tokens/char", "95% CI", "tokens/word", "premium vs English", "tokens"):
@@ -108,7 +110,7 @@ def render_compare(profile, candidates: list[Candidate], best: Candidate, consol
     for c in sorted(candidates, key=lambda c: c.measurements.tokens_per_char):
         m = c.measurements
         low, high = m.tokens_per_char_ci95
-        table.add_row(f"{c.spec} ({c.kind})", f"{m.tokens_per_char:.3f}", f"{low:.3f}-{high:.3f}",
+        table.add_row(Text(f"{c.spec} ({c.kind})"), f"{m.tokens_per_char:.3f}", f"{low:.3f}-{high:.3f}",
                       f"{m.tokens_per_word:.2f}" if m.tokens_per_word else "-",
                       f"{m.premium_vs_english:.2f}x" if m.premium_vs_english is not None else "-", f"{m.tokens:,}")
     console.print(table)

@@ -90,7 +90,7 @@ def script_mix(texts: Iterable[str], top: int = 8) -> dict[str, float]:
     ranked = counts.most_common()
     mix = {name: round(n / total, 4) for name, n in ranked[:top] if n / total >= 0.0001}
     rest = total - sum(n for name, n in ranked if name in mix)
-    if rest:
+    if round(rest / total, 4) > 0:
         mix["Other"] = round(rest / total, 4)
     return mix
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from babeltune.errors import BabeltuneError
 
@@ -43,6 +43,13 @@ class ModelConfig(Section):
         "auto", description="Attention kernel; auto = flash_attention_2 when installed and usable, else sdpa, else eager.")
 
 
+def _yaml_false_as(word: str):
+    """YAML 1.1 reads unquoted `no`/`off` as false: accept it as the word the user typed."""
+    def convert(value):
+        return word if value is False else value
+    return convert
+
+
 class DataConfig(Section):
     train: str = Field(description="Training corpus: a file or a folder (.txt, .jsonl, .csv, .tsv, .parquet).")
     eval: Optional[str] = Field(None, description="Held-out corpus; when absent a deterministic split of `train` is used.")
@@ -56,6 +63,8 @@ class DataConfig(Section):
     eval_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of documents held out when no eval corpus is given.")
     packing: Literal["off", "blocks", "padding_free"] = Field(
         "blocks", description="off = one document per row (padded); blocks = concatenate with EOS and cut into max_seq_length blocks; padding_free = concatenate with position ids (needs flash_attention_2).")
+
+    _packing_off = field_validator("packing", mode="before")(_yaml_false_as("off"))
 
 
 class AdapterConfig(Section):
@@ -117,6 +126,8 @@ class EvalConfig(Section):
     early_stopping_threshold: float = Field(0.0, ge=0, description="Minimum eval-loss improvement that counts.")
     max_eval_documents: int = Field(2000, ge=1, description="Cap on held-out documents evaluated.")
     extra_corpora: dict[str, str] = Field(default_factory=dict, description="LANG: PATH corpora scored in bits/char at the end (e.g. en for forgetting).")
+
+    _strategy_no = field_validator("evaluation_strategy", "save_strategy", mode="before")(_yaml_false_as("no"))
 
 
 class BackendConfig(Section):
@@ -194,7 +205,13 @@ def format_validation_error(exc: ValidationError, source: str = "config") -> str
                 shown = err.get("input")
                 value = "" if isinstance(shown, (dict, list)) or shown is None else f" (got {shown!r})"
                 lines.append(f"{key}: {sub}{value}")
-    return "\n".join(f"{source}: {line}" for line in lines)
+    return "\n".join(one_line(f"{source}: {line}") for line in lines)
+
+
+def one_line(text: str) -> str:
+    """Escape characters that would break or hide a `key: message` line (control characters, and the
+    separators str.splitlines() splits on, such as \\x1e or \\u2028) as they appear in keys or values."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -235,7 +252,7 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise BabeltuneError(f"{path}: {where}malformed YAML ({problem}); fix the syntax there") from None
+        raise BabeltuneError(one_line(f"{path}: {where}malformed YAML ({problem}); fix the syntax there")) from None
     if data is None:
         raise BabeltuneError(f"{path}: the config is empty; write one with `advise --out {path}`")
     if not isinstance(data, dict):

@@ -170,16 +170,44 @@ def prepare_for_training(model, config: "TrainConfig"):
     return model
 
 
-def upcast_trainable(model) -> int:
-    """Trainable parameters in float32 (the optimizer state and the GradScaler need it); returns how many."""
+def upcast_trainable(model, precision: str) -> list[str]:
+    """Trainable half-precision tensors to float32 master weights (AdamW updates at lr 1e-5 vanish in
+    bf16 rounding; the fp16 GradScaler refuses fp16 gradients). A module whose weights all become fp32
+    (a modules_to_save copy of embed_tokens/lm_head) gets hooks that cast its inputs to fp32 and its
+    output back, so it still runs without autocast. A trainable bias beside a frozen half weight stays
+    half in bf16 (F.linear needs one dtype); in fp16 it is upcast too and relies on autocast.
+    Returns the upcast parameter names."""
     import torch
 
-    count = 0
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
-            count += 1
-    return count
+    half = (torch.float16, torch.bfloat16)
+    upcast: dict[int, torch.dtype] = {}
+    names = []
+    for module_name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        frozen_half = any(p.dtype in half and not p.requires_grad for _, p in own)
+        for name, param in own:
+            if param.requires_grad and param.dtype in half and id(param) not in upcast:
+                if frozen_half and precision != "fp16":
+                    continue
+                upcast[id(param)] = param.dtype
+                param.data = param.data.float()
+                names.append(f"{module_name}.{name}" if module_name else name)
+        if own and all(id(p) in upcast for _, p in own):
+            _cast_around(module, upcast[id(own[0][1])])
+    return names
+
+
+def _cast_around(module, original_dtype) -> None:
+    import torch
+
+    def to_fp32(_module, args):
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def to_original(_module, _args, output):
+        return output.to(original_dtype) if torch.is_tensor(output) and output.is_floating_point() else output
+
+    module.register_forward_pre_hook(to_fp32)
+    module.register_forward_hook(to_original)
 
 
 def trainable_share(model) -> tuple[int, int, float]:

@@ -18,24 +18,25 @@ if TYPE_CHECKING:
 LIGER_CHOICES = ("auto", True, False)
 
 
-def lora_kwargs(config: "TrainConfig") -> dict[str, Any]:
-    """peft.LoraConfig arguments for the config's adapter section."""
+def lora_kwargs(config: "TrainConfig", tied: Optional[bool] = None) -> dict[str, Any]:
+    """peft.LoraConfig arguments for the config's adapter section (``tied``: the model ties embed_tokens
+    and lm_head; None = not known yet)."""
     adapter = config.adapter
     kwargs: dict[str, Any] = dict(
         r=adapter.r, lora_alpha=adapter.lora_alpha, lora_dropout=adapter.lora_dropout,
         target_modules=adapter.target_modules, bias=adapter.bias, use_rslora=adapter.use_rslora,
         use_dora=adapter.use_dora, modules_to_save=list(adapter.modules_to_save) or None, task_type="CAUSAL_LM",
     )
-    if adapter.modules_to_save:
+    if tied is not False and {"embed_tokens", "lm_head"} & set(adapter.modules_to_save):
         # Keeps one shared trainable copy when embed_tokens and lm_head are tied (PEFT >= 0.18).
         kwargs["ensure_weight_tying"] = True
     return kwargs
 
 
-def make_lora_config(config: "TrainConfig"):
+def make_lora_config(config: "TrainConfig", tied: Optional[bool] = None):
     from peft import LoraConfig
 
-    kwargs = lora_kwargs(config)
+    kwargs = lora_kwargs(config, tied)
     known = {field.name for field in dataclasses.fields(LoraConfig)}
     if "ensure_weight_tying" in kwargs and "ensure_weight_tying" not in known:
         kwargs.pop("ensure_weight_tying")  # older PEFT: tied modules_to_save are untied (noted at load)
@@ -47,19 +48,19 @@ def lora_expected_trainable(config: "TrainConfig", model=None) -> list[str]:
     fragments = ["lora_A", "lora_B"]
     if config.adapter.use_dora:
         fragments.append("lora_magnitude_vector")
-    fragments += [f"{name}.modules_to_save" for name in _saved_modules_with_own_params(config, model)]
-    return fragments
+    return fragments + saved_module_fragments(config, model)
 
 
-def _saved_modules_with_own_params(config: "TrainConfig", model=None) -> list[str]:
-    """modules_to_save entries that own a parameter; a tied lm_head shares embed_tokens' copy and its
-    parameter is listed (and trained) under embed_tokens."""
+def saved_module_fragments(config: "TrainConfig", model=None) -> list[str]:
+    """``<module>.modules_to_save`` fragments of the trainable full copies. With tied embeddings PEFT
+    keeps one shared copy of embed_tokens/lm_head, named under embed_tokens whichever was listed."""
     names = list(config.adapter.modules_to_save)
-    if model is not None and {"embed_tokens", "lm_head"} <= set(names) and common.tied_embeddings(model):
+    head = {"embed_tokens", "lm_head"}
+    if model is not None and head & set(names) and common.tied_embeddings(model):
         owned = common.trainable_names(model)
-        if not any("lm_head.modules_to_save" in name for name in owned):
-            names.remove("lm_head")
-    return names
+        present = [n for n in ("embed_tokens", "lm_head") if any(f"{n}.modules_to_save" in o for o in owned)]
+        names = present + [n for n in names if n not in head]
+    return [f"{name}.modules_to_save" for name in names]
 
 
 def liger_setting(config: "TrainConfig") -> Any:
@@ -82,15 +83,19 @@ def apply_liger(model, config: "TrainConfig", runtime: Runtime) -> Optional[str]
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: true, but {why}; set liger: auto or false")
         return f"liger-kernel: off ({why})"
+    # The fused linear cross-entropy reads lm_head.weight directly, which would bypass a trainable
+    # modules_to_save copy of lm_head: keep the plain (still Liger) cross-entropy then.
+    fused_head = "lm_head" not in config.adapter.modules_to_save
     try:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
-        _apply_liger_kernel_to_instance(model=model)
+        _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=fused_head, cross_entropy=not fused_head)
     except Exception as exc:  # an unsupported architecture or version: train unfused, and say so
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: could not patch this model ({exc}); set liger: auto or false") from None
         return f"liger-kernel: off (patching failed: {str(exc).splitlines()[0]})"
-    return "liger-kernel: fused RMSNorm, SwiGLU, RoPE and linear cross-entropy applied"
+    loss = "linear cross-entropy" if fused_head else "cross-entropy (lm_head is in modules_to_save)"
+    return f"liger-kernel: fused RMSNorm, SwiGLU, RoPE and {loss} applied"
 
 
 def load_prepared_base(config: "TrainConfig", runtime: Runtime) -> tuple[Any, Any, str, list[str]]:
@@ -119,15 +124,15 @@ class HfPeftBackend(Backend):
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
         tokenizer, base, attn, notes = load_prepared_base(config, runtime)
         tied = common.tied_embeddings(base)
-        model = common.attach_adapter(base, make_lora_config(config), "adapter.target_modules")
-        upcast = common.upcast_trainable(model)
+        model = common.attach_adapter(base, make_lora_config(config, tied), "adapter.target_modules")
+        upcast = common.upcast_trainable(model, runtime.precision)
         expected = lora_expected_trainable(config, model)
         common.check_fragments_trainable(model, expected, "adapter.target_modules/modules_to_save")
         notes += self._adapter_notes(config, model, tied, upcast)
         return LoadedModel(model=model, tokenizer=tokenizer, attn_implementation=attn, notes=notes,
                            expected_trainable=expected, padding_free=attn == "flash_attention_2")
 
-    def _adapter_notes(self, config: "TrainConfig", model, tied: bool, upcast: int) -> list[str]:
+    def _adapter_notes(self, config: "TrainConfig", model, tied: bool, upcast: list) -> list[str]:
         adapter = config.adapter
         kind = "DoRA" if adapter.use_dora else "LoRA"
         scale = f"alpha/sqrt(r) = {adapter.lora_alpha / adapter.r ** 0.5:.3g} (rsLoRA)" if adapter.use_rslora \
@@ -142,13 +147,12 @@ class HfPeftBackend(Backend):
                 notes.append("tied embeddings: embed_tokens and lm_head share one weight, so they share one "
                              "trainable copy (listed under embed_tokens)")
         if upcast:
-            notes.append(f"{upcast} trainable tensors upcast to float32 for the optimizer")
+            notes.append(f"{len(upcast)} trainable tensors upcast to float32 master weights for the optimizer")
         return notes
 
     def optimizer_param_groups(self, model: Any, config: "TrainConfig") -> Optional[list[dict]]:
-        return common.optimizer_param_groups(
-            model, config, special=[f"{name}.modules_to_save" for name in config.adapter.modules_to_save],
-            special_lr=config.adapter.embedding_learning_rate)
+        return common.optimizer_param_groups(model, config, special=saved_module_fragments(config, model),
+                                             special_lr=config.adapter.embedding_learning_rate)
 
     def translate(self, config: "TrainConfig") -> dict[str, Any]:
         return {

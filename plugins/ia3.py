@@ -105,7 +105,7 @@ class IA3Backend(Backend):
         notes.append(self._bitfit_note(model, config, bias_names))
         if bias_names:
             expected.append(".bias")
-        common.upcast_trainable(model)
+        common.upcast_trainable(model, runtime.precision)
         common.check_fragments_trainable(model, expected, "backend ia3")
         trainable, total, share = common.trainable_share(model)
         notes.append(f"trainable share: {share:.3f}% ({trainable:,} of {total:,} parameters; AutoGluon reports ~0.5%)")

@@ -81,6 +81,12 @@ class UnslothBackend(Backend):
     def translate(self, config: "TrainConfig") -> dict[str, Any]:
         return translate_config(config)
 
+    def prepare_process(self) -> None:
+        """Import unsloth now: it patches transformers on import and warns that optimisations may be
+        missed when transformers was imported first. ``select_backend`` calls this once the backend is
+        chosen and usable, so the core should select the backend before it imports transformers."""
+        import_unsloth()
+
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
         usable, why = self.availability()
         if not usable:
@@ -88,7 +94,7 @@ class UnslothBackend(Backend):
         problems = unsupported(config)
         if problems:
             raise BabeltuneError("\n".join(problems))
-        from unsloth import FastLanguageModel  # imported here only: it patches torch/transformers
+        FastLanguageModel = import_unsloth().FastLanguageModel  # imported here only: it patches torch/transformers
 
         args = translate_config(config)
         from_pretrained = dict(args["from_pretrained"], dtype=common.torch_dtype(runtime.precision))
@@ -119,20 +125,65 @@ class UnslothBackend(Backend):
     def optimizer_param_groups(self, model: Any, config: "TrainConfig") -> Optional[list[dict]]:
         # The same groups as hf-peft (UnslothTrainer keeps an optimizer it is given); when the core lets
         # UnslothTrainer build its own, training_args.embedding_learning_rate gives the same split.
-        return common.optimizer_param_groups(
-            model, config, special=[f"{name}.modules_to_save" for name in config.adapter.modules_to_save],
-            special_lr=config.adapter.embedding_learning_rate)
+        from babeltune.plugins.hf_peft import saved_module_fragments
+
+        return common.optimizer_param_groups(model, config, special=saved_module_fragments(config, model),
+                                             special_lr=config.adapter.embedding_learning_rate)
 
     def trainer_class(self) -> Optional[type]:
-        from unsloth import UnslothTrainer
-
-        return UnslothTrainer
+        return babeltune_unsloth_trainer(import_unsloth().UnslothTrainer)
 
     def training_arguments_class(self) -> Optional[type]:
         """UnslothTrainingArguments (adds ``embedding_learning_rate``); for cores that build their own args."""
-        from unsloth import UnslothTrainingArguments
+        return import_unsloth().UnslothTrainingArguments
 
-        return UnslothTrainingArguments
+
+def import_unsloth():
+    """Import unsloth with its compiled-kernel cache in babeltune's cache folder (by default it writes
+    ``unsloth_compiled_cache/`` into the working directory)."""
+    import os
+
+    from platformdirs import user_cache_dir
+
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", os.path.join(user_cache_dir("babeltune"), "unsloth_compiled_cache"))
+    import unsloth
+
+    return unsloth
+
+
+# babeltune's core hands the trainer rows that are already tokenised and packed, plus its own collator;
+# TRL's SFT preparation (tokenising a text field, truncating to max_length, packing, padding-free) must
+# not touch them. Set on the core's TrainingArguments, Unsloth copies them into its SFTConfig.
+SFT_PASSTHROUGH = {"dataset_kwargs": {"skip_prepare_dataset": True}, "packing": False, "padding_free": False,
+                   "max_length": None, "completion_only_loss": False, "assistant_only_loss": False}
+
+
+def as_hf_dataset(rows):
+    """The core's map-style rows (dicts of token lists) as a datasets.Dataset, which TRL requires."""
+    if rows is None:
+        return None
+    from datasets import Dataset, IterableDataset
+
+    if isinstance(rows, (Dataset, IterableDataset)):
+        return rows
+    return Dataset.from_list([dict(rows[index]) for index in range(len(rows))])
+
+
+def babeltune_unsloth_trainer(base: type) -> type:
+    """UnslothTrainer (TRL's SFTTrainer + Unsloth's embedding-lr optimizer) accepting the core's
+    arguments: map-style token rows, the core's collator and optimizer, plain TrainingArguments."""
+
+    class BabeltuneUnslothTrainer(base):
+        def __init__(self, *args, train_dataset=None, eval_dataset=None, **kwargs):
+            training_args = kwargs.get("args")
+            if training_args is not None:
+                for key, value in SFT_PASSTHROUGH.items():
+                    setattr(training_args, key, value)
+            super().__init__(*args, train_dataset=as_hf_dataset(train_dataset),
+                             eval_dataset=as_hf_dataset(eval_dataset), **kwargs)
+
+    BabeltuneUnslothTrainer.__name__ = BabeltuneUnslothTrainer.__qualname__ = f"Babeltune{base.__name__}"
+    return BabeltuneUnslothTrainer
 
 
 def _version(name: str) -> str:

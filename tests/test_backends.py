@@ -95,6 +95,29 @@ def test_hf_peft_lora_with_embeddings_trains_and_groups_lr(tiny_model_dir, marat
     torch.optim.AdamW(groups)  # torch accepts the groups as given
 
 
+def test_bf16_run_keeps_fp32_master_weights_and_runs_without_autocast(tiny_model_dir, marathi_lines):
+    config = make_config(adapter={"r": 4, "modules_to_save": ["embed_tokens", "lm_head"], "embedding_learning_rate": 1e-5})
+    runtime = Runtime(device="cpu", precision="bf16", model_dir=str(tiny_model_dir))
+    loaded = backend("hf-peft").load(config, runtime)
+    dtypes = {name: p.dtype for name, p in loaded.model.named_parameters()}
+    assert all(dtype == torch.float32 for name, dtype in dtypes.items() if "lora_" in name or "modules_to_save" in name)
+    assert dtypes["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
+    assert any("upcast to float32" in note for note in loaded.notes)
+    # no autocast here: the fp32 embedding copy must still feed the bf16 layers (the core's reload check
+    # and evaluation run the in-memory model like this)
+    assert_expected_got_gradients(loaded, backward_on(loaded, marathi_lines))
+
+
+def test_tied_lm_head_alone_trains_the_shared_copy_at_embedding_lr(tiny_model_dir, marathi_lines):
+    config = make_config(adapter={"r": 2, "modules_to_save": ["lm_head"], "embedding_learning_rate": 1e-5})
+    hf = backend("hf-peft")
+    loaded = hf.load(config, cpu_runtime(tiny_model_dir))
+    assert loaded.expected_trainable[-1] == "embed_tokens.modules_to_save"
+    assert_expected_got_gradients(loaded, backward_on(loaded, marathi_lines))
+    groups = {group["name"]: group for group in hf.optimizer_param_groups(loaded.model, config)}
+    assert groups["embeddings"]["lr"] == 1e-5 and groups["embeddings"]["params"][0].shape[0] == len(loaded.tokenizer)
+
+
 def test_hf_peft_dora_and_biasless_all_linear(tiny_model_dir, marathi_lines):
     config = make_config(adapter={"r": 2, "use_dora": True, "target_modules": "all-linear"},
                          training={"gradient_checkpointing": False})
@@ -196,6 +219,8 @@ def test_ia3_bitfit_trains_and_saves_biases(tiny_qwen2_dir, marathi_lines, tmp_p
     grads = backward_on(loaded, marathi_lines)
     assert_expected_got_gradients(loaded, grads)
     assert any(n.endswith("q_proj.bias") for n in grads)  # not targeted by (IA)^3, trained by BitFit
+    bf16 = ia3.load(make_config(), Runtime(device="cpu", precision="bf16", model_dir=str(tiny_qwen2_dir)))
+    assert_expected_got_gradients(bf16, backward_on(bf16, marathi_lines))   # bf16 without autocast
 
     groups = ia3.optimizer_param_groups(loaded.model, make_config())
     optimizer = torch.optim.AdamW(groups)
@@ -280,8 +305,102 @@ def test_unsloth_loads_on_gpu(tiny_model_dir, marathi_lines):
     if not unsloth_installed():
         pytest.skip("unsloth not installed")
     config = make_config(adapter={"r": 4, "modules_to_save": ["embed_tokens", "lm_head"], "embedding_learning_rate": 1e-5})
-    loaded = backend("unsloth").load(config, Runtime(device="cuda", precision="bf16", model_dir=str(tiny_model_dir)))
+    unsloth = backend("unsloth")
+    loaded = unsloth.load(config, Runtime(device="cuda", precision="bf16", model_dir=str(tiny_model_dir)))
+    assert "embed_tokens.modules_to_save" in loaded.expected_trainable
     batch = loaded.tokenizer(marathi_lines[:2], return_tensors="pt", padding=True).to("cuda")
-    loaded.model(**batch, labels=batch["input_ids"]).loss.backward()
-    grads = {n: p.grad.abs().sum().item() for n, p in loaded.model.named_parameters() if p.requires_grad and p.grad is not None}
+    assert_expected_got_gradients(loaded, _grads_after_two_steps(loaded, batch))
+    groups = {g["name"]: g for g in unsloth.optimizer_param_groups(loaded.model, config)}
+    assert groups["embeddings"]["lr"] == 1e-5
+    trainer_class = unsloth.trainer_class()
+    assert trainer_class.__name__ == "BabeltuneUnslothTrainer" and trainer_class.__mro__[1].__name__ == "UnslothTrainer"
+
+
+# --------------------------------------------------------------------------------------- GPU
+
+
+def gpu_runtime(model_dir, precision: str = "bf16") -> Runtime:
+    return Runtime(device="cuda", precision=precision, model_dir=str(model_dir))
+
+
+@pytest.mark.gpu
+def test_hf_peft_on_gpu_bf16(tiny_model_dir, marathi_lines):
+    import importlib.util
+
+    config = make_config(adapter={"r": 4, "modules_to_save": ["embed_tokens", "lm_head"], "embedding_learning_rate": 1e-5})
+    loaded = backend("hf-peft").load(config, gpu_runtime(tiny_model_dir))
+    flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.get_device_capability()[0] >= 8
+    assert loaded.attn_implementation == ("flash_attention_2" if flash else "sdpa")
+    assert loaded.padding_free is flash
+    assert next(loaded.model.parameters()).device.type == "cuda"
+    trainable = [p for p in loaded.model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in trainable)    # optimizer state in fp32, frozen base in bf16
+    batch = loaded.tokenizer(marathi_lines[:2], return_tensors="pt", padding=True).to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        grads = _grads_after_two_steps(loaded, batch)
     assert_expected_got_gradients(loaded, grads)
+
+
+@pytest.mark.gpu
+def test_hf_peft_4bit_on_gpu(tiny_model_dir, marathi_lines):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes not installed")
+    config = make_config(model={"load_in_4bit": True}, adapter={"r": 4})
+    loaded = backend("hf-peft").load(config, gpu_runtime(tiny_model_dir))
+    assert any(note.startswith("QLoRA") for note in loaded.notes)
+    assert any(type(m).__name__ == "Linear4bit" for m in loaded.model.modules())
+    batch = loaded.tokenizer(marathi_lines[:2], return_tensors="pt", padding=True).to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        grads = _grads_after_two_steps(loaded, batch)
+    assert_expected_got_gradients(loaded, grads)
+
+
+@pytest.mark.gpu
+def test_hf_peft_liger_on_gpu(tiny_model_dir, marathi_lines, tmp_path):
+    import importlib.util
+    import shutil
+
+    from conftest import build_tiny_llama
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        pytest.skip("liger-kernel not installed")
+    for path in tiny_model_dir.iterdir():            # untied: lm_head is its own trainable copy
+        if path.name.startswith("tokenizer") or path.name == "special_tokens_map.json":
+            shutil.copy(path, tmp_path / path.name)
+    build_tiny_llama(tmp_path, vocab_size=len(backend("hf-peft").load(make_config(), cpu_runtime(tiny_model_dir)).tokenizer),
+                     tie_word_embeddings=False)
+    for modules in ([], ["lm_head"]):
+        config = make_config(adapter={"r": 4, "modules_to_save": modules}, backend={"options": {"liger": True}})
+        loaded = backend("hf-peft").load(config, gpu_runtime(tmp_path))
+        assert any(note.startswith("liger-kernel: fused") for note in loaded.notes), loaded.notes
+        assert any(type(m).__name__.startswith("Liger") for m in loaded.model.modules())
+        batch = loaded.tokenizer(marathi_lines[:2], return_tensors="pt", padding=True).to("cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            grads = _grads_after_two_steps(loaded, batch)
+        assert_expected_got_gradients(loaded, grads)   # with lm_head: its copy must get a gradient
+
+
+@pytest.mark.gpu
+def test_ia3_on_gpu(tiny_qwen2_dir, marathi_lines):
+    loaded = backend("ia3").load(make_config(training={"learning_rate": 3e-3}), gpu_runtime(tiny_qwen2_dir))
+    batch = loaded.tokenizer(marathi_lines[:2], return_tensors="pt", padding=True).to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        grads = _grads_after_two_steps(loaded, batch)
+    assert_expected_got_gradients(loaded, grads)
+
+
+def _grads_after_two_steps(loaded, batch) -> dict[str, float]:
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW([p for p in loaded.model.parameters() if p.requires_grad], lr=1e-2)
+    loaded.model.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        loss = loaded.model(**batch, labels=labels).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        grads = {n: (0.0 if p.grad is None else p.grad.abs().sum().item())
+                 for n, p in loaded.model.named_parameters() if p.requires_grad}
+        optimizer.step()
+    return grads

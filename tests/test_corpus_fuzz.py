@@ -60,7 +60,8 @@ json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allo
 json_values = st.recursive(json_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=3),
     st.dictionaries(st.sampled_from(["text", "body", "meta", "content", ""]), inner, max_size=3)), max_leaves=8)
-json_records = st.dictionaries(st.sampled_from(["text", "body", "meta", "id", "TEXT"]), json_values, max_size=4)
+json_records = st.dictionaries(st.sampled_from(["text", "body", "meta", "id", "TEXT", "two\nlines", "tab\there"]),
+                               json_values, max_size=4)
 
 
 @st.composite
@@ -166,10 +167,9 @@ def read_all(spec, reader) -> list:
     skipped: list = []
     try:
         items = list(reader(spec, skipped))
-    except BabeltuneError as error:
-        message = str(error)
-        assert message.strip(), "a BabeltuneError without a message"
-        assert "\n" not in message.strip(), f"error message spans several lines: {message!r}"
+    except BabeltuneError as error:   # any other exception fails the test: it would be a traceback
+        assert str(error).strip(), "a BabeltuneError without a message"
+        assert "\n" not in str(error).strip(), f"error message spans several lines: {error}"
         items = []
     for skip in skipped:
         assert isinstance(skip, SkippedFile) and skip.reason.strip(), skip
@@ -198,8 +198,43 @@ def test_corpus_reader_never_raises_anything_but_babeltune_error(file, options, 
 
 @settings(max_examples=100, deadline=None, database=None)
 @given(doc_split=st.text(max_size=12).filter(lambda s: s not in ("line", "paragraph", "file")))
-def test_unknown_doc_split_and_missing_paths_are_babeltune_errors(doc_split, tmp_path_factory=None):
+def test_unknown_doc_split_and_missing_paths_are_babeltune_errors(doc_split):
     with pytest.raises(BabeltuneError):
         corpus.CorpusSpec(path="anything.txt", doc_split=doc_split)
     with tempfile.TemporaryDirectory() as tmp:
         assert read_all(corpus.CorpusSpec(path=str(Path(tmp) / "does-not-exist.txt")), corpus.iter_documents) == []
+
+
+# ------------------------------------------------------------------------------------------ found by fuzzing
+
+
+def drain_documents(path: Path, **options) -> list[str]:
+    return list(corpus.iter_documents(corpus.CorpusSpec(path=str(path), **options)))
+
+
+# Regressions: both were found by the fuzz test above and fixed in the reader.
+
+def test_csv_with_bare_carriage_return_is_a_babeltune_error(tmp_path):
+    (tmp_path / "bad.csv").write_bytes(b"\r0\n")
+    with pytest.raises(BabeltuneError):
+        drain_documents(tmp_path / "bad.csv")
+
+
+def test_missing_column_error_is_one_line_even_with_odd_column_names(tmp_path):
+    (tmp_path / "bad.csv").write_bytes(b'"un\nclosed",label\nhello,1\n')
+    with pytest.raises(BabeltuneError) as caught:
+        drain_documents(tmp_path / "bad.csv")
+    assert "\n" not in str(caught.value).strip(), str(caught.value)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(text=sentences.filter(lambda s: "\x00" not in s), bom=st.booleans())
+def test_valid_text_yields_exactly_its_non_empty_lines(text, bom):
+    """The other half of the contract: clean UTF-8 is read back completely, one document per line."""
+    content = ("\ufeff" if bom else "") + text
+    body = content[1:] if content.startswith("\ufeff") else content   # one leading BOM is dropped
+    expected = [line.strip() for line in body.split("\n") if line.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "corpus.txt"
+        path.write_bytes(content.encode("utf-8"))
+        assert read_all(corpus.CorpusSpec(path=str(path)), corpus.iter_documents) == expected

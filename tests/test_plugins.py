@@ -160,6 +160,12 @@ def test_broken_and_duplicate_plugins(tmp_path, monkeypatch):
         plugins.available_backends()
 
 
+def test_entry_point_cannot_shadow_a_builtin(tmp_path, monkeypatch):
+    install_plugin(tmp_path, monkeypatch, "shadow-plugin", "shadow_plugin_mod", "", "ia3")
+    with pytest.raises(BabeltuneError, match="plugin ia3: .*name of a built-in plugin"):
+        plugins.available_backends()
+
+
 def test_plugins_cli_json_and_table(monkeypatch):
     from babeltune.cli import cli
     from babeltune.plugins import unsloth as unsloth_plugin

@@ -6,7 +6,6 @@ Each factory imports transformers lazily and returns a ``transformers.TrainerCal
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path

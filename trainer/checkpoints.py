@@ -101,9 +101,16 @@ def completion_marker_callback():
     from transformers import TrainerCallback
 
     class CompletionMarker(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            # A save into an existing checkpoint-N (after resuming from an earlier one) must not look complete
+            # while it is being overwritten: drop the old marker first.
+            if control.should_save and state.is_world_process_zero:
+                (Path(args.output_dir) / f"checkpoint-{state.global_step}" / MARKER).unlink(missing_ok=True)
+            return control
+
         def on_save(self, args, state, control, model=None, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir() and model is not None:
+            if folder.is_dir() and model is not None and state.is_world_process_zero:
                 write_marker(folder, state.global_step, model)
             return control
 

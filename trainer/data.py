@@ -243,7 +243,17 @@ def sft_rows(tokenizer, records: list[dict], config: "TrainConfig", source: str)
 
 
 def record_text(record: dict) -> str:
+    """A record's identity for the held-out hash."""
     return json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def record_plain_text(record: dict, config: "TrainConfig") -> str:
+    """A record as readable text (prompt and response, or the chat turns), scored in bits per character."""
+    data = config.data
+    messages = record.get(data.messages_field)
+    if isinstance(messages, list):
+        return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+    return "\n".join(str(record.get(k, "")) for k in (data.prompt_field, data.response_field)).strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +342,7 @@ def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False
     if sft:
         train_rows, dropped = sft_rows(tokenizer, train_items, config, config.data.train)
         eval_rows, _ = sft_rows(tokenizer, eval_items, config, config.data.eval or config.data.train)
-        eval_texts = [key(record) for record in eval_items]
+        eval_texts = [record_plain_text(record, config) for record in eval_items]
         if dropped:
             notes.append(f"sft: {dropped} example(s) dropped: the prompt fills all {block} tokens, leaving no response to learn")
     else:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from babeltune.errors import BabeltuneError, atomic_write_text
 
 IGNORE_INDEX = -100
+LOGIT_BUDGET = 1 << 28   # logits per forward pass (1 GiB in float32); batches shrink to stay under it
 
 
 def _print_to_stderr(message: str) -> None:
@@ -50,11 +51,7 @@ class LanguageScore:
         return cls(documents, characters, tokens, nats, mean_loss, perplexity, bpc)
 
     def to_dict(self) -> dict:
-        return {
-            "documents": self.documents, "characters": self.characters, "tokens": self.tokens,
-            "nats": self.nats, "mean_loss": self.mean_loss, "perplexity": self.perplexity,
-            "bits_per_char": self.bits_per_char,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -261,20 +258,42 @@ def _score_windows(model, windows: list[_Window], batch_size: int, pad_id: int) 
     import torch
 
     device = next(model.parameters()).device
-    # Longest first, so each batch holds windows of similar length (less padding, same results).
-    ordered = sorted(windows, key=lambda w: len(w.input_ids), reverse=True)
+    vocab = _vocab_size(model)
     was_training = model.training
     model.eval()
     total_nats, total_tokens = 0.0, 0
     try:
         with torch.no_grad():
-            for start in range(0, len(ordered), batch_size):
-                nats, tokens = _score_batch(model, ordered[start:start + batch_size], pad_id, device)
+            for batch in _batches(windows, batch_size, vocab):
+                nats, tokens = _score_batch(model, batch, pad_id, device)
                 total_nats += nats
                 total_tokens += tokens
     finally:
         model.train(was_training)
     return total_nats, total_tokens
+
+
+def _batches(windows: list[_Window], batch_size: int, vocab: int) -> Iterable[list[_Window]]:
+    """Longest windows first, so each batch holds windows of similar length (less padding; the results
+    do not depend on it). A batch also stays under LOGIT_BUDGET logits: a 262k-token vocabulary times
+    4 x 1024 positions would otherwise need 4 GiB for the logits alone."""
+    ordered = sorted(windows, key=lambda w: len(w.input_ids), reverse=True)
+    batch: list[_Window] = []
+    for window in ordered:
+        width = len(batch[0].input_ids) if batch else len(window.input_ids)
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width * vocab > LOGIT_BUDGET):
+            yield batch
+            batch = []
+        batch.append(window)
+    if batch:
+        yield batch
+
+
+def _vocab_size(model) -> int:
+    embeddings = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return int(embeddings.weight.shape[0])
+    return int(getattr(getattr(model, "config", None), "vocab_size", 0) or 32000)
 
 
 def _score_batch(model, batch: list[_Window], pad_id: int, device) -> tuple[float, int]:

@@ -27,7 +27,7 @@ def resolve_corpora(values: tuple[str, ...]) -> dict[str, str]:
     corpora: dict[str, str] = {}
     for value in values:
         language, path = parse_corpus_option(value)
-        code = _language_code(language)
+        code = _language_code(language, value)
         if code in corpora:
             raise BabeltuneError(f"--corpus {value!r}: language {code!r} is given twice; "
                                  "pass one corpus per language (a folder holds several files)")
@@ -35,12 +35,17 @@ def resolve_corpora(values: tuple[str, ...]) -> dict[str, str]:
     return corpora
 
 
-def _language_code(language: str) -> str:
+def _language_code(language: str, option: str) -> str:
     try:
         from babeltune.advisor.language import resolve_language
     except ImportError:   # language profiles not installed in this tree: keep the label as typed
         return language
-    return resolve_language(language).code
+    try:
+        return resolve_language(language).code
+    except BabeltuneError as error:
+        # resolve_language names its own option (--lang); point at the --corpus value instead.
+        reason = str(error).strip().removeprefix("--lang:").strip()
+        raise BabeltuneError(f"--corpus {option!r}: {reason}") from None
 
 
 @click.command("eval")

@@ -53,23 +53,27 @@ def _register_plugins(pm: pluggy.PluginManager, wanted: Optional[frozenset[str]]
         if wanted is None or name in wanted:
             _guarded(name, lambda: pm.register(importlib.import_module(module), name=name))
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if canonical(ep.name) in BUILTIN_NAMES:
+            raise BabeltuneError(f"plugin {ep.name}: the entry point {ep.value!r} takes the name of a built-in "
+                                 "plugin; rename it in its [project.entry-points.babeltune] table")
         if (wanted is None or canonical(ep.name) in wanted) and not pm.has_plugin(ep.name):
             _guarded(ep.name, lambda: pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name))
-    _guarded("?", pm.check_pending)
+    _guarded("?", pm.check_pending, pm)
 
 
-def _guarded(plugin: str, action: Callable) -> None:
+def _guarded(plugin: str, action: Callable, pm: Optional[pluggy.PluginManager] = None) -> None:
     """Turn a plugin's import or validation failure into one line naming the plugin and the fix."""
     try:
         action()
     except pluggy.PluginValidationError as exc:
         who = getattr(exc, "plugin", None)
-        name = plugin if plugin != "?" else getattr(who, "__name__", str(who))
-        message = str(exc).splitlines()[0]
-        raise BabeltuneError(f"plugin {name}: {message}; babeltune's hooks are "
-                             f"{', '.join(_hook_names())} (fix the name or mark it optionalhook)") from None
-    except ImportError as exc:
-        raise BabeltuneError(f"plugin {plugin}: could not be imported ({exc}); reinstall it, or leave it out "
+        name = plugin if plugin != "?" else (pm.get_name(who) if pm and who is not None else None) or str(who)
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        message = message.split(" in plugin <")[0]  # the module repr repeats what `name` says
+        raise BabeltuneError(f"plugin {name}: {message}; babeltune's hooks are {', '.join(_hook_names())} "
+                             "(fix the name or arguments, or mark an extra hook optionalhook)") from None
+    except (ImportError, SyntaxError, AttributeError) as exc:
+        raise BabeltuneError(f"plugin {plugin}: could not be imported ({type(exc).__name__}: {exc}); reinstall it, or leave it out "
                              f"with {ENV_VAR}") from None
 
 
@@ -131,6 +135,7 @@ def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
     backend = backends[name]
     usable, reason = backend.availability()
     if usable:
+        _prepare(backend)
         return backend
     fallback = pm.hook.resolve_backend_fallback(name=name, reason=reason) or FALLBACK_BACKEND
     if fallback == name or fallback not in backends:
@@ -140,7 +145,15 @@ def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
     if not fallback_ok:
         raise BabeltuneError(f"backend {name}: {reason}; fallback {fallback} cannot run either: {fallback_reason}")
     echo(f"backend {name} is not usable here: {reason}; running {fallback} instead")
+    _prepare(backends[fallback])
     return backends[fallback]
+
+
+def _prepare(backend: Backend) -> None:
+    """Optional per-process setup a backend needs before transformers is imported (unsloth patches it)."""
+    prepare = getattr(backend, "prepare_process", None)
+    if callable(prepare):
+        prepare()
 
 
 def _unknown_backend_message(name: str, backends: dict[str, Backend]) -> str:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from babeltune.trainer.data import PreparedData
 
 HELDOUT_FILE = "heldout.jsonl"
+ADAPTER_DIR = "adapter"      # output_dir/adapter: PEFT weights + tokenizer + resolved config
+MERGED_DIR = "merged"
 EVAL_REPORT = "eval.json"
 
 
@@ -246,66 +248,113 @@ def check_fresh_output(output_dir: Path, resuming: bool) -> None:
 # The run
 
 
+@dataclass
+class Session:
+    """Everything one run carries from phase to phase."""
+
+    config: "TrainConfig"
+    output_dir: Path
+    echo: Callable[[str], Any]
+    started: float
+    checkpoint: Optional[Path] = None
+    runtime: Optional[Runtime] = None
+    backend: Optional[Backend] = None
+    loaded: Any = None
+    data: Any = None
+    trainer: Any = None
+
+
+def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
+    """Runtime, seed, backend load (the seed comes first: the adapter's initial weights depend on it), data."""
+    from babeltune.trainer.data import prepare_data
+
+    config, echo = session.config, session.echo
+    session.runtime = make_runtime(config)
+    echo(f"device {session.runtime.device}, precision {session.runtime.precision}, model {session.runtime.model_dir}")
+    seed_everything(config.training.seed)
+    session.backend = pick_backend(backend, config, echo)
+    session.loaded = session.backend.load(config, session.runtime)
+    for note in session.loaded.notes:
+        echo(f"{session.backend.name}: {note}")
+    if session.checkpoint is not None:
+        check_trainable_names(session.checkpoint, session.loaded.model)
+        echo(f"resume: from {session.checkpoint}")
+    session.data = data = prepare_data(config, session.loaded.tokenizer, padding_free=session.loaded.padding_free)
+    for note in data.notes:
+        echo(f"data: {note}")
+    echo(f"data: {data.stats['train_rows']} train rows ({data.stats['train_tokens']:,} tokens), "
+         f"{data.stats['eval_documents']} held-out documents from {data.heldout_source}")
+
+
+def train_phase(session: Session) -> None:
+    config, output_dir, loaded = session.config, session.output_dir, session.loaded
+    output_dir.mkdir(parents=True, exist_ok=True)
+    args = training_arguments(config, session.runtime, output_dir, has_eval=session.data.eval is not None)
+    callbacks = core_callbacks(config, output_dir, loaded.expected_trainable, session.echo)
+    extra = plugin_callbacks(config)
+    session.trainer = make_trainer(session.backend, loaded, session.data, args, list(callbacks.values()) + extra, config)
+    session.trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
+    if callbacks["nan"].tripped:
+        raise nonfinite_error(callbacks["nan"], config, output_dir)
+
+
+def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, Any]:
+    """Save the adapter, prove it reloads, score the held-out split, merge on request."""
+    from babeltune.trainer import export
+
+    config, loaded, output_dir, echo = session.config, session.loaded, session.output_dir, session.echo
+    model = session.trainer.model
+    session.trainer.optimizer = None  # free optimizer state before the reload check loads a second copy
+    adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir / ADAPTER_DIR)
+    precision = "4bit" if config.model.load_in_4bit else session.runtime.precision
+    check, reloaded = export.reload_check(model, adapter_dir, session.runtime.model_dir, loaded.tokenizer,
+                                          session.data.eval_texts, precision=precision, max_length=config.model.max_seq_length)
+    echo(f"reload check: saved adapter matches the trained model (relative logit difference {check.relative_diff:.1e}; "
+         f"adapter effect {check.adapter_effect:.1e})")
+    heldout = write_heldout(session.data.eval_texts, output_dir)
+    # scored with the adapter as reloaded from disk: what a user of the output folder gets
+    report = evaluate_heldout(config, reloaded, loaded.tokenizer, heldout, output_dir, echo) if evaluate else None
+    merged_dir = export.merge(reloaded, loaded.tokenizer, output_dir / MERGED_DIR) if merge else None
+    return {"adapter_dir": adapter_dir, "reload_check": check, "eval_report": report, "merged_dir": merged_dir}
+
+
+def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
+    state, loaded, data = session.trainer.state, session.loaded, session.data
+    return {
+        "backend_notes": loaded.notes, "attn_implementation": loaded.attn_implementation, "data": data.stats,
+        "data_notes": data.notes, "heldout_source": data.heldout_source,
+        "resumed_from": str(session.checkpoint) if session.checkpoint else None,
+        "result": {"steps": state.global_step, "max_steps": state.max_steps, "final_loss": last_logged_loss(state.log_history),
+                   "stopped_early": state.global_step < state.max_steps, "tokens_seen": state.num_input_tokens_seen,
+                   "seconds": round(time.time() - session.started, 1)},
+        "reload_check": outputs["reload_check"].to_dict(),
+        "eval_report": str(outputs["eval_report"]) if outputs["eval_report"] else None,
+        "merged_dir": str(outputs["merged_dir"]) if outputs["merged_dir"] else None,
+    }
+
+
 def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = None, resume: Union[str, bool, None] = None,
                  merge: bool = False, echo: Callable[[str], Any] = print, config_file: Optional[str] = None,
                  evaluate: bool = True) -> RunResult:
     """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
     ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint."""
-    from babeltune.trainer import export, manifest
-    from babeltune.trainer.data import prepare_data
+    from babeltune.trainer import manifest
 
-    started = time.time()
-    output_dir = Path(config.training.output_dir)
-    checkpoint = resolve_resume(resume, output_dir, echo)
-    check_fresh_output(output_dir, checkpoint is not None)
-    runtime = make_runtime(config)
-    echo(f"device {runtime.device}, precision {runtime.precision}, model {runtime.model_dir}")
-    seed_everything(config.training.seed)
-    chosen = pick_backend(backend, config, echo)
-    loaded = chosen.load(config, runtime)
-    for note in loaded.notes:
-        echo(f"{chosen.name}: {note}")
-    if checkpoint is not None:
-        check_trainable_names(checkpoint, loaded.model)
-        echo(f"resume: from {checkpoint}")
-    data = prepare_data(config, loaded.tokenizer, padding_free=loaded.padding_free)
-    for note in data.notes:
-        echo(f"data: {note}")
-    echo(f"data: {data.stats['train_rows']} train rows ({data.stats['train_tokens']:,} tokens), "
-         f"{data.stats['eval_documents']} held-out documents from {data.heldout_source}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    args = training_arguments(config, runtime, output_dir, has_eval=data.eval is not None)
-    callbacks = core_callbacks(config, output_dir, loaded.expected_trainable, echo)
-    callbacks_list = list(callbacks.values()) + plugin_callbacks(config)
-    trainer = make_trainer(chosen, loaded, data, args, callbacks_list, config)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if callbacks["nan"].tripped:
-        raise nonfinite_error(callbacks["nan"], config, output_dir)
-    model = trainer.model
-    trainer.optimizer = None  # free optimizer state before the reload check loads a second copy
-    adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir)
-    check, reloaded = export.reload_check(model, adapter_dir, runtime.model_dir, loaded.tokenizer, data.eval_texts,
-                                          precision="4bit" if config.model.load_in_4bit else runtime.precision,
-                                          max_length=config.model.max_seq_length)
-    echo(f"reload check: saved adapter matches the trained model (relative logit difference {check.relative_diff:.1e}; "
-         f"adapter effect {check.adapter_effect:.1e})")
-    heldout = write_heldout(data.eval_texts, output_dir)
-    # scored with the adapter as reloaded from disk: what a user of the output folder gets
-    report = evaluate_heldout(config, reloaded, loaded.tokenizer, heldout, output_dir, echo) if evaluate else None
-    merged_dir = export.merge(reloaded, loaded.tokenizer, output_dir / "merged") if merge else None
-    final_loss = last_logged_loss(trainer.state.log_history)
-    stopped_early = trainer.state.global_step < trainer.state.max_steps
-    extra = {
-        "backend_notes": loaded.notes, "attn_implementation": loaded.attn_implementation, "data": data.stats,
-        "data_notes": data.notes, "heldout_source": data.heldout_source, "resumed_from": str(checkpoint) if checkpoint else None,
-        "result": {"steps": trainer.state.global_step, "max_steps": trainer.state.max_steps, "final_loss": final_loss,
-                   "stopped_early": stopped_early, "tokens_seen": trainer.state.num_input_tokens_seen,
-                   "seconds": round(time.time() - started, 1)},
-        "reload_check": check.to_dict(), "eval_report": str(report) if report else None,
-        "merged_dir": str(merged_dir) if merged_dir else None,
-    }
-    path = manifest.write_manifest(output_dir, manifest.build_manifest(
-        config, runtime, backend=chosen.name, config_file=config_file, tokenizer_dir=adapter_dir, extra=extra))
-    echo(f"done: adapter in {adapter_dir}, manifest {path}" + (f", eval {report}" if report else ""))
-    return RunResult(output_dir, final_loss, trainer.state.global_step, report, adapter_dir, path, merged_dir,
-                     checkpoint, stopped_early, list(loaded.notes) + data.notes)
+    session = Session(config, Path(config.training.output_dir), echo, time.time())
+    session.checkpoint = resolve_resume(resume, session.output_dir, echo)
+    check_fresh_output(session.output_dir, session.checkpoint is not None)
+    load_phase(session, backend)
+    train_phase(session)
+    state = session.trainer.state
+    if not session.trainer.is_world_process_zero():  # distributed: rank 0 saves, checks and evaluates
+        return RunResult(session.output_dir, last_logged_loss(state.log_history), state.global_step, None,
+                         session.output_dir, session.output_dir / manifest.MANIFEST, resumed_from=session.checkpoint)
+    outputs = output_phase(session, merge=merge, evaluate=evaluate)
+    path = manifest.write_manifest(session.output_dir, manifest.build_manifest(
+        config, session.runtime, backend=session.backend.name, config_file=config_file,
+        tokenizer_dir=outputs["adapter_dir"], extra=manifest_extra(session, outputs)))
+    report = outputs["eval_report"]
+    echo(f"done: adapter in {outputs['adapter_dir']}, manifest {path}" + (f", eval {report}" if report else ""))
+    return RunResult(session.output_dir, last_logged_loss(state.log_history), state.global_step, report,
+                     outputs["adapter_dir"], path, outputs["merged_dir"], session.checkpoint,
+                     state.global_step < state.max_steps, list(session.loaded.notes) + session.data.notes)

@@ -6,6 +6,7 @@ alpha is decided together with rsLoRA so that it no longer depends on the rank.
 
 from __future__ import annotations
 
+from babeltune.advisor.memory import module_shapes
 from babeltune.advisor.rules.context import (
     BIDERMAN, LARGE_CORPUS_TOKENS, QLORA, RSLORA, SMALL_CORPUS_TOKENS, UNSLOTH_CPT, RuleContext, fmt_tokens,
 )
@@ -63,6 +64,7 @@ def rule_target_modules(ctx: RuleContext) -> Decision:
 
 
 def rule_bias(ctx: RuleContext) -> Decision:
-    has = "has linear biases" if ctx.facts.has_bias else "has no linear biases"
-    return Decision("none", f"{ctx.facts.model_type} {has}; with bias='none' disabling the adapter restores the "
-                            "base model exactly (trained biases would change it for every task)", [QLORA])
+    biases = ctx.facts.layers * sum(out for _, out in module_shapes(ctx.facts).values()) if ctx.facts.has_bias else 0
+    return Decision("none", (f"{ctx.facts.model_type} has {biases:,} linear bias parameters; with bias='none' "
+                             "disabling the adapter restores the base model exactly (trained biases would change it "
+                             "for every task)"), [QLORA])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from babeltune.advisor.memory import MemoryEstimate, budget_gib, estimate_memory
 from babeltune.advisor.types import Decision, Measurements
@@ -62,19 +62,23 @@ class RuleContext:
     def language_name(self) -> str:
         return getattr(self.profile, "name", None) or "the language"
 
+    def decided(self, name: str, default: Any) -> Any:
+        """Value of a decision if it was made already, else ``default`` (for memory questions asked early)."""
+        return self.decisions[name].value if name in self.decisions else default
+
     def estimate(self, **overrides) -> MemoryEstimate:
-        """Memory estimate for the decisions so far, with ``overrides`` for what is still being chosen."""
+        """Memory estimate for the decisions so far, with ``overrides`` for what is still being chosen.
+        Undecided settings default to the smallest choice (batch 1, 64 tokens, checkpointing on)."""
         settings = dict(
-            batch_size=self.decisions["per_device_train_batch_size"].value if "per_device_train_batch_size" in self.decisions else 1,
-            seq_len=self.decisions["max_seq_length"].value if "max_seq_length" in self.decisions else MIN_SEQ_LEN,
+            batch_size=self.decided("per_device_train_batch_size", 1),
+            seq_len=self.decided("max_seq_length", MIN_SEQ_LEN),
             lora_r=self.value("r"),
             target_modules=self.value("target_modules"),
-            load_in_4bit=self.decisions["load_in_4bit"].value if "load_in_4bit" in self.decisions else False,
-            gradient_checkpointing=(self.decisions["gradient_checkpointing"].value
-                                    if "gradient_checkpointing" in self.decisions else True),
-            modules_to_save=self.decisions["modules_to_save"].value if "modules_to_save" in self.decisions else [],
-            optimizer=self.decisions["optimizer"].value if "optimizer" in self.decisions else "adamw_torch",
-            lora_dropout=self.decisions["lora_dropout"].value if "lora_dropout" in self.decisions else 0.0,
+            load_in_4bit=self.decided("load_in_4bit", False),
+            gradient_checkpointing=self.decided("gradient_checkpointing", True),
+            modules_to_save=self.decided("modules_to_save", []),
+            optimizer=self.decided("optimizer", "adamw_torch"),
+            lora_dropout=self.decided("lora_dropout", 0.0),
         )
         settings.update(overrides)
         return estimate_memory(self.facts, precision=self.precision, **settings)

@@ -47,9 +47,10 @@ def rule_modules_to_save(ctx: RuleContext) -> Decision:
                     load_in_4bit=True, optimizer="paged_adamw_8bit"):
         return Decision([], f"{fit_note} and {fmt_tokens(ctx.tokens)} tokens, but {fmt_tokens(params)} embedding "
                             f"weights do not fit in {ctx.gpu_memory_gib:g} GB", evidence)
+    tied = "; tied in the base model, so the adapter keeps separate trained copies" if ctx.facts.tied_embeddings else ""
     return Decision(list(EMBEDDING_MODULES), (
         f"{fit_note} and corpus = {fmt_tokens(ctx.tokens)} tokens >= {fmt_tokens(needed)}: retrain "
-        f"{fmt_tokens(params)} embedding/head weights for the language"), evidence)
+        f"{fmt_tokens(params)} embedding/head weights for the language{tied}"), evidence)
 
 
 def rule_embedding_learning_rate(ctx: RuleContext) -> Decision:

@@ -25,9 +25,10 @@ def rule_eval_steps(ctx: RuleContext) -> Decision:
 
 
 def rule_save_strategy(ctx: RuleContext) -> Decision:
-    strategy = ctx.value("evaluation_strategy")
-    return Decision(strategy, (f"same as evaluation_strategy ({strategy}): early stopping reloads the best "
-                               "evaluated checkpoint, so every evaluation needs one (the seeds' 'epoch' would not)"),
+    strategy, steps = ctx.value("evaluation_strategy"), total_steps(ctx)
+    return Decision(strategy, (f"same as evaluation_strategy ({strategy}, ~{EVALUATIONS_PER_RUN} of {steps} steps): "
+                               "early stopping reloads the best evaluated checkpoint, so every evaluation needs one "
+                               "(the seeds' 'epoch' would not)"),
                     [HF_TRAINER])
 
 

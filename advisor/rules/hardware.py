@@ -73,5 +73,5 @@ def rule_per_device_train_batch_size(ctx: RuleContext) -> Decision:
 def rule_gradient_accumulation_steps(ctx: RuleContext) -> Decision:
     batch, micro = ctx.value("batch_size"), ctx.value("per_device_train_batch_size")
     steps = max(1, math.ceil(batch / micro))
-    return Decision(steps, (f"batch_size {batch} / per-device {micro} = {steps} micro-steps per optimizer step "
+    return Decision(steps, (f"batch_size {batch} / per-device {micro} = {steps} micro-step{'s' if steps > 1 else ''} per optimizer step "
                             f"({batch * ctx.value('max_seq_length'):,} tokens)"), [QLORA])

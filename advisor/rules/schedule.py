@@ -66,7 +66,7 @@ def rule_num_train_epochs(ctx: RuleContext) -> Decision:
 def rule_max_steps(ctx: RuleContext) -> Decision:
     epochs, steps = ctx.value("num_train_epochs"), steps_per_epoch(ctx)
     total = math.ceil(steps * epochs)
-    return Decision(None, (f"num_train_epochs wins: {epochs:g} epochs x {steps} steps = {total} optimizer steps; "
+    return Decision(None, (f"num_train_epochs wins: {epochs:g} epoch{'s' if epochs > 1 else ''} x {steps} steps = {total} optimizer steps; "
                            "set one or the other (train --max-steps N replaces epochs)"), [MUENNIGHOFF])
 
 

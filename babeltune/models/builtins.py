@@ -6,7 +6,6 @@ Nothing here imports torch or the model packages themselves: we only locate thei
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -37,7 +36,6 @@ class BuiltinModel:
     description: str
     tokenizer_name: str       # the named tokenizer it provides (see tokenizers.NAMED_TOKENIZERS)
     assembled: bool = False   # True when the package ships the GGUF in parts joined by `assemble()`
-    expected_sha256: Optional[str] = None
 
 
 BUILTINS: dict[str, BuiltinModel] = {
@@ -70,7 +68,6 @@ BUILTINS: dict[str, BuiltinModel] = {
         description="multilingual 270M base model, 262k SentencePiece vocabulary",
         tokenizer_name="gemma3",
         assembled=True,
-        expected_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 
@@ -130,8 +127,9 @@ def installed_builtins() -> list[str]:
 
 
 def is_converted(name: str, dtype: str = "fp32") -> bool:
-    folder = converted_dir(name, dtype)
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    from babeltune.models.convert import is_complete
+
+    return is_complete(converted_dir(name, dtype))
 
 
 def builtin_gguf_path(name: str) -> Path:
@@ -165,14 +163,6 @@ def _assemble(model: BuiltinModel, target: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def builtin_size_bytes(name: str) -> Optional[int]:

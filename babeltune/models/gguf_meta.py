@@ -24,6 +24,7 @@ GGUF_MAGIC = b"GGUF"
 # value type code -> numpy dtype (little-endian); 8 = string, 9 = array
 _SCALAR_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
 _STRING, _ARRAY = 8, 9
+MAX_HEADER_ITEM = 1 << 30
 
 
 @dataclass
@@ -53,6 +54,8 @@ class _Header:
         self.handle = handle
 
     def read(self, size: int) -> bytes:
+        if size > MAX_HEADER_ITEM:  # a corrupt length would otherwise try to allocate it
+            raise ValueError(f"implausible length {size} in the header")
         data = self.handle.read(size)
         if len(data) != size:
             raise ValueError("file ends inside the header")
@@ -89,7 +92,10 @@ class _Header:
         read, unpack = self.handle.read, struct.unpack
         for _ in range(count):
             (length,) = unpack("<Q", read(8))
-            out.append(read(length).decode("utf-8", errors="replace"))
+            data = read(length) if length <= MAX_HEADER_ITEM else b""
+            if len(data) != length:
+                raise ValueError("file ends inside a string array")
+            out.append(data.decode("utf-8", errors="replace"))
         return out
 
 
@@ -119,7 +125,7 @@ def _parse(path: Path) -> GGUFMetadata:
 def _read_cached(path: str, mtime_ns: int, size: int) -> GGUFMetadata:
     try:
         return _parse(Path(path))
-    except (ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, struct.error, UnicodeDecodeError, OverflowError, MemoryError) as exc:
         raise BabeltuneError(f"{path}: not a readable GGUF file ({exc}); pass a .gguf model file") from None
 
 

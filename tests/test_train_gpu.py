@@ -1,0 +1,38 @@
+"""The same end-to-end run on a GPU: bf16 autocast, device placement, the bf16 reload tolerance."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from babeltune.config import load_config
+
+from conftest import DATA, TEXT
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["training.gradient_checkpointing=true", "adapter.modules_to_save=[embed_tokens, lm_head]",
+     "adapter.embedding_learning_rate=1e-3", "adapter.use_rslora=true"],
+])
+def test_cpt_on_gpu_in_bf16(tiny_model_dir, tmp_path, extra):
+    from babeltune.trainer.run import run_training
+
+    out = tmp_path / "gpu"
+    config = load_config(DATA / "configs" / "tiny-cpt.yaml", [
+        f"model.name={tiny_model_dir}", f"training.output_dir={out}", f"data.train={TEXT / 'mr.txt'}",
+        "model.attn_implementation=auto", *extra])
+    lines: list[str] = []
+    result = run_training(config, echo=lines.append)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["device"]["device"] == "cuda" and manifest["device"]["precision"] == "bf16"
+    assert manifest["device"]["gpu"]
+    assert result.steps == 12 and math.isfinite(result.final_loss)
+    assert manifest["reload_check"]["relative_diff"] <= manifest["reload_check"]["tolerance"]
+    report = json.loads(result.eval_report.read_text())
+    assert "mr" in json.dumps(report)
+    print("\n".join(lines[-8:]))

@@ -84,6 +84,7 @@ def token_batches(batch: int, seq: int, steps: int):
 def timed_loop(model, batch: int, seq: int, steps: int, warmup: int, optimizer) -> dict:
     """Plain loop: forward, backward, AdamW step. Tokens/s over the steps after warmup."""
     import torch
+    model.train()  # from_pretrained returns eval mode, where gradient checkpointing is inactive
     losses, start = [], None
     for step, ids in enumerate(token_batches(batch, seq, steps + warmup)):
         if step == warmup:
@@ -197,7 +198,11 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
     raw = apply_overrides(raw, sets) if sets else raw
     config = validate_config(raw)
     plugin = TimingPlugin(batch * seq, warmup)
-    timing_impl = type("BenchTiming", (), {"extra_callbacks": hookimpl(plugin.extra_callbacks)})()
+    import types
+
+    def extra_callbacks(config):
+        return plugin.extra_callbacks(config)
+    timing_impl = types.SimpleNamespace(extra_callbacks=hookimpl(extra_callbacks))
     get_plugin_manager().register(timing_impl, name="bench-timing")
     result = run_training(config, backend=backend, evaluate=False)
     return {"stack": f"babeltune train --backend {backend}", "overrides": sets, **plugin.result,
@@ -254,7 +259,7 @@ def suite(only: set[str], out_path: Path, batch: int, seq: int, steps: int, warm
     report["model"] = run_child(["make-model", "1b", model_1b])
     res = report["results"]
     save = lambda: (out_path.parent.mkdir(parents=True, exist_ok=True), out_path.write_text(json.dumps(report, indent=2) + "\n"))
-    if "unsloth" in only:
+    if "unsloth" in only and "unsloth_bare" not in res:
         res["unsloth_bare"] = run_child(["bare-unsloth", model_1b, *common])
         res["unsloth_babeltune"] = run_child(["babeltune", model_1b, "unsloth", *common])
         res["unsloth_speed_ratio"] = ratio(res["unsloth_babeltune"], res["unsloth_bare"])

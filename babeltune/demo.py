@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,9 @@ def demo(out_dir: Path, steps: int) -> None:
         raise BabeltuneError(f"demo: sample corpus {SAMPLE / 'marathi' / 'train.txt'} not found "
                              "(run the demo from a clone of the babeltune repository)")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # `train` refuses to start over an earlier run's checkpoints (it would need --resume): a demo
+    # run always starts fresh, so clear the previous demo run first.
+    shutil.rmtree(out_dir / "run", ignore_errors=True)
     config = out_dir / "advised.yaml"
     _run("1/3 advise", ["advise", "--lang", "marathi", "--corpus", str(SAMPLE / "marathi" / "train.txt"),
                         "--model", MODEL, "--out", str(config), "--report", str(out_dir / "report")])

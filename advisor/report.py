@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from babeltune.errors import BabeltuneError
+from babeltune.errors import BabeltuneError, atomic_write_bytes
 
 REPORT_NAME = "doc_token_lengths.png"
 
@@ -36,9 +36,6 @@ def histogram_png(lengths: list[int], max_seq_length: int, *, title: str) -> byt
 
 def write_report(advice, folder: str | Path) -> Path:
     """Write the histogram into ``folder`` (temp file + rename: no half-written PNG)."""
-    import os
-    import tempfile
-
     lengths = advice.measurements.doc_token_lengths
     if not lengths:
         raise BabeltuneError("--report: the measurement kept no document lengths to plot; rerun without --report")
@@ -46,14 +43,4 @@ def write_report(advice, folder: str | Path) -> Path:
     title = (f"{getattr(advice.profile, 'name', advice.language)} under {advice.measurements.tokenizer}: "
              f"{len(lengths):,} documents")
     data = histogram_png(lengths, seq, title=title)
-    target = Path(folder) / REPORT_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_bytes(Path(folder) / REPORT_NAME, data)

@@ -82,3 +82,19 @@ def marathi_lines() -> list[str]:
 @pytest.fixture(scope="session")
 def english_lines() -> list[str]:
     return [line for line in (TEXT / "en.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def babeltune_cache(tmp_path_factory):
+    """One cache for the whole test session (BABELTUNE_TEST_CACHE reuses a persistent one), so each
+    built-in is converted once however many tests use it. Tokenizers cached in memory are dropped on
+    entry and exit so none leaks from another cache folder."""
+    from babeltune.models.tokenizers import load_tokenizer
+
+    cache = os.environ.get("BABELTUNE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "babeltune-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BABELTUNE_CACHE", cache)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        load_tokenizer.cache_clear()
+        yield Path(cache)
+    load_tokenizer.cache_clear()

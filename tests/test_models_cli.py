@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,8 @@ from babeltune.cli import cli
 from babeltune.models import builtins
 
 
-@pytest.fixture(scope="module", autouse=True)
-def babeltune_cache(tmp_path_factory):
-    """One cache for the whole test session (BABELTUNE_TEST_CACHE reuses a persistent one)."""
-    cache = os.environ.get("BABELTUNE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "babeltune-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BABELTUNE_CACHE", cache)
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield Path(cache)
+# The shared built-in cache (tests/conftest.py), active for every test in this module.
+pytestmark = pytest.mark.usefixtures("babeltune_cache")
 
 
 def run(*args):

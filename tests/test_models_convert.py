@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,8 @@ from babeltune.models.resolve import resolve_model_dir
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def babeltune_cache(tmp_path_factory):
-    """One cache for the whole test session (BABELTUNE_TEST_CACHE reuses a persistent one), so each
-    built-in is converted once however many tests use it."""
-    cache = os.environ.get("BABELTUNE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "babeltune-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BABELTUNE_CACHE", cache)
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield Path(cache)
+# The shared built-in cache (tests/conftest.py), active for every test in this module.
+pytestmark = pytest.mark.usefixtures("babeltune_cache")
 
 
 def llama_cpp_permute(weights: np.ndarray, heads: int) -> np.ndarray:

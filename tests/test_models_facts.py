@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
@@ -12,13 +10,8 @@ from babeltune.models import builtins
 from babeltune.models.facts import facts_from_gguf, model_facts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def babeltune_cache(tmp_path_factory):
-    """One cache for the whole test session (BABELTUNE_TEST_CACHE reuses a persistent one)."""
-    cache = os.environ.get("BABELTUNE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "babeltune-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BABELTUNE_CACHE", cache)
-        yield Path(cache)
+# The shared built-in cache (tests/conftest.py), active for every test in this module.
+pytestmark = pytest.mark.usefixtures("babeltune_cache")
 
 
 def builtin_facts(name):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import os
 
 import pytest
 
@@ -130,13 +129,8 @@ def test_tiny_vocab_matches_reference(text):
     assert tokenizer.decode(tokenizer.encode(text).ids) == text
 
 
-@pytest.fixture(scope="module", autouse=True)
-def babeltune_cache(tmp_path_factory):
-    """One cache for the whole test session (BABELTUNE_TEST_CACHE reuses a persistent one)."""
-    cache = os.environ.get("BABELTUNE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "babeltune-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BABELTUNE_CACHE", cache)
-        yield Path(cache)
+# The shared built-in cache (tests/conftest.py), active for every test in this module.
+pytestmark = pytest.mark.usefixtures("babeltune_cache")
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,8 @@ REFERENCE = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def babeltune_cache(tmp_path_factory):
-    """One cache for the whole test session (BABELTUNE_TEST_CACHE reuses a persistent one)."""
-    cache = os.environ.get("BABELTUNE_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "babeltune-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BABELTUNE_CACHE", cache)
-        load_tokenizer.cache_clear()
-        yield Path(cache)
-    load_tokenizer.cache_clear()
+# The shared built-in cache (tests/conftest.py), active for every test in this module.
+pytestmark = pytest.mark.usefixtures("babeltune_cache")
 
 
 def sample(language: str) -> list[str]:

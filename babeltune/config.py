@@ -62,7 +62,7 @@ class DataConfig(Section):
     messages_field: str = Field("messages", description="SFT: field with chat messages ([{role, content}]), used when present.")
     eval_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of documents held out when no eval corpus is given.")
     packing: Literal["off", "blocks", "padding_free"] = Field(
-        "blocks", description="off = one document per row (padded); blocks = concatenate with EOS and cut into max_seq_length blocks; padding_free = concatenate with position ids (needs flash_attention_2).")
+        "blocks", description="off = one document per row (padded); blocks = concatenate with EOS and cut into max_seq_length blocks; padding_free = whole documents packed into rows with restarting position ids, attention kept within each document (flash-attention varlen, or transformers' packed-sequence mask with sdpa/eager).")
 
     _packing_off = field_validator("packing", mode="before")(_yaml_false_as("off"))
 
@@ -158,9 +158,6 @@ class TrainConfig(Section):
         if (ev.early_stopping_patience is not None and ev.evaluation_strategy == "steps" and ev.eval_steps
                 and tr.save_steps % ev.eval_steps):
             problems.append(f"training.save_steps: {tr.save_steps} must be a multiple of eval.eval_steps ({ev.eval_steps}) for early stopping")
-        if self.data.packing == "padding_free" and self.model.attn_implementation in ("sdpa", "eager"):
-            problems.append(f"data.packing: padding_free needs flash_attention_2, but model.attn_implementation is "
-                            f"{self.model.attn_implementation}: use packing: blocks or attn_implementation: auto")
         if self.adapter.embedding_learning_rate is not None and not self.adapter.modules_to_save:
             problems.append("adapter.embedding_learning_rate: set only with modules_to_save (embed_tokens/lm_head)")
         if problems:

@@ -62,6 +62,18 @@ def flash_attention_status(runtime: "Runtime", model_class: Any = None) -> tuple
     return True, f"flash-attn {version} on an sm{major}{minor} GPU"
 
 
+def packed_rows_supported(attn: str) -> bool:
+    """sdpa/eager isolate the documents of a packed row when transformers builds its causal mask from the
+    position ids (``masking_utils.find_packed_sequence_indices``; needs use_cache off, which training sets)."""
+    if attn not in ("sdpa", "eager"):
+        return False
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return False
+    return hasattr(masking_utils, "find_packed_sequence_indices")
+
+
 def sdpa_status(model_class: Any = None) -> tuple[bool, str]:
     import torch
 

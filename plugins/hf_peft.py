@@ -130,7 +130,8 @@ class HfPeftBackend(Backend):
         common.check_fragments_trainable(model, expected, "adapter.target_modules/modules_to_save")
         notes += self._adapter_notes(config, model, tied, upcast)
         return LoadedModel(model=model, tokenizer=tokenizer, attn_implementation=attn, notes=notes,
-                           expected_trainable=expected, padding_free=attn == "flash_attention_2")
+                           expected_trainable=expected, padding_free=attn == "flash_attention_2",
+                           packed_rows=common.packed_rows_supported(attn))
 
     def _adapter_notes(self, config: "TrainConfig", model, tied: bool, upcast: list) -> list[str]:
         adapter = config.adapter

@@ -110,7 +110,8 @@ class IA3Backend(Backend):
         trainable, total, share = common.trainable_share(model)
         notes.append(f"trainable share: {share:.3f}% ({trainable:,} of {total:,} parameters; AutoGluon reports ~0.5%)")
         return LoadedModel(model=model, tokenizer=tokenizer, attn_implementation=attn, notes=notes,
-                           expected_trainable=expected, padding_free=attn == "flash_attention_2")
+                           expected_trainable=expected, padding_free=attn == "flash_attention_2",
+                           packed_rows=common.packed_rows_supported(attn))
 
     @staticmethod
     def _bitfit_note(model, config: "TrainConfig", bias_names: list[str]) -> str:

@@ -90,7 +90,6 @@ def test_max_steps_and_epochs_cannot_both_be_set_and_the_message_says_which_woul
     ({"eval": {"evaluation_strategy": "no", "early_stopping_patience": 2}}, "eval.early_stopping_patience: early stopping needs"),
     ({"eval": {"evaluation_strategy": "steps", "eval_steps": None}}, "eval.eval_steps: evaluation_strategy is steps"),
     ({"eval": {"early_stopping_patience": 2, "eval_steps": 5}}, "training.save_steps: 4 must be a multiple of eval.eval_steps (5)"),
-    ({"data": {"packing": "padding_free"}, "model": {"attn_implementation": "sdpa"}}, "data.packing: padding_free needs flash_attention_2"),
     ({"adapter": {"embedding_learning_rate": 1e-5}}, "adapter.embedding_learning_rate: set only with modules_to_save"),
     ({"training": {"optimizer": "adamw_torh"}}, "did you mean 'adamw_torch'"),
 ])

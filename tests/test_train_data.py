@@ -47,7 +47,7 @@ def test_blocks_are_full_length_and_keep_every_document_in_order(tokenizer, mara
     assert stream.count(tokenizer.eos_token_id) >= len(stream) // max(len(d) for d in train_docs)
 
 
-def test_padding_free_rows_restart_positions_per_document(tokenizer):
+def test_padding_free_varlen_flattens_the_batch_and_restarts_positions_per_document(tokenizer):
     prepared = D.prepare_data(make_config(data={"packing": "padding_free"}), tokenizer, padding_free=True)
     assert isinstance(prepared.collator, D.FlattenCollator)
     rows = prepared.train.rows[:3]
@@ -59,6 +59,37 @@ def test_padding_free_rows_restart_positions_per_document(tokenizer):
     assert all(labels[i] == D.IGNORE_INDEX for i in starts)
     assert batch["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows))
     assert "attention_mask" not in batch
+
+
+def test_padding_free_rows_keep_documents_apart_under_sdpa(tokenizer, tiny_model_dir):
+    """The sdpa path: each packed document must get exactly the logits it gets alone (no cross-document
+    attention), and the padding tail must carry no loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    prepared = D.prepare_data(make_config(data={"packing": "padding_free"}), tokenizer, packed_rows=True)
+    assert isinstance(prepared.collator, D.PackedRowCollator) and prepared.stats["packing"] == "padding_free"
+    rows = [r for r in prepared.train.rows if len(r["doc_lengths"]) >= 2][:2] + [prepared.train.rows[-1]]
+    batch = prepared.collator(rows)
+    assert "attention_mask" not in batch and batch["position_ids"].shape == batch["input_ids"].shape
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        start = 0
+        for length in rows[0]["doc_lengths"]:
+            alone = model(input_ids=batch["input_ids"][:1, start:start + length], use_cache=False).logits
+            assert torch.allclose(packed[0, start:start + length], alone[0], atol=1e-4)
+            start += length
+    for i, row in enumerate(rows):
+        assert (batch["labels"][i, len(row["input_ids"]):] == D.IGNORE_INDEX).all()
+        starts = [k for k, p in enumerate(batch["position_ids"][i, :len(row["input_ids"])].tolist()) if p == 0]
+        assert len(starts) == len(row["doc_lengths"]) and all(batch["labels"][i, k] == D.IGNORE_INDEX for k in starts)
+
+
+def test_blocks_batches_carry_no_all_ones_attention_mask(tokenizer):
+    prepared = D.prepare_data(make_config(data={"packing": "blocks"}), tokenizer)
+    batch = prepared.collator(prepared.train.rows[:2])
+    assert set(batch) == {"input_ids", "labels"} and batch["input_ids"].shape == (2, 32)
 
 
 def test_padding_free_without_support_falls_back_to_blocks_and_says_so(tokenizer):

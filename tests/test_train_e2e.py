@@ -60,6 +60,7 @@ def test_cpt_run_writes_a_loadable_adapter_metrics_plot_manifest_and_eval(tiny_m
     assert all(len(manifest["sha256"][k]) == 64 for k in ("config", "train_corpus", "tokenizer"))
     assert manifest["result"]["final_loss"] == pytest.approx(result.final_loss)
     assert manifest["config"]["model"]["name"] == str(tiny_model_dir) and manifest["backend"] == "hf-peft"
+    assert manifest["result"]["tokens_seen"] == 12 * 4 * 64      # steps x batch x block, counted on the host
 
     report = json.loads(result.eval_report.read_text())
     assert result.eval_report == out / "eval.json" and json.dumps(report).count("bits_per_char") >= 2
@@ -179,3 +180,44 @@ def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(tiny_model_di
     assert manifest["result"]["stopped_early"] and manifest["result"]["max_steps"] == 12
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"].endswith(f"checkpoint-{state['best_global_step']}")  # loaded at the end
+
+
+def test_nan_guard_reads_flags_back_only_at_decisions_but_never_misses_a_save():
+    """Between logging steps the guard keeps its flags on the device (no sync); the next save still sees them."""
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    from babeltune.trainer.callbacks import nan_guard_callback
+
+    guard, state = nan_guard_callback(limit=3), TrainerState(max_steps=100)
+    losses = [1.0, float("nan"), 1.0, float("inf"), 1.0]
+    for step, value in enumerate(losses, 1):
+        control = TrainerControl()
+        guard.on_step_begin(None, state, control)
+        guard._watch(None, None, {"loss": torch.tensor(value)})
+        state.global_step = step
+        control.should_save = step == 5
+        guard.on_step_end(None, state, control)
+        if step < 5:
+            assert guard.count == 0 and not control.should_save   # not read back yet: no decision at this step
+    assert (guard.count, guard.first_step) == (2, 2) and not control.should_save and not guard.tripped
+    for step in (6, 7):
+        control = TrainerControl(should_log=True)
+        guard.on_step_begin(None, state, control)
+        guard._watch(None, None, {"loss": torch.tensor(float("nan"))})
+        state.global_step = step
+        guard.on_step_end(None, state, control)
+    assert guard.tripped and guard.count == 4 and control.should_training_stop
+
+
+def test_padding_free_trains_under_sdpa_with_documents_kept_apart(tiny_model_dir, tmp_path):
+    from babeltune.trainer.run import run_training
+
+    out = tmp_path / "pf"
+    config = tiny_config("tiny-padding-free.yaml", tiny_model_dir, out, "training.max_steps=4", "training.num_train_epochs=null",
+                         "eval.evaluation_strategy=no", "eval.save_strategy=no", "eval.early_stopping_patience=null")
+    result = run_training(config, evaluate=False, echo=quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert result.steps == 4 and math.isfinite(result.final_loss)
+    assert manifest["data"]["packing"] == "padding_free" and manifest["attn_implementation"] == "sdpa"
+    assert not any("using blocks instead" in note for note in manifest["data_notes"])

@@ -32,7 +32,8 @@ class LoadedModel:
     attn_implementation: str    # what was really used, e.g. "sdpa"
     notes: list[str] = field(default_factory=list)   # lines for the run log and the manifest (why sdpa, no biases for BitFit, ...)
     expected_trainable: list[str] = field(default_factory=list)  # name fragments that must get a non-zero gradient after step 1
-    padding_free: bool = False  # the model accepts packed rows with position_ids (flash-attention varlen)
+    padding_free: bool = False  # flash-attention varlen: a batch may be flattened into one row with position_ids
+    packed_rows: bool = False   # sdpa/eager with transformers' packed-sequence mask: documents in a row stay apart
 
 
 class Backend(abc.ABC):

@@ -188,11 +188,16 @@ def nonfinite_causes(config) -> list[str]:
 def nan_guard_callback(limit: int):
     """Stops training after ``limit`` optimizer steps with a non-finite loss and blocks every checkpoint save from
     the first one on (the weights after a NaN step are damaged), so the last checkpoint stays a good one.
-    ``tripped``/``first_step``/``count`` tell the caller what happened."""
+    ``tripped``/``first_step``/``count`` tell the caller what happened.
+
+    The per-step flags stay on the device and are read back only at steps that log, evaluate, save or stop
+    (where the Trainer synchronises anyway): reading a GPU value every step would stall the launch queue."""
 
     class NanGuard(_base()):
         def __init__(self):
-            self.step_bad = False
+            self.step_flag = None      # device bool: a micro-step of the current optimizer step was non-finite
+            self.bad_steps = None      # device int: optimizer steps with a non-finite loss so far
+            self.first_bad = None      # device int: global step of the first one (-1: none yet)
             self.count = 0
             self.first_step: Optional[int] = None
             self.tripped = False
@@ -202,31 +207,47 @@ def nan_guard_callback(limit: int):
             loss = getattr(output, "loss", None)
             if loss is None and isinstance(output, dict):
                 loss = output.get("loss")
-            if loss is not None and not bool(loss.detach().isfinite().all()):
-                self.step_bad = True
+            if loss is not None:
+                bad = ~loss.detach().isfinite().all()
+                self.step_flag = bad if self.step_flag is None else self.step_flag | bad
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             if model is not None and self.handle is None:
                 self.handle = model.register_forward_hook(self._watch)
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self.step_bad = False
+            self.step_flag = None
+
+        def _accumulate(self, step: int) -> None:
+            import torch
+
+            flag = self.step_flag
+            if flag is None:
+                return
+            if self.bad_steps is None:
+                self.bad_steps = torch.zeros((), dtype=torch.long, device=flag.device)
+                self.first_bad = torch.full((), -1, dtype=torch.long, device=flag.device)
+            self.bad_steps = self.bad_steps + flag.long()
+            self.first_bad = torch.where(flag & (self.first_bad < 0), torch.full_like(self.first_bad, step), self.first_bad)
+
+        def _read_back(self) -> None:
+            if self.bad_steps is not None:
+                self.count = int(self.bad_steps)
+                first = int(self.first_bad)
+                self.first_step = first if first >= 0 else None
 
         def on_step_end(self, args, state, control, **kwargs):
-            if self.step_bad:
-                self.count += 1
-                self.first_step = self.first_step or state.global_step
+            self._accumulate(state.global_step)
+            at_decision = (control.should_save or control.should_log or control.should_evaluate
+                           or control.should_training_stop or state.global_step >= state.max_steps)
+            if at_decision:
+                self._read_back()
             if self.first_step is not None:
                 control.should_save = False
             if self.count >= limit:
                 self.tripped = True
                 control.should_training_stop = True
             return control
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.handle is not None:
-                self.handle.remove()
-                self.handle = None
 
     return NanGuard()
 

@@ -2,9 +2,11 @@
 
 cpt (continued pretraining): documents are tokenised with an EOS after each one, then
   - blocks:       concatenated and cut into max_seq_length blocks (labels = input ids);
-  - padding_free: greedily packed into rows of at most max_seq_length tokens, and a batch is flattened into
-                  one row whose position ids restart at every document (no attention across documents,
-                  no padding; needs flash-attention varlen, i.e. ``LoadedModel.padding_free``);
+  - padding_free: greedily packed into rows of at most max_seq_length tokens whose position ids restart at
+                  every document, so no token attends across documents. With flash-attention varlen
+                  (``LoadedModel.padding_free``) a batch is flattened into one row (no padding at all); with
+                  sdpa/eager (``LoadedModel.packed_rows``: transformers builds a block-diagonal causal mask from
+                  the position ids) the rows stay rows and only each row's short tail is padding;
   - off:          one document per row, padded per batch.
 sft: instruction/response records or chat ``messages`` (the tokenizer's chat template); loss only on the
   response tokens (labels -100 on the prompt).
@@ -261,7 +263,9 @@ def record_plain_text(record: dict, config: "TrainConfig") -> str:
 
 
 class PadCollator:
-    """Right-pad a batch: pad id in input_ids, -100 in labels, 0 in attention_mask."""
+    """Right-pad a batch: pad id in input_ids, -100 in labels, 0 in attention_mask. A batch without padding
+    (packed blocks) gets no attention_mask: an all-ones mask sends attention down a slower masked path (and
+    transformers/Unsloth check it with a GPU sync), while no mask means plain causal attention."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -276,25 +280,59 @@ class PadCollator:
             ids.append(list(f["input_ids"]) + [self.pad_token_id] * gap)
             labels.append(list(f["labels"]) + [IGNORE_INDEX] * gap)
             mask.append([1] * len(f["input_ids"]) + [0] * gap)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+        batch = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
+        if any(len(f["input_ids"]) < width for f in features):
+            batch["attention_mask"] = torch.tensor(mask)
+        return batch
+
+
+def document_positions(feature: dict) -> tuple[list[int], list[int]]:
+    """Position ids restarting at each document of a packed row, and its labels with the first label of each
+    document set to -100 (it would be predicted across a document boundary)."""
+    lengths = feature.get("doc_lengths") or [len(feature["input_ids"])]
+    positions, labels, start = [], [], 0
+    for length in lengths:
+        positions += list(range(length))
+        labels += [IGNORE_INDEX] + list(feature["labels"][start + 1:start + length])
+        start += length
+    return positions, labels
+
+
+class PackedRowCollator:
+    """Padding-free rows for sdpa/eager: each row keeps its documents with restarting position ids and no
+    attention_mask, so transformers masks attention block-diagonally per document. Rows shorter than the
+    widest are topped up with one padding "document" (its own positions, labels -100) that nothing attends to."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, positions = [], [], []
+        for f in features:
+            row_positions, row_labels = document_positions(f)
+            gap = width - len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_token_id] * gap)
+            labels.append(row_labels + [IGNORE_INDEX] * gap)
+            positions.append(row_positions + list(range(gap)))
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions)}
 
 
 class FlattenCollator:
-    """Padding-free batches: every row of the batch is concatenated into one row; position ids restart at each
-    document and the first label of each document is -100 (it would be predicted across a document boundary)."""
+    """Padding-free batches for flash-attention varlen: every row of the batch is concatenated into one row;
+    position ids restart at each document and the first label of each document is -100."""
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
         ids, labels, positions = [], [], []
         for f in features:
-            lengths = f.get("doc_lengths") or [len(f["input_ids"])]
-            start = 0
-            for length in lengths:
-                ids += f["input_ids"][start:start + length]
-                labels += [IGNORE_INDEX] + list(f["labels"][start + 1:start + length])
-                positions += list(range(length))
-                start += length
+            row_positions, row_labels = document_positions(f)
+            ids += list(f["input_ids"])
+            labels += row_labels
+            positions += row_positions
         return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([positions])}
 
 
@@ -314,8 +352,8 @@ def cpt_rows(tokenizer, documents: list[str], packing: str, block: int) -> list[
 def effective_packing(config: "TrainConfig", padding_free_supported: bool, notes: list[str]) -> str:
     packing = config.data.packing
     if packing == "padding_free" and not padding_free_supported:
-        notes.append("data.packing padding_free needs flash-attention varlen, which this model load does not support; "
-                     "using blocks instead")
+        notes.append("data.packing padding_free needs flash-attention varlen or transformers' packed-sequence masks "
+                     "(sdpa/eager), which this backend's model load does not support; using blocks instead")
         return "blocks"
     if config.data.mode == "sft" and packing == "blocks":
         notes.append("sft: one example per row (padded per batch); blocks packing applies to cpt only")
@@ -323,10 +361,11 @@ def effective_packing(config: "TrainConfig", padding_free_supported: bool, notes
     return packing
 
 
-def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False) -> PreparedData:
-    """Read, split and tokenise the corpora of ``config`` for the HF Trainer."""
+def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False, packed_rows: bool = False) -> PreparedData:
+    """Read, split and tokenise the corpora of ``config`` for the HF Trainer. ``padding_free``: the model runs
+    flash-attention varlen (batches flattened to one row); ``packed_rows``: it masks packed rows per document."""
     notes: list[str] = []
-    packing = effective_packing(config, padding_free, notes)
+    packing = effective_packing(config, padding_free or packed_rows, notes)
     block = config.model.max_seq_length
     sft = config.data.mode == "sft"
     read = read_records if sft else read_documents
@@ -354,8 +393,14 @@ def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False
     train, evaluation = TokenRows(train_rows), (TokenRows(eval_rows) if eval_rows else None)
     stats.update(train_rows=len(train), train_tokens=train.token_count(),
                  eval_rows=len(evaluation or []), eval_tokens=evaluation.token_count() if evaluation else 0)
-    collator = FlattenCollator() if packing == "padding_free" else PadCollator(pad_id(tokenizer))
+    collator = make_collator(packing, padding_free, tokenizer)
     return PreparedData(train, evaluation, collator, eval_texts, source, stats, notes)
+
+
+def make_collator(packing: str, varlen: bool, tokenizer):
+    if packing != "padding_free":
+        return PadCollator(pad_id(tokenizer))
+    return FlattenCollator() if varlen else PackedRowCollator(pad_id(tokenizer))
 
 
 def pad_id(tokenizer) -> int:

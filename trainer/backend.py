@@ -41,6 +41,7 @@ class Backend(abc.ABC):
 
     name: str = ""
     description: str = ""
+    supports_distributed: bool = True   # may run under torchrun/DDP (`train --gpus N`); False falls back
 
     def availability(self) -> tuple[bool, str]:
         """(usable on this machine, why not). Must not import heavy packages when they are missing."""

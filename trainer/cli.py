@@ -6,6 +6,7 @@ torch/transformers load only once a run really starts, so `--help` and config er
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -13,6 +14,7 @@ import click
 import yaml
 
 from babeltune.errors import handle_errors
+from babeltune.trainer import distributed
 
 RESUME_LAST = "\0last"  # --resume given without a value
 
@@ -64,19 +66,41 @@ def show_dry_run(config, backend: Optional[str]) -> None:
 @click.option("--merge", is_flag=True, help="Also write the adapter merged into the base model (output_dir/merged).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the backend's arguments, then stop.")
 @click.option("--no-eval", is_flag=True, help="Skip the held-out bits-per-character evaluation at the end.")
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel over N GPUs of this machine (torchrun + DDP; rank 0 writes the outputs).")
 @handle_errors
-def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval):
+def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval, gpus):
     """Train an adapter from a config written by `advise`."""
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
         show_dry_run(config, backend)
         return
+    if gpus > 1 and not os.environ.get(distributed.LAUNCHED_ENV):
+        distributed.check_gpus(gpus)
+        args = worker_args(click.get_current_context().params)
+        sys.exit(distributed.launch(gpus, args, echo_err))
     from babeltune.trainer.run import run_training
 
     result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
-                          echo=echo_err, config_file=config_path, evaluate=not no_eval)
-    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
-    click.echo(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")
+                          echo=distributed.main_process_echo(echo_err), config_file=config_path, evaluate=not no_eval)
+    if distributed.is_main_process():
+        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+        click.echo(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")
+
+
+def worker_args(params: dict) -> list[str]:
+    """`train`'s own arguments rebuilt from the parsed options, without --gpus (for the torchrun workers)."""
+    args = ["--config", params["config_path"]]
+    for option, key in (("--backend", "backend"), ("--output-dir", "output_dir"), ("--max-steps", "max_steps")):
+        if params[key] is not None:
+            args += [option, str(params[key])]
+    if params["resume"] is not None:
+        args += ["--resume"] if params["resume"] == RESUME_LAST else [f"--resume={params['resume']}"]
+    for item in params["sets"]:
+        args += ["--set", item]
+    args += ["--merge"] if params["merge"] else []
+    args += ["--no-eval"] if params["no_eval"] else []
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -134,6 +134,8 @@ def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
         raise BabeltuneError(_unknown_backend_message(name, backends))
     backend = backends[name]
     usable, reason = backend.availability()
+    if usable and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not getattr(backend, "supports_distributed", True):
+        usable, reason = False, "its release does not support multi-GPU data parallel training"
     if usable:
         _prepare(backend)
         return backend

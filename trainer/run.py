@@ -359,8 +359,9 @@ def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = 
                  evaluate: bool = True) -> RunResult:
     """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
     ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint."""
-    from babeltune.trainer import manifest
+    from babeltune.trainer import distributed, manifest
 
+    config = distributed.scale_accumulation(config, distributed.world_size(), echo)
     session = Session(config, Path(config.training.output_dir), echo, time.time())
     session.checkpoint = resolve_resume(resume, session.output_dir, echo)
     check_fresh_output(session.output_dir, session.checkpoint is not None)

@@ -1,0 +1,88 @@
+"""Data-parallel training on several GPUs of one machine: `train --gpus N`.
+
+`--gpus N` re-runs the same `train` command under torchrun (``python -m torch.distributed.run --standalone
+--nproc_per_node N``), one process per GPU; the HF Trainer (through accelerate) then wraps the model in
+DistributedDataParallel and shards the batches. Equivalent by hand:
+
+    torchrun --standalone --nproc_per_node 2 -m babeltune.trainer.cli --config advised.yaml
+
+Rank 0 alone writes checkpoints, metrics, the final adapter, the evaluation and the manifest; the other
+ranks print nothing but errors. To keep the advisor's effective batch (per-device batch x accumulation x
+GPUs), the gradient accumulation steps are divided by N where they divide evenly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from babeltune.errors import BabeltuneError
+
+if TYPE_CHECKING:
+    from babeltune.config import TrainConfig
+
+LAUNCHED_ENV = "BABELTUNE_LAUNCHED"   # set in the workers so they never launch again
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def main_process_echo(echo: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``echo`` on rank 0, silence elsewhere (errors are raised, not echoed, so every rank still reports them)."""
+    return echo if is_main_process() else (lambda _line: None)
+
+
+def visible_cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_gpus(requested: int, available: Optional[int] = None) -> None:
+    available = visible_cuda_devices() if available is None else available
+    if requested > available:
+        raise BabeltuneError(f"--gpus: {requested} GPUs requested, but {available} CUDA device(s) are visible; "
+                             f"pass --gpus {max(available, 1)} or fewer" + ("" if available else " (or drop --gpus on CPU)"))
+
+
+def torchrun_command(gpus: int, train_args: list[str]) -> list[str]:
+    """The worker command line: this Python, torchrun's module, then `train` with its own arguments."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+            "-m", "babeltune.trainer.cli", *train_args]
+
+
+def launch(gpus: int, train_args: list[str], echo: Callable[[str], Any]) -> int:
+    """Run ``train_args`` on ``gpus`` processes and wait; returns the launcher's exit code."""
+    command = torchrun_command(gpus, train_args)
+    echo(f"--gpus {gpus}: data-parallel over {gpus} processes: {' '.join(command[1:])}")
+    env = {**os.environ, LAUNCHED_ENV: "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.call(command, env=env)
+
+
+def scale_accumulation(config: "TrainConfig", processes: int, echo: Callable[[str], Any]) -> "TrainConfig":
+    """Divide gradient_accumulation_steps by the number of processes when it divides evenly, so the effective
+    batch stays what the advisor chose; otherwise keep it and say that the effective batch grows."""
+    if processes <= 1:
+        return config
+    training = config.training
+    steps, per_device = training.gradient_accumulation_steps, training.per_device_train_batch_size
+    if steps % processes == 0:
+        scaled = steps // processes
+        echo(f"distributed: {processes} processes; gradient_accumulation_steps {steps} -> {scaled} keeps the effective "
+             f"batch at {per_device * steps} sequences")
+        return config.model_copy(update={"training": training.model_copy(update={"gradient_accumulation_steps": scaled})})
+    echo(f"distributed: {processes} processes; gradient_accumulation_steps {steps} does not divide by {processes}, "
+         f"so the effective batch grows from {per_device * steps} to {per_device * steps * processes} sequences "
+         "(consider a lower learning rate or an accumulation that divides evenly)")
+    return config

@@ -71,6 +71,7 @@ OPTIMIZER_STATE_BYTES = {
     "sgd": 0,
 }
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+KERNEL_SETS = ("plain", "liger", "unsloth")
 BUDGET_SHARE = 0.90                 # advise keeps the estimate under this share of GPU memory
 
 
@@ -134,43 +135,65 @@ def weight_bytes(facts: ModelFacts, load_in_4bit: bool, precision: str) -> float
 
 
 def activation_bytes_per_token_layer(facts: ModelFacts, precision: str, targets: Sequence[str],
-                                     lora_dropout: float) -> float:
-    """Saved activations of one decoder layer for one token, without checkpointing."""
+                                     lora_dropout: float, kernels: str = "plain") -> float:
+    """Saved activations of one decoder layer for one token, without checkpointing. Fused kernels (liger,
+    Unsloth) keep only the SwiGLU inputs (gate, up: 2i instead of 4i) and no fp32 RMSNorm upcasts."""
     h, i = facts.hidden_size, facts.intermediate_size
     q, kv = facts.heads * facts.head_dim, facts.kv_heads * facts.head_dim
     elem = DTYPE_BYTES.get(precision, 2)
-    saved = elem * (4 * h + 3 * q + 2 * kv + 4 * i) + 4 * 2 * h
+    if kernels == "plain":
+        saved = elem * (4 * h + 3 * q + 2 * kv + 4 * i) + 4 * 2 * h
+    else:
+        saved = elem * (4 * h + 3 * q + 2 * kv + 2 * i)
     if lora_dropout > 0:
         shapes = module_shapes(facts)
         saved += sum((elem + 1) * shapes.get(name, (h, h))[0] for name in targets)
     return saved
 
 
+def logit_bytes(facts: ModelFacts, tokens: int, kernels: str, fused_head: bool) -> float:
+    """The loss's memory. Plain: the whole tokens x vocab logits (bf16, fp32 upcast, fp32 and bf16 gradients).
+    Fused linear cross-entropy (liger, Unsloth) computes the logits chunk by chunk and keeps only the gradient
+    of the hidden states: about ceil(vocab / hidden) chunks (liger's rule), so one chunk of fp32 logits and
+    their gradient at a time."""
+    if kernels == "plain" or not fused_head:
+        return tokens * facts.vocab_size * LOGIT_BYTES_PER_ENTRY
+    chunks = max(1, math.ceil(facts.vocab_size / facts.hidden_size))
+    chunk_tokens = min(tokens, 2 ** math.ceil(math.log2(max(1, math.ceil(tokens / chunks)))))
+    return chunk_tokens * facts.vocab_size * (4 + 4) + tokens * facts.hidden_size * 4
+
+
 def estimate_memory(facts: ModelFacts, *, batch_size: int, seq_len: int, lora_r: int,
                     target_modules: Union[Sequence[str], str], load_in_4bit: bool, gradient_checkpointing: bool,
                     modules_to_save: Sequence[str] = (), optimizer: str = "adamw_torch", precision: str = "bf16",
-                    lora_dropout: float = 0.0) -> MemoryEstimate:
-    """Estimated peak GPU memory of one training micro-step (see the module docstring for the formulas)."""
+                    lora_dropout: float = 0.0, kernels: str = "plain") -> MemoryEstimate:
+    """Estimated peak GPU memory of one training micro-step (see the module docstring for the formulas).
+    ``kernels``: "plain" (transformers + PEFT), "liger" (liger-kernel fused ops) or "unsloth"."""
+    if kernels not in KERNEL_SETS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNEL_SETS)}, not {kernels!r}")
     targets = resolve_targets(facts, target_modules)
     tokens = batch_size * seq_len
     trainable = lora_parameters(facts, lora_r, targets) + embedding_parameters(facts, modules_to_save)
     per_trainable = TRAINABLE_WEIGHT_BYTES + TRAINABLE_GRAD_BYTES + OPTIMIZER_STATE_BYTES.get(optimizer, 8)
-    per_layer = activation_bytes_per_token_layer(facts, precision, targets, lora_dropout)
+    per_layer = activation_bytes_per_token_layer(facts, precision, targets, lora_dropout, kernels)
     if gradient_checkpointing:
-        activations = tokens * (facts.layers * facts.hidden_size * DTYPE_BYTES.get(precision, 2) + per_layer)
+        # Unsloth's checkpointing offloads each layer's input to CPU memory; the others keep it on the GPU
+        kept = 0 if kernels == "unsloth" else facts.layers * facts.hidden_size * DTYPE_BYTES.get(precision, 2)
+        activations = tokens * (kept + per_layer)
     else:
         activations = tokens * facts.layers * per_layer
+    fused_head = "lm_head" not in modules_to_save   # a trained lm_head needs the plain loss
     parts_bytes = {
         "weights": weight_bytes(facts, load_in_4bit, precision),
         "trainable": trainable * per_trainable,
         "activations": activations,
-        "logits": tokens * facts.vocab_size * LOGIT_BYTES_PER_ENTRY,
+        "logits": logit_bytes(facts, tokens, kernels, fused_head),
         "overhead": CUDA_CONTEXT_GIB * GIB,
     }
     parts = {name: value / GIB for name, value in parts_bytes.items()}
     inputs = dict(batch_size=batch_size, seq_len=seq_len, lora_r=lora_r, load_in_4bit=load_in_4bit,
                   gradient_checkpointing=gradient_checkpointing, modules_to_save=list(modules_to_save),
-                  optimizer=optimizer, precision=precision, trainable_parameters=trainable)
+                  optimizer=optimizer, precision=precision, kernels=kernels, trainable_parameters=trainable)
     return MemoryEstimate(total_gib=sum(parts.values()), parts=parts, inputs=inputs)
 
 

@@ -165,7 +165,7 @@ class TimingPlugin:
                     torch.cuda.synchronize()
                     plugin.start = time.perf_counter()
                     torch.cuda.reset_peak_memory_stats()
-                elif state.global_step > plugin.warmup:
+                elif state.global_step == state.max_steps:   # one sync at each end: per-step syncs would slow the run
                     torch.cuda.synchronize()
                     timed = state.global_step - plugin.warmup
                     plugin.result = {"tokens_per_s": round(plugin.tokens_per_step * timed / (time.perf_counter() - plugin.start), 1),
@@ -209,10 +209,72 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
             "final_loss": getattr(result, "final_loss", None)}
 
 
-def run_child(args: list[str], timeout: int = 900) -> dict:
-    """One measurement in a fresh process; its last stdout line is the JSON result."""
+MAHASENT = REPO / "examples" / "data" / "marathi" / "train.txt"   # 3,000 MahaSent tweets (variable length)
+
+
+class RealTokenCount:
+    """Wraps a collator and counts the real (non-padding) tokens of every batch it builds."""
+
+    def __init__(self, collator):
+        self.collator, self.tokens = collator, 0
+
+    def __call__(self, features):
+        self.tokens += sum(len(f["input_ids"]) for f in features)
+        return self.collator(features)
+
+
+def padding_run(model_dir: str, packing: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
+    """Real (non-padding) tokens/s of hf-peft on MahaSent tweets with one packing mode: off = one tweet per row,
+    padded to the longest in the batch; blocks = concatenated and cut (no padding, attention crosses tweets);
+    padding_free = whole tweets packed per row, attention kept inside each tweet."""
+    import tempfile
+    import torch
+    from babeltune.config import validate_config
+    from babeltune.trainer import data as data_module
+    from babeltune.trainer.hookspecs import hookimpl
+    from babeltune.trainer.plugins import get_plugin_manager
+    from babeltune.trainer.run import run_training
+    counters = []
+    make = data_module.make_collator
+    data_module.make_collator = lambda *a: counters.append(RealTokenCount(make(*a))) or counters[-1]
+    work = Path(tempfile.mkdtemp(prefix="bt-pad-"))
+    config = validate_config({
+        "schema_version": 1, "language": "mr", "model": {"name": model_dir, "max_seq_length": seq, "dtype": "bfloat16"},
+        "data": {"train": str(MAHASENT), "eval_fraction": 0.01, "packing": packing},
+        "adapter": {"r": 16, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": LORA_TARGETS},
+        "training": {"output_dir": str(work / "run"), "per_device_train_batch_size": batch, "learning_rate": 2e-4,
+                     "max_steps": steps + warmup, "optimizer": "adamw_torch", "lr_scheduler_type": "constant",
+                     "gradient_checkpointing": True, "logging_steps": 1, "save_steps": 100000, "precision": "bf16"},
+        "eval": {"evaluation_strategy": "no", "save_strategy": "no"}, "backend": {"name": "hf-peft"}})
+    marks = {}
+
+    def extra_callbacks(config):
+        from transformers import TrainerCallback
+
+        class Marks(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step in (warmup, warmup + steps):
+                    torch.cuda.synchronize()
+                    marks[state.global_step] = (time.perf_counter(), counters[0].tokens, state.num_input_tokens_seen)
+        return [Marks()]
+    get_plugin_manager().register(types_namespace(extra_callbacks=hookimpl(extra_callbacks)), name="bench-marks")
+    run_training(config, backend="hf-peft", evaluate=False)
+    (t0, real0, all0), (t1, real1, all1) = marks[warmup], marks[warmup + steps]
+    return {"packing": packing, "batch": batch, "seq": seq, "timed_steps": steps,
+            "real_tokens_per_s": round((real1 - real0) / (t1 - t0), 1), "padded_tokens_per_s": round((all1 - all0) / (t1 - t0), 1),
+            "padding_share": round(1 - (real1 - real0) / max(1, all1 - all0), 4),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+
+
+def types_namespace(**kwargs):
+    import types
+    return types.SimpleNamespace(**kwargs)
+
+
+def run_child(args: list[str], timeout: int = 900, script: str = __file__) -> dict:
+    """One measurement in a fresh process (``script`` with ``args``); its last stdout line is the JSON result."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, env=env)
     sys.stderr.write(proc.stderr[-3000:])
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -220,7 +282,7 @@ def run_child(args: list[str], timeout: int = 900) -> dict:
     return json.loads(lines[-1])
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in {"make-model", "bare-peft", "bare-unsloth", "babeltune"}:
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in {"make-model", "bare-peft", "bare-unsloth", "babeltune", "padding"}:
     parser = argparse.ArgumentParser()
     parser.add_argument("cmd")
     parser.add_argument("arg")
@@ -237,6 +299,8 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in {"make-model"
         result = make_model(a.arg, a.extra)
     elif a.cmd == "bare-peft":
         result = bare_peft(a.arg, a.batch, a.seq, a.steps, a.warmup, a.load_in_4bit, not a.no_checkpointing)
+    elif a.cmd == "padding":
+        result = padding_run(a.arg, a.extra, a.batch, a.seq, a.steps, a.warmup)
     elif a.cmd == "babeltune":
         result = babeltune_run(a.arg, a.extra, a.batch, a.seq, a.steps, a.warmup, a.set)
     else:
@@ -269,6 +333,12 @@ def suite(only: set[str], out_path: Path, batch: int, seq: int, steps: int, warm
         res["peft_bare"] = run_child(["bare-peft", model_1b, *common])
         res["peft_babeltune_fast"] = run_child(["babeltune", model_1b, "hf-peft", *common])
         res["fast_path_speedup_vs_bare"] = ratio(res["peft_babeltune_fast"], res["peft_bare"])
+    if "padding" in only:
+        # same token capacity per step: 8 x 2048 packed rows, or 64 tweets padded to the longest of the batch
+        for packing, batch in (("off", 64), ("blocks", 8), ("padding_free", 8)):
+            res[f"mahasent_{packing}"] = run_child(["padding", model_1b, packing, "--batch", str(batch), "--seq", str(seq),
+                                                    "--steps", str(steps), "--warmup", str(warmup)])
+        res["padding_free_vs_padded_real_tokens"] = ratio(res["mahasent_padding_free"], res["mahasent_off"], "real_tokens_per_s")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(res, indent=1))

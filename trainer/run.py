@@ -335,7 +335,8 @@ def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, 
     heldout = write_heldout(session.data.eval_texts, output_dir)
     # scored with the adapter as reloaded from disk: what a user of the output folder gets
     report = evaluate_heldout(config, reloaded, loaded.tokenizer, heldout, output_dir, echo) if evaluate else None
-    merged_dir = export.merge(reloaded, loaded.tokenizer, output_dir / MERGED_DIR) if merge else None
+    merged_dir = export.merge(reloaded, loaded.tokenizer, output_dir / MERGED_DIR, adapter_dir=adapter_dir,
+                              model_dir=session.runtime.model_dir) if merge else None
     return {"adapter_dir": adapter_dir, "reload_check": check, "eval_report": report, "merged_dir": merged_dir}
 
 

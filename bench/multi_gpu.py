@@ -42,11 +42,15 @@ def train_config(model_dir: str, corpus: Path, out: Path, seq: int = 2048) -> di
             "eval": {"evaluation_strategy": "no", "save_strategy": "steps"}, "backend": {"name": "hf-peft"}}
 
 
-def train(config_path: Path, *extra: str) -> dict:
+def train(config_path: Path, *extra: str, timeout: int = 420) -> dict:
     """`train --config ... extra` as a user runs it; returns exit code, seconds and the output tail."""
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "babeltune.trainer.cli", "--config", str(config_path), *extra],
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "babeltune.trainer.cli", "--config", str(config_path), *extra],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {"command": "train --config " + " ".join([config_path.name, *extra]), "exit": "timeout",
+                "seconds": round(time.time() - start, 1), "stderr_tail": str(exc.stderr or "")[-600:]}
     sys.stderr.write(proc.stderr[-2500:])
     return {"command": "train --config " + " ".join([config_path.name, *extra]), "exit": proc.returncode,
             "seconds": round(time.time() - start, 1), "stdout": proc.stdout.strip()[-300:],
@@ -97,7 +101,8 @@ def run_suite(gpus: int, out_path: Path, real_model: str | None, unsloth: bool) 
     if unsloth:
         config = train_config(model, corpus, work / "unsloth")
         config["training"]["max_steps"] = 6
-        report["unsloth"] = train(write_config(config, work / "unsloth.yaml"), "--gpus", str(gpus), "--backend", "unsloth", "--no-eval")
+        report["unsloth"] = train(write_config(config, work / "unsloth.yaml"), "--gpus", str(gpus), "--backend", "unsloth",
+                                  "--no-eval", timeout=180)
         save()
     print(json.dumps({k: v for k, v in report.items() if k not in ("versions",)}, indent=1))
     return report

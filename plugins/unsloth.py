@@ -98,6 +98,8 @@ class UnslothBackend(Backend):
 
         args = translate_config(config)
         from_pretrained = dict(args["from_pretrained"], dtype=common.torch_dtype(runtime.precision))
+        if runtime.world_size > 1:   # torchrun: each process loads onto its own GPU (Unsloth's default is GPU 0)
+            from_pretrained["device_map"] = {"": runtime.local_rank}
         model, tokenizer = FastLanguageModel.from_pretrained(model_name=runtime.model_dir, **from_pretrained)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -86,3 +86,23 @@ def test_describe_lists_every_part():
     text = estimate().describe()
     for part in ("weights", "trainable", "activations", "logits", "overhead"):
         assert part in text
+
+
+def test_model_matches_the_committed_h200_measurements():
+    # bench/memory_calibration.py's criterion on every measured case: predicted / measured - 1 in [-5%, +15%]
+    import json
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        import memory_calibration
+    finally:
+        sys.path.remove(str(bench))
+    results = json.loads((bench / "results" / "memory_calibration.json").read_text())["results"]
+    rows = memory_calibration.report(results)
+    assert len(rows) == sum("measured_gib" in r for r in results) >= 6
+    failing = [(r["kernels"], r["shape"], r["checkpointing"], r["load_in_4bit"], r["error"]) for r in rows if not r["ok"]]
+    assert not failing
+    assert all(-memory_calibration.TOLERANCE_BELOW <= r["error"] <= memory_calibration.TOLERANCE_ABOVE for r in rows)

@@ -130,8 +130,11 @@ def real_model_run(real_model: str, work: Path, gpus: int) -> dict:
     config["data"]["eval_fraction"] = 0.05
     config["eval"]["max_eval_documents"] = 100
     result = train(write_config(config, work / "real.yaml"), "--gpus", str(gpus))
-    eval_path = work / "real" / "eval.json"
-    return {**result, **curve(work / "real"), "eval": json.loads(eval_path.read_text()) if eval_path.is_file() else None}
+    eval_path, manifest = work / "real" / "eval.json", work / "real" / "manifest.json"
+    facts = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    return {**result, **(curve(work / "real") if (work / "real" / "metrics.jsonl").is_file() else {}),
+            "world_size": facts.get("device", {}).get("world_size"), "reload_check": facts.get("reload_check"),
+            "eval": json.loads(eval_path.read_text()) if eval_path.is_file() else None}
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ RUNS = (  # (label, backend, overrides)
 )
 
 
-def run_all(model: str, out: Path) -> dict:
+def run_all(model: str, out: Path, runs=RUNS) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bt-real-"))
     report = {"command": " ".join([sys.executable, *sys.argv]), "gpu": gpu_bench.gpu_name(), "versions": gpu_bench.versions(),
               "model": model, "corpus": "examples/data/marathi/train.txt (MahaSent, 3,000 tweets), 5% held out",
               "runs": {}}
-    for label, backend, sets in RUNS:
+    for label, backend, sets in runs:
         run_dir = work / backend / str(len(report["runs"]))
         config = multi_gpu.train_config(model, gpu_bench.MAHASENT, run_dir, seq=512)
         config["model"].pop("dtype")
@@ -55,6 +55,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", default=None, help="comma list of run labels' backends to run (default: all)")
     a = parser.parse_args()
+    if a.only:
+        RUNS = tuple(r for r in RUNS if r[0] in a.only.split(","))
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    run_all(a.model, a.out)
+    run_all(a.model, a.out, RUNS)

@@ -82,3 +82,18 @@ def test_two_process_run_matches_one_process_writes_once_and_resumes(tiny_model_
     assert distributed.launch(2, train_args(tiny_model_dir, ddp, "--resume"), lambda _line: None) == 0
     assert losses(ddp) == pytest.approx(losses(single), abs=2e-3)
     assert json.loads((ddp / "manifest.json").read_text())["resumed_from"].endswith("checkpoint-8")
+
+
+def test_single_process_with_several_gpus_trains_on_one(monkeypatch):
+    from types import SimpleNamespace
+
+    from babeltune.trainer.run import keep_to_one_gpu
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args, lines = SimpleNamespace(n_gpu=2, _n_gpu=2), []
+    keep_to_one_gpu(args, lines.append)
+    assert args._n_gpu == 1 and "train --gpus 2" in lines[0]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = SimpleNamespace(n_gpu=1, _n_gpu=1)
+    keep_to_one_gpu(args, lines.append)
+    assert args._n_gpu == 1 and len(lines) == 1

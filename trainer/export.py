@@ -24,6 +24,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 1e-2, "4bit": 5e-2}  # 4bit: reloaded on the same NF4 base (trained with fp32 norms)
 # Below this relative difference the adapter is indistinguishable from the base model.
 NO_EFFECT = 1e-7
+# Above this share of the adapter's effect left unreproduced, a reload that also misses the tolerance fails.
+MAX_UNEXPLAINED_SHARE = 0.25
 
 
 @dataclass
@@ -33,6 +35,14 @@ class ReloadCheck:
     adapter_effect: float          # adapted vs base logits (relative); ~0 means the adapter does nothing
     tolerance: float
     notes: list[str] = field(default_factory=list)
+    unexplained_share: float = 0.0  # saved-vs-trained difference / the adapter's own effect on the logits
+
+    @property
+    def passed(self) -> bool:
+        """Logits match within the precision's tolerance, or the difference is a small share of what the adapter
+        does (fused kernels such as liger change bf16 logits by a few percent of their maximum; an adapter saved
+        wrongly misses a large share of its effect)."""
+        return self.relative_diff <= self.tolerance or self.unexplained_share <= MAX_UNEXPLAINED_SHARE
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -141,16 +151,18 @@ def reload_check(model: Any, folder: Path, model_dir: str, tokenizer: Any, texts
     finally:
         model.train(was_training)
     abs_diff, rel_diff = relative(reloaded, current)
-    _, effect = relative(current, base)
-    check = ReloadCheck(abs_diff, rel_diff, effect, TOLERANCE.get(precision, 3e-2))
+    effect_abs, effect = relative(current, base)
+    check = ReloadCheck(abs_diff, rel_diff, effect, TOLERANCE.get(precision, 3e-2),
+                        unexplained_share=abs_diff / max(effect_abs, 1e-12))
     if effect <= NO_EFFECT:
         raise BabeltuneError(f"{folder}: the saved adapter does not change the model (logits equal the base model's, "
                              f"relative difference {effect:.1e}); training did not update it: check learning_rate, "
                              "max_steps and the gradient check in the log")
-    if rel_diff > check.tolerance:
+    if not check.passed:
         raise BabeltuneError(f"{folder}: the reloaded adapter's logits differ from the trained model's by {rel_diff:.2e} "
-                             f"(relative; tolerance {check.tolerance:g} in {precision}); the saved adapter is not the "
-                             "trained one: check adapter_config.json target_modules and modules_to_save")
+                             f"(relative; tolerance {check.tolerance:g} in {precision}), {check.unexplained_share:.0%} of the "
+                             "adapter's effect; the saved adapter is not the trained one: check adapter_config.json "
+                             "target_modules and modules_to_save")
     return check, reloaded_model
 
 

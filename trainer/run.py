@@ -150,6 +150,14 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
     return TrainingArguments(**supported(TrainingArguments, kwargs))
 
 
+def keep_to_one_gpu(args, echo: Callable) -> None:
+    """A single process on a machine with several GPUs: the HF Trainer would wrap the model in DataParallel
+    (slower than DDP, and it scatters batches away from the GPU the backend loaded the model on)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and getattr(args, "n_gpu", 1) > 1:
+        echo(f"{args.n_gpu} GPUs visible: training on one (data-parallel over several: train --gpus {args.n_gpu})")
+        args._n_gpu = 1
+
+
 def build_optimizer(backend: Backend, model: Any, config: "TrainConfig", args: Any):
     """The backend's parameter groups (e.g. a lower lr for embeddings) with the configured optimizer class."""
     groups = backend.optimizer_param_groups(model, config)
@@ -311,6 +319,7 @@ def train_phase(session: Session) -> None:
     config, output_dir, loaded = session.config, session.output_dir, session.loaded
     output_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(config, session.runtime, output_dir, has_eval=session.data.eval is not None)
+    keep_to_one_gpu(args, session.echo)
     callbacks = core_callbacks(config, output_dir, loaded.expected_trainable, session.echo)
     extra = plugin_callbacks(config)
     session.trainer = make_trainer(session.backend, loaded, session.data, args, list(callbacks.values()) + extra, config)

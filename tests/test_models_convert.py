@@ -267,3 +267,24 @@ def test_facts_before_and_after_conversion_agree(gemma_fp32):
     with safe_open(str(gemma_fp32 / "model.safetensors"), framework="pt") as handle:
         stored = sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
     assert stored == after.parameters == 268_098_176
+
+
+def test_concurrent_conversions_of_one_gguf_both_succeed(tiny_gguf, tmp_path):
+    """Two torchrun ranks converting the same model at once: the second rename finds a complete folder."""
+    import threading
+
+    target, results, errors = tmp_path / "shared", [], []
+
+    def convert():
+        try:
+            results.append(convert_gguf(tiny_gguf, target))
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever a racing rank would hit
+            errors.append(exc)
+    threads = [threading.Thread(target=convert) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and results == [target] * 3
+    assert all((target / name).is_file() for name in REQUIRED_FILES)
+    assert [p.name for p in tmp_path.iterdir()] == ["shared"]          # no staging folder left behind

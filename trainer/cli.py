@@ -77,6 +77,9 @@ def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_
         return
     if gpus > 1 and not os.environ.get(distributed.LAUNCHED_ENV):
         distributed.check_gpus(gpus)
+        from babeltune.trainer.run import resolve_model_dir
+
+        resolve_model_dir(config.model.name)   # convert a built-in/GGUF model once, before N processes want it
         args = worker_args(click.get_current_context().params)
         sys.exit(distributed.launch(gpus, args, echo_err))
     from babeltune.trainer.run import run_training

@@ -180,13 +180,19 @@ def convert_gguf(gguf_path: str | Path, target: str | Path, *, dtype: str = "fp3
     if not gguf_path.is_file():
         raise BabeltuneError(f"{gguf_path}: GGUF file not found; check the path")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if is_complete(target):   # another process finished it since the first check
+            return target
         raise BabeltuneError(f"{target}: exists and is not a complete converted model; remove it or pick another --dir")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         _write_folder(gguf_path, staging, dtype, provenance or {})
         make_readable(staging)
-        os.replace(staging, target)  # rename(2) also replaces an empty target folder
+        try:
+            os.replace(staging, target)  # rename(2) also replaces an empty target folder
+        except OSError:
+            if not is_complete(target):   # not another process (e.g. a second torchrun rank) finishing first
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -37,6 +37,10 @@ def configurations(kernels: list[str]) -> list[dict]:
             for k in kernels for shape, batch, seq in SHAPE_RUNS for four_bit in (False, True) for ckpt in (True, False)]
 
 
+def case_key(case: dict) -> tuple:
+    return tuple(case[k] for k in ("kernels", "shape", "batch", "seq", "load_in_4bit", "checkpointing"))
+
+
 def measure_one(model_dir: str, case: dict) -> dict:
     """One babeltune run in this process; peak memory read when training ends."""
     import types
@@ -132,9 +136,14 @@ def measure(kernels: list[str], out: Path) -> None:
     previous = json.loads(out.read_text()) if out.is_file() else {}
     document = {"command": " ".join([sys.executable, *sys.argv]), "gpu": gpu_bench.gpu_name(),
                 "versions": gpu_bench.versions(), "lora": f"r{LORA_R} on {', '.join(gpu_bench.LORA_TARGETS)}, AdamW, bf16",
-                "results": [r for r in previous.get("results", []) if r.get("kernels") not in kernels]}
+                "results": [r for r in previous.get("results", []) if "measured_gib" in r]}
+    if previous.get("command") and previous.get("command") != document["command"]:
+        document["earlier_commands"] = sorted(set(previous.get("earlier_commands", []) + [previous["command"]]))
+    measured = {case_key(r) for r in document["results"]}
     models = {}
     for case in configurations(kernels):
+        if case_key(case) in measured:   # kept from an earlier call (the file is extended, not replaced)
+            continue
         if case["shape"] not in models:
             models[case["shape"]] = str(base / case["shape"])
             gpu_bench.run_child(["make-model", case["shape"], models[case["shape"]]])

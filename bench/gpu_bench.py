@@ -333,6 +333,10 @@ def suite(only: set[str], out_path: Path, batch: int, seq: int, steps: int, warm
         res["peft_bare"] = run_child(["bare-peft", model_1b, *common])
         res["peft_babeltune_fast"] = run_child(["babeltune", model_1b, "hf-peft", *common])
         res["fast_path_speedup_vs_bare"] = ratio(res["peft_babeltune_fast"], res["peft_bare"])
+        # not part of the like-for-like target: with liger the run fits without checkpointing, which advise picks
+        res["peft_babeltune_fast_no_checkpointing"] = run_child(["babeltune", model_1b, "hf-peft", *common,
+                                                                  "--set", "training.gradient_checkpointing=false"])
+        res["no_checkpointing_speedup_vs_bare"] = ratio(res["peft_babeltune_fast_no_checkpointing"], res["peft_bare"])
     if "padding" in only:
         # same token capacity per step: 8 x 2048 packed rows, or 64 tweets padded to the longest of the batch
         for packing, batch in (("off", 64), ("blocks", 8), ("padding_free", 8)):

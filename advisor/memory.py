@@ -10,8 +10,8 @@ Parts (all in bytes, reported in GiB):
 weights
     bf16/fp16: every parameter x 2 bytes (fp32: x 4).
     4-bit (QLoRA NF4, Dettmers et al. 2023): the linear layers of the decoder blocks at 4 bits plus the
-    quantisation constants (double quantisation: 0.127 bits per parameter), embeddings, lm_head and
-    norms stay in bf16 (bitsandbytes does not quantise them).
+    quantisation constants (double quantisation: 0.127 bits per parameter); embeddings, lm_head and
+    norms are not quantised: bf16 under Unsloth, fp32 after PEFT's ``prepare_model_for_kbit_training``.
 trainable
     LoRA matrices (r x (in + out) per targeted module per layer) and ``modules_to_save`` copies
     (vocab x hidden each), kept in fp32 by PEFT: 4 bytes weight + 4 bytes gradient + optimizer state
@@ -51,22 +51,38 @@ Calibration (``python bench/memory_calibration.py report bench/results/memory_ca
 reserved + CUDA context after 3 AdamW steps of a babeltune ``train`` run (each in a fresh process), random
 weights in the SmolLM2-135M and Llama-3.2-1B shapes (``bench/gpu_bench.py``, vocabulary 49152), LoRA r16 on
 q, k, v, o, gate, up, down, bf16, SDPA, packed blocks; one H200, torch 2.11, transformers 5.17, peft 0.21,
-liger-kernel 0.8.5. Measured / predicted GiB, error = predicted / measured - 1 (criterion: -5% .. +15%):
+liger-kernel 0.8.5, Unsloth 2026.10.9, bitsandbytes 0.50.2. Measured / predicted GiB, error = predicted / measured - 1 (criterion: -5% .. +15%):
 
-    shape  batch x seq  kernels  ckpt     measured  predicted  error
-    135m   8 x 1024     plain    on           6.66       6.61  -0.7%
-    135m   8 x 1024     plain    off         12.67      13.42  +5.9%
-    1b     4 x 1024     plain    on           6.05       6.24  +3.1%
-    1b     4 x 1024     plain    off         12.79      13.83  +8.1%
-    135m   8 x 1024     liger    on           1.55       1.67  +7.4%
-    135m   8 x 1024     liger    off          6.46       6.61  +2.3%
-    1b     4 x 1024     liger    on           3.79       3.77  -0.5%
-    1b     4 x 1024     liger    off          8.68       9.29  +7.1%
+    shape  batch x seq  kernels  weights  ckpt  measured  predicted  error
+    135m   8 x 1024    plain    bf16     on        6.66       6.61  -0.7%
+    135m   8 x 1024    plain    bf16     off      12.67      13.42  +5.9%
+    1b     4 x 1024    plain    bf16     on        6.05       6.24  +3.1%
+    1b     4 x 1024    plain    bf16     off      12.79      13.83  +8.1%
+    135m   8 x 1024    liger    bf16     on        1.55       1.67  +7.4%
+    135m   8 x 1024    liger    bf16     off       6.46       6.61  +2.3%
+    1b     4 x 1024    liger    bf16     on        3.79       3.77  -0.5%
+    1b     4 x 1024    liger    bf16     off       8.68       9.29  +7.1%
+    135m   8 x 1024    plain    nf4      on        7.01       6.87  -2.1%
+    135m   8 x 1024    plain    nf4      off      14.38      15.26  +6.1%
+    1b     4 x 1024    plain    nf4      on        5.51       5.53  +0.3%
+    1b     4 x 1024    plain    nf4      off      14.67      15.42  +5.1%
+    135m   8 x 1024    liger    nf4      on        1.78       1.92  +7.9%
+    135m   8 x 1024    liger    nf4      off       7.89       8.26  +4.7%
+    1b     4 x 1024    liger    nf4      on        3.04       3.04  -0.1%
+    1b     4 x 1024    liger    nf4      off      10.04      10.61  +5.6%
+    135m   8 x 1024    unsloth  bf16     on        1.46       1.53  +5.1%
+    135m   8 x 1024    unsloth  bf16     off       4.94       5.62  +13.8%
+    135m   8 x 1024    unsloth  nf4      on        1.30       1.39  +6.4%
+    135m   8 x 1024    unsloth  nf4      off       4.80       5.47  +13.9%
+    1b     4 x 1024    unsloth  bf16     on        3.60       3.61  +0.3%
+    1b     4 x 1024    unsloth  bf16     off       7.21       8.13  +12.8%
+    1b     4 x 1024    unsloth  nf4      on        2.32       2.26  -2.5%
 
-(the previous model was 3-9% low for plain and 20-28% low for liger without checkpointing). 4-bit loading
-and Unsloth are not measured yet: their estimates use the same terms (Unsloth the fused-kernel ones) and
-are never smaller than the previous model's (same 0.8 GiB fixed overhead, larger activations, an added
-fragmentation term).
+(23 of the 24 planned cases; Unsloth 1b nf4 without checkpointing did not finish inside the call's time).
+QLoRA through PEFT: ``prepare_model_for_kbit_training`` casts the unquantised parameters (embeddings, norms)
+to fp32, so the residual stream and the MLP that the fp32 norms feed run in fp32 (``KBIT_MLP_EXTRA_BYTES``,
+fp32 layer inputs under checkpointing); Unsloth does not, and keeps ``UNSLOTH_ACTIVATION_SHARE`` of the
+fused-kernel activations (its fused LoRA MLP/attention kernels save less), with a larger CUDA context.
 """
 
 from __future__ import annotations
@@ -84,6 +100,10 @@ CUDA_CONTEXT_GIB = 0.55             # measured 0.514 GiB (torch 2.11, H200), rou
 ALLOCATOR_BASE_GIB = 0.25           # cuBLAS workspaces + the caching allocator's small-block pool
 ALLOCATOR_FRAGMENTATION = 0.10      # reserved above allocated, as a share of the per-step tensors (activations + logits)
 RESIDUAL_STREAM_TENSORS = 3         # further hidden-size tensors kept per layer (measured, both kernel sets)
+KBIT_MLP_EXTRA_BYTES = {"plain": 5, "liger": 4.5}   # x intermediate size, per token per layer: PEFT's k-bit
+                                    # preparation makes the MLP run in fp32 (measured 3.9-4.8 / 3.4-4.2)
+UNSLOTH_ACTIVATION_SHARE = 0.78     # Unsloth keeps this share of the fused-kernel activations (measured 0.71-0.74)
+UNSLOTH_CONTEXT_GIB = 0.75          # its kernels load more into the CUDA context (measured 0.71 GiB)
 NF4_BITS_PER_PARAM = 4.127          # 4 bits + double-quantised absmax constants (QLoRA, section 3)
 TRAINABLE_WEIGHT_BYTES = 4          # PEFT keeps adapter weights in fp32
 TRAINABLE_GRAD_BYTES = 4
@@ -151,15 +171,17 @@ def embedding_parameters(facts: ModelFacts, modules_to_save: Sequence[str]) -> i
     return sum(facts.vocab_size * facts.hidden_size for name in modules_to_save if name in ("embed_tokens", "lm_head"))
 
 
-def weight_bytes(facts: ModelFacts, load_in_4bit: bool, precision: str) -> float:
+def weight_bytes(facts: ModelFacts, load_in_4bit: bool, precision: str, kernels: str = "plain") -> float:
     if not load_in_4bit:
         return facts.parameters * DTYPE_BYTES.get(precision, 2)
     linear = min(linear_parameters(facts), facts.parameters)
-    return linear * NF4_BITS_PER_PARAM / 8 + (facts.parameters - linear) * 2
+    # PEFT's prepare_model_for_kbit_training casts what stays unquantised (embeddings, norms) to fp32; Unsloth does not
+    rest = 4 if kernels in KBIT_MLP_EXTRA_BYTES else 2
+    return linear * NF4_BITS_PER_PARAM / 8 + (facts.parameters - linear) * rest
 
 
 def activation_bytes_per_token_layer(facts: ModelFacts, precision: str, targets: Sequence[str],
-                                     lora_dropout: float, kernels: str = "plain") -> float:
+                                     lora_dropout: float, kernels: str = "plain", load_in_4bit: bool = False) -> float:
     """Saved activations of one decoder layer for one token, without checkpointing (module docstring).
     Fused kernels (liger, Unsloth) keep the SwiGLU inputs and product (gate, up, product: 3i instead of 4i) and
     no fp32 RMSNorm upcasts; both kernel sets keep ``RESIDUAL_STREAM_TENSORS`` further hidden-size tensors."""
@@ -174,6 +196,10 @@ def activation_bytes_per_token_layer(facts: ModelFacts, precision: str, targets:
     if lora_dropout > 0:
         shapes = module_shapes(facts)
         saved += sum((elem + 1) * shapes.get(name, (h, h))[0] for name in targets)
+    if kernels == "unsloth":
+        return saved * UNSLOTH_ACTIVATION_SHARE
+    if load_in_4bit:   # fp32 norm weights turn the norm outputs, and the MLP fed by them, into fp32
+        saved += KBIT_MLP_EXTRA_BYTES[kernels] * i
     return saved
 
 
@@ -201,16 +227,18 @@ def estimate_memory(facts: ModelFacts, *, batch_size: int, seq_len: int, lora_r:
     tokens = batch_size * seq_len
     trainable = lora_parameters(facts, lora_r, targets) + embedding_parameters(facts, modules_to_save)
     per_trainable = TRAINABLE_WEIGHT_BYTES + TRAINABLE_GRAD_BYTES + OPTIMIZER_STATE_BYTES.get(optimizer, 8)
-    per_layer = activation_bytes_per_token_layer(facts, precision, targets, lora_dropout, kernels)
+    per_layer = activation_bytes_per_token_layer(facts, precision, targets, lora_dropout, kernels, load_in_4bit)
     if gradient_checkpointing:
         # Unsloth's checkpointing offloads each layer's input to CPU memory; the others keep it on the GPU
-        kept = 0 if kernels == "unsloth" else facts.layers * facts.hidden_size * DTYPE_BYTES.get(precision, 2)
+        # (in fp32 after PEFT's k-bit preparation: the fp32 embedding makes the residual stream fp32)
+        stream = 4 if load_in_4bit else DTYPE_BYTES.get(precision, 2)
+        kept = 0 if kernels == "unsloth" else facts.layers * facts.hidden_size * stream
         activations = tokens * (kept + per_layer)
     else:
         activations = tokens * facts.layers * per_layer
     fused_head = "lm_head" not in modules_to_save   # a trained lm_head needs the plain loss
     parts_bytes = {
-        "weights": weight_bytes(facts, load_in_4bit, precision),
+        "weights": weight_bytes(facts, load_in_4bit, precision, kernels),
         "trainable": trainable * per_trainable,
         "activations": activations,
         "logits": logit_bytes(facts, tokens, kernels, fused_head),
@@ -218,7 +246,8 @@ def estimate_memory(facts: ModelFacts, *, batch_size: int, seq_len: int, lora_r:
     # the caching allocator reserves more than the tensors it hands out: a base pool plus fragmentation that
     # grows with the memory allocated and freed every step (activations, logits)
     reserve = ALLOCATOR_BASE_GIB * GIB + ALLOCATOR_FRAGMENTATION * (parts_bytes["activations"] + parts_bytes["logits"])
-    parts_bytes["overhead"] = CUDA_CONTEXT_GIB * GIB + reserve
+    context = UNSLOTH_CONTEXT_GIB if kernels == "unsloth" else CUDA_CONTEXT_GIB
+    parts_bytes["overhead"] = context * GIB + reserve
     parts = {name: value / GIB for name, value in parts_bytes.items()}
     inputs = dict(batch_size=batch_size, seq_len=seq_len, lora_r=lora_r, load_in_4bit=load_in_4bit,
                   gradient_checkpointing=gradient_checkpointing, modules_to_save=list(modules_to_save),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from babeltune.errors import BabeltuneError
@@ -149,6 +150,11 @@ def quantization_config(config: "TrainConfig", runtime: "Runtime"):
                               bnb_4bit_compute_dtype=torch_dtype(runtime.precision))
 
 
+def fsdp_enabled() -> bool:
+    """`accelerate launch` with an FSDP config sets this; the model must then stay on the CPU until sharded."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
+
+
 def load_base_model(config: "TrainConfig", runtime: "Runtime", attn_implementation: str):
     """The frozen base model from ``runtime.model_dir`` in the run's dtype, on the run's device."""
     from transformers import AutoModelForCausalLM
@@ -159,8 +165,8 @@ def load_base_model(config: "TrainConfig", runtime: "Runtime", attn_implementati
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": runtime.local_rank}
     model = AutoModelForCausalLM.from_pretrained(runtime.model_dir, **kwargs)
-    if quant is None and runtime.device == "cuda":
-        model.to(f"cuda:{runtime.local_rank}")
+    if quant is None and runtime.device == "cuda" and not fsdp_enabled():
+        model.to(f"cuda:{runtime.local_rank}")   # under FSDP accelerate shards the CPU copy onto the GPUs
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     return model
 

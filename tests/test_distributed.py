@@ -97,3 +97,12 @@ def test_single_process_with_several_gpus_trains_on_one(monkeypatch):
     args = SimpleNamespace(n_gpu=1, _n_gpu=1)
     keep_to_one_gpu(args, lines.append)
     assert args._n_gpu == 1 and len(lines) == 1
+
+
+def test_fsdp_launch_is_detected_so_the_loader_leaves_the_model_on_cpu(monkeypatch):
+    from babeltune.plugins.common import fsdp_enabled
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not fsdp_enabled()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert fsdp_enabled()

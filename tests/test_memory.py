@@ -74,8 +74,11 @@ def test_total_is_monotone_in_batch_sequence_and_rank(batch, seq, r, ckpt, four_
                     load_in_4bit=four_bit).total_gib > base
     assert estimate(LLAMA2_7B, batch_size=batch, seq_len=seq, lora_r=r * 2, gradient_checkpointing=ckpt,
                     load_in_4bit=four_bit).total_gib > base
-    assert estimate(LLAMA2_7B, batch_size=batch, seq_len=seq, lora_r=r, gradient_checkpointing=True,
-                    load_in_4bit=True).total_gib <= base
+    # 4-bit always shrinks the weights; it need not shrink the total: PEFT's k-bit preparation runs the residual
+    # stream and the MLP in fp32 (measured on the H200: NF4 1B without checkpointing 14.67 GiB vs bf16 12.79)
+    assert estimate(LLAMA2_7B, batch_size=batch, seq_len=seq, lora_r=r, gradient_checkpointing=ckpt,
+                    load_in_4bit=True).parts["weights"] < estimate(LLAMA2_7B, batch_size=batch, seq_len=seq, lora_r=r,
+                                                                   gradient_checkpointing=ckpt, load_in_4bit=False).parts["weights"]
 
 
 def test_dropout_costs_activation_memory():

@@ -37,3 +37,26 @@ def test_cpt_on_gpu_in_bf16(tiny_model_dir, tmp_path, extra):
     report = json.loads(result.eval_report.read_text())
     assert "mr" in json.dumps(report)
     print("\n".join(lines[-8:]))
+
+
+def test_train_gpus_2_on_two_gpus_matches_one_gpu(tiny_model_dir, tmp_path):
+    """`train --gpus 2` through the real CLI on two GPUs: same loss curve as one GPU with the same effective batch."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    runs = {}
+    for name, extra in (("one", []), ("two", ["--gpus", "2"])):
+        out = tmp_path / name
+        subprocess.run([sys.executable, "-m", "babeltune.trainer.cli", "--config", str(DATA / "configs" / "tiny-cpt.yaml"),
+                        "--set", f"model.name={tiny_model_dir}", "--set", f"training.output_dir={out}",
+                        "--set", f"data.train={TEXT / 'mr.txt'}", "--set", "training.gradient_accumulation_steps=2",
+                        "--no-eval", *extra], check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"})
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = [r["loss"] for r in records if "loss" in r]
+    assert runs["two"] == pytest.approx(runs["one"], abs=5e-3)
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["device"]["world_size"] == 2

@@ -55,7 +55,7 @@ def test_train_gpus_2_on_two_gpus_matches_one_gpu(tiny_model_dir, tmp_path):
         subprocess.run([sys.executable, "-m", "babeltune.trainer.cli", "--config", str(DATA / "configs" / "tiny-cpt.yaml"),
                         "--set", f"model.name={tiny_model_dir}", "--set", f"training.output_dir={out}",
                         "--set", f"data.train={TEXT / 'mr.txt'}", "--set", "training.gradient_accumulation_steps=2",
-                        "--no-eval", *extra], check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"})
+                        "--no-eval", *extra], check=True, cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"})
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         runs[name] = [r["loss"] for r in records if "loss" in r]
     assert runs["two"] == pytest.approx(runs["one"], abs=5e-3)

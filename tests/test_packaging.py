@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Drops the editable install's finder, as in a plain `pip install .`, then imports from the checkout's root,
@@ -28,7 +30,7 @@ def test_checkout_root_imports_the_mapped_folders_without_an_editable_install():
 
 
 def test_no_generic_top_level_names_are_packaged():
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     assert all(name == "babeltune" or name.startswith("babeltune.") for name in packages)

@@ -270,21 +270,19 @@ def test_facts_before_and_after_conversion_agree(gemma_fp32):
 
 
 def test_concurrent_conversions_of_one_gguf_both_succeed(tiny_gguf, tmp_path):
-    """Two torchrun ranks converting the same model at once: the second rename finds a complete folder."""
-    import threading
+    """Three torchrun ranks converting the same model at once: a later rename finds a complete folder.
 
-    target, results, errors = tmp_path / "shared", [], []
+    Separate processes, as ranks are: threads would share transformers' process-wide loading state (its meta-device
+    context), which made the threads fail each other and leaked into later tests."""
+    import subprocess
+    import sys
 
-    def convert():
-        try:
-            results.append(convert_gguf(tiny_gguf, target))
-        except Exception as exc:  # noqa: BLE001 - the test reports whatever a racing rank would hit
-            errors.append(exc)
-    threads = [threading.Thread(target=convert) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors and results == [target] * 3
+    target = tmp_path / "shared"
+    script = "import sys; from babeltune.models.convert import convert_gguf; print(convert_gguf(sys.argv[1], sys.argv[2]))"
+    ranks = [subprocess.Popen([sys.executable, "-c", script, str(tiny_gguf), str(target)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert [out.strip().splitlines()[-1] for out, _ in outputs] == [str(target)] * 3
     assert all((target / name).is_file() for name in REQUIRED_FILES)
     assert [p.name for p in tmp_path.iterdir()] == ["shared"]          # no staging folder left behind

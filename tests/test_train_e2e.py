@@ -211,6 +211,24 @@ def test_nan_guard_reads_flags_back_only_at_decisions_but_never_misses_a_save():
     assert guard.tripped and guard.count == 4 and control.should_training_stop
 
 
+def test_nan_guard_counts_the_last_step_and_unhooks_at_train_end():
+    import torch
+    from transformers import TrainerControl, TrainerState
+
+    from babeltune.trainer.callbacks import nan_guard_callback
+
+    guard, state, model = nan_guard_callback(limit=3), TrainerState(max_steps=100), torch.nn.Identity()
+    guard.on_train_begin(None, state, TrainerControl(), model=model)
+    guard.on_step_begin(None, state, TrainerControl())
+    model(torch.tensor(1.0))
+    guard._watch(None, None, {"loss": torch.tensor(float("nan"))})
+    state.global_step = 1
+    guard.on_step_end(None, state, TrainerControl())   # no decision at this step: not read back yet
+    assert guard.count == 0 and len(model._forward_hooks) == 1
+    guard.on_train_end(None, state, TrainerControl())
+    assert (guard.count, guard.first_step) == (1, 1) and guard.handle is None and not model._forward_hooks
+
+
 def test_padding_free_trains_under_sdpa_with_documents_kept_apart(tiny_model_dir, tmp_path):
     from babeltune.trainer.run import run_training
 

@@ -249,6 +249,12 @@ def nan_guard_callback(limit: int):
                 control.should_training_stop = True
             return control
 
+        def on_train_end(self, args, state, control, **kwargs):
+            self._read_back()   # a stop decided by a later callback in the same step is still counted
+            if self.handle is not None:
+                self.handle.remove()   # the reload check and the evaluation run the model after training
+                self.handle = None
+
     return NanGuard()
 
 

@@ -30,6 +30,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_rank() -> int:
+    """This process's GPU index on its machine (torchrun sets LOCAL_RANK)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import pluggy
 
 from babeltune.errors import BabeltuneError
-from babeltune.trainer import hookspecs
+from babeltune.trainer import distributed, hookspecs
 from babeltune.trainer.backend import Backend
 
 ENTRY_POINT_GROUP = "babeltune"
@@ -134,7 +134,7 @@ def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
         raise BabeltuneError(_unknown_backend_message(name, backends))
     backend = backends[name]
     usable, reason = backend.availability()
-    if usable and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not getattr(backend, "supports_distributed", True):
+    if usable and distributed.world_size() > 1 and not getattr(backend, "supports_distributed", True):
         usable, reason = False, "its release does not support multi-GPU data parallel training"
     if usable:
         _prepare(backend)

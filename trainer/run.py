@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from babeltune.errors import BabeltuneError
 from babeltune.trainer import callbacks as cb
+from babeltune.trainer import distributed
 from babeltune.trainer.backend import Backend, Runtime
 from babeltune.trainer.checkpoints import (check_trainable_names, completion_marker_callback, list_checkpoints,
                                            resolve_resume)
@@ -82,7 +82,7 @@ def make_runtime(config: "TrainConfig") -> Runtime:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return Runtime(device=device, precision=resolve_precision(config.training.precision, device),
                    model_dir=resolve_model_dir(config.model.name),
-                   world_size=int(os.environ.get("WORLD_SIZE", "1")), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+                   world_size=distributed.world_size(), local_rank=distributed.local_rank())
 
 
 def seed_everything(seed: int) -> None:
@@ -153,7 +153,7 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
 def keep_to_one_gpu(args, echo: Callable) -> None:
     """A single process on a machine with several GPUs: the HF Trainer would wrap the model in DataParallel
     (slower than DDP, and it scatters batches away from the GPU the backend loaded the model on)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and getattr(args, "n_gpu", 1) > 1:
+    if distributed.world_size() == 1 and getattr(args, "n_gpu", 1) > 1:
         echo(f"{args.n_gpu} GPUs visible: training on one (data-parallel over several: train --gpus {args.n_gpu})")
         args._n_gpu = 1
 
@@ -369,7 +369,7 @@ def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = 
                  evaluate: bool = True) -> RunResult:
     """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
     ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint."""
-    from babeltune.trainer import distributed, manifest
+    from babeltune.trainer import manifest
 
     config = distributed.scale_accumulation(config, distributed.world_size(), echo)
     session = Session(config, Path(config.training.output_dir), echo, time.time())

@@ -18,6 +18,7 @@ from babeltune.errors import BabeltuneError
 from babeltune.trainer import callbacks as cb
 from babeltune.trainer import distributed
 from babeltune.trainer.backend import Backend, Runtime
+from babeltune.trainer.lean import lean_trainer_class
 from babeltune.trainer.checkpoints import (check_trainable_names, completion_marker_callback, list_checkpoints,
                                            resolve_resume)
 
@@ -192,30 +193,10 @@ def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str],
     return callbacks
 
 
-class HostTokenCount:
-    """Trainer mixin: count input tokens from the batch's shape on the host. transformers' own count moves the
-    number to the GPU and reads it back (``.item()``) every micro-step, a device sync that stalls the launch
-    queue (~1-3% of a step on an H200). Distributed runs and non-padding counts keep transformers' way."""
-
-    def _track_num_input_tokens(self, inputs):
-        name = getattr(self.model, "main_input_name", "input_ids")
-        mode = self.args.include_num_input_tokens_seen
-        if self.args.world_size == 1 and mode in (True, "all") and name in inputs:
-            self.state.num_input_tokens_seen += inputs[name].numel()
-            return
-        return super()._track_num_input_tokens(inputs)
-
-
-def trainer_class_with_host_count(base: type) -> type:
-    if not hasattr(base, "_track_num_input_tokens"):   # older transformers count elsewhere
-        return base
-    return type(f"HostCounted{base.__name__}", (HostTokenCount, base), {})
-
-
 def make_trainer(backend: Backend, loaded, data: "PreparedData", args, callbacks: list, config: "TrainConfig"):
     from transformers import PrinterCallback, Trainer
 
-    trainer_cls = trainer_class_with_host_count(backend.trainer_class() or Trainer)
+    trainer_cls = lean_trainer_class(backend.trainer_class() or Trainer)
     optimizer = build_optimizer(backend, loaded.model, config, args)
     trainer = trainer_cls(model=loaded.model, args=args, data_collator=data.collator, train_dataset=data.train,
                           eval_dataset=data.eval, processing_class=loaded.tokenizer, callbacks=callbacks,

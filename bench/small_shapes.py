@@ -120,7 +120,7 @@ def timed_loop(model, batch: int, seq: int, steps: int, warmup: int, optimizer, 
     import torch
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    start = None
+    start, curve = None, []
     for step, ids in enumerate(token_batches(batch, seq, steps + warmup)):
         if step == warmup:
             torch.cuda.synchronize()
@@ -132,11 +132,13 @@ def timed_loop(model, batch: int, seq: int, steps: int, warmup: int, optimizer, 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if step % 5 == 0:
+            curve.append((step + 1, loss.detach()))
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return {"tokens_per_s": round(batch * seq * steps / elapsed, 1), "s_per_step": round(elapsed / steps, 4),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3), "last_loss": round(float(loss), 4),
-            "timed_steps": steps}
+            "timed_steps": steps, "curve": [(s, round(float(v), 4)) for s, v in curve]}
 
 
 def bare_peft(model_dir: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
@@ -170,13 +172,15 @@ def babeltune_config(model_dir: str, backend: str, batch: int, seq: int, total_s
             "training": {"output_dir": str(work / "run"), "per_device_train_batch_size": batch,
                          "gradient_accumulation_steps": 1, "learning_rate": LR, "max_steps": total_steps,
                          "optimizer": "adamw_torch", "lr_scheduler_type": "constant", "weight_decay": 0.0,
-                         "gradient_checkpointing": False, "logging_steps": 5, "save_steps": 100000, "precision": "auto"},
+                         "gradient_checkpointing": False, "logging_steps": 5, "save_steps": 100000, "precision": "auto",
+                         # random weights: a non-finite loss must not end a timing run (it is reported instead)
+                         "max_nonfinite_losses": 1000},
             "eval": {"evaluation_strategy": "no", "save_strategy": "no", "max_eval_documents": 8},
             "backend": {"name": backend, "options": {"liger": liger} if backend == "hf-peft" else {}}}
 
 
 def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int, warmup: int, liger=False,
-                  profile_steps: int = 0) -> dict:
+                  profile_steps: int = 0, sets: tuple = ()) -> dict:
     """`train` through run_training with every core callback; a timing plugin syncs only at the two ends."""
     import torch
     from babeltune.config import validate_config
@@ -185,7 +189,9 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
     from babeltune.trainer.run import run_training
     from transformers import TrainerCallback
     work = Path(tempfile.mkdtemp(prefix="bt-shapes-"))
-    config = validate_config(babeltune_config(model_dir, backend, batch, seq, steps + warmup + profile_steps, work, liger))
+    from babeltune.config import apply_overrides
+    raw = babeltune_config(model_dir, backend, batch, seq, steps + warmup + profile_steps, work, liger)
+    config = validate_config(apply_overrides(raw, list(sets)) if sets else raw)
     result, notes = {}, []
 
     class StepTimer(TrainerCallback):
@@ -206,7 +212,14 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
 
     impl = types.SimpleNamespace(extra_callbacks=hookimpl(lambda config: [StepTimer()]))
     get_plugin_manager().register(impl, name="bench-timing")
-    run = run_training(config, backend=backend, evaluate=False, echo=lambda line: notes.append(str(line)))
+    try:
+        run = run_training(config, backend=backend, evaluate=False, echo=lambda line: notes.append(str(line)))
+    except Exception as exc:   # a NaN stop still reports its timing and the curve
+        run = types.SimpleNamespace(final_loss=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    metrics = work / "run" / "metrics.jsonl"
+    curve = [(r.get("step"), r.get("loss"), r.get("grad_norm")) for r in map(json.loads, metrics.read_text().splitlines())
+             if "loss" in r] if metrics.is_file() else []
+    result["curve"] = curve[:12] + curve[-3:]
     return {"stack": f"babeltune train --backend {backend}" + (f" (liger {liger})" if backend == "hf-peft" else ""),
             **result, "last_loss": run.final_loss, "notes": [n for n in notes if "liger" in n or "attention" in n]}
 
@@ -259,6 +272,7 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--liger", default="false")
+    parser.add_argument("--set", action="append", default=[])
     a = parser.parse_args(argv)
     batch, seq = (int(x) for x in a.shape.split("x"))
     liger = {"true": True, "false": False}.get(a.liger, a.liger)
@@ -269,7 +283,7 @@ def child_main(argv: list[str]) -> None:
     elif a.cmd == "bare-unsloth":
         result = bare_unsloth(a.arg, batch, seq, a.steps, a.warmup)
     elif a.cmd == "babeltune":
-        result = babeltune_run(a.arg, a.extra, batch, seq, a.steps, a.warmup, liger)
+        result = babeltune_run(a.arg, a.extra, batch, seq, a.steps, a.warmup, liger, sets=tuple(a.set))
     elif a.cmd == "profile-babeltune":
         result = babeltune_run(a.arg, a.extra, batch, seq, a.steps, a.warmup, liger, profile_steps=5)
     else:

@@ -184,6 +184,16 @@ def babeltune_unsloth_trainer(base: type) -> type:
             super().__init__(*args, train_dataset=as_hf_dataset(train_dataset),
                              eval_dataset=as_hf_dataset(eval_dataset), **kwargs)
 
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """transformers' compute_loss: the model's own (Unsloth's fused) loss, as a bare Unsloth loop gets it.
+            TRL's SFTTrainer.compute_loss adds entropy and token-accuracy metrics that read three GPU numbers back
+            (``.item()``) every micro-step; on the short steps of small models those stalls cost more than the
+            step's own work (bench/small_shapes.py), and babeltune logs neither metric."""
+            from transformers import Trainer
+
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
     BabeltuneUnslothTrainer.__name__ = BabeltuneUnslothTrainer.__qualname__ = f"Babeltune{base.__name__}"
     return BabeltuneUnslothTrainer
 

@@ -404,3 +404,23 @@ def _grads_after_two_steps(loaded, batch) -> dict[str, float]:
                  for n, p in loaded.model.named_parameters() if p.requires_grad}
         optimizer.step()
     return grads
+
+
+def test_unsloth_trainer_takes_the_models_own_loss_without_trl_per_step_metrics(tiny_model_dir, tmp_path):
+    """TRL's SFTTrainer.compute_loss reads entropy/accuracy back from the GPU every micro-step; babeltune's
+    Unsloth trainer uses transformers' compute_loss (the model's own loss), with the same value."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from babeltune.plugins.unsloth import babeltune_unsloth_trainer
+
+    class MetricsHeavyTrainer(Trainer):          # stands in for UnslothTrainer (TRL SFTTrainer) on CPU
+        def compute_loss(self, *args, **kwargs):
+            raise AssertionError("the SFT per-step metrics path ran")
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = babeltune_unsloth_trainer(MetricsHeavyTrainer)(model=model, args=args)
+    ids = torch.randint(0, 100, (2, 8))
+    loss = trainer.compute_loss(model, {"input_ids": ids, "labels": ids})
+    assert torch.allclose(loss, model(input_ids=ids, labels=ids).loss)

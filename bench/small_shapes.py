@@ -77,6 +77,34 @@ def prepare() -> dict:
 # children (GPU machine): one measurement per process
 
 
+def device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"   # cpu: a smoke run of the harness only
+
+
+def sync() -> None:
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib() -> float:
+    import torch
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else 0.0
+
+
+def empty_cache() -> None:
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def versions() -> dict:
     import importlib.metadata as md
     out = {"python": sys.version.split()[0]}
@@ -96,7 +124,7 @@ def make_model(arch: str, out_dir: str) -> dict:
     source = SHAPES_DIR / arch
     config = AutoConfig.from_pretrained(source)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device()):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(out_dir)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -105,14 +133,14 @@ def make_model(arch: str, out_dir: str) -> dict:
             "vocab_size": config.vocab_size, "layers": config.num_hidden_layers}
 
 
-def token_batches(batch: int, seq: int, steps: int, device: str = "cuda"):
+def token_batches(batch: int, seq: int, steps: int):
     import numpy as np
     import torch
     ids = np.load(TOKENS)
     need = batch * seq
     for step in range(steps):
         start = (step * need) % (len(ids) - need)
-        yield torch.from_numpy(ids[start:start + need].astype("int64")).view(batch, seq).to(device)
+        yield torch.from_numpy(ids[start:start + need].astype("int64")).view(batch, seq).to(device())
 
 
 def timed_loop(model, batch: int, seq: int, steps: int, warmup: int, optimizer, autocast: bool) -> dict:
@@ -123,10 +151,10 @@ def timed_loop(model, batch: int, seq: int, steps: int, warmup: int, optimizer, 
     start, curve = None, []
     for step, ids in enumerate(token_batches(batch, seq, steps + warmup)):
         if step == warmup:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            sync()
+            reset_peak()
             start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device(), dtype=torch.bfloat16, enabled=autocast):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -134,10 +162,10 @@ def timed_loop(model, batch: int, seq: int, steps: int, warmup: int, optimizer, 
         optimizer.zero_grad(set_to_none=True)
         if step % 5 == 0:
             curve.append((step + 1, loss.detach()))
-    torch.cuda.synchronize()
+    sync()
     elapsed = time.perf_counter() - start
     return {"tokens_per_s": round(batch * seq * steps / elapsed, 1), "s_per_step": round(elapsed / steps, 4),
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3), "last_loss": round(float(loss), 4),
+            "peak_gib": peak_gib(), "last_loss": round(float(loss), 4),
             "timed_steps": steps, "curve": [(s, round(float(v), 4)) for s, v in curve]}
 
 
@@ -148,7 +176,7 @@ def bare_peft(model_dir: str, batch: int, seq: int, steps: int, warmup: int) -> 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa",
-                                                 device_map={"": 0})
+                                                 device_map={"": device()})
     model = get_peft_model(model, LoraConfig(target_modules=LORA_TARGETS, task_type="CAUSAL_LM", **LORA))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
     return {"stack": "bare transformers+peft loop", **timed_loop(model, batch, seq, steps, warmup, optimizer, True)}
@@ -197,25 +225,29 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
     class StepTimer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == warmup:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
+                sync()
+                reset_peak()
                 result["start"] = time.perf_counter()
             elif state.global_step == warmup + steps:
-                torch.cuda.synchronize()
+                sync()
                 elapsed = time.perf_counter() - result.pop("start")
                 result.update(tokens_per_s=round(batch * seq * steps / elapsed, 1), s_per_step=round(elapsed / steps, 4),
-                              peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3), timed_steps=steps)
+                              peak_gib=peak_gib(), timed_steps=steps)
                 if profile_steps:
                     result["profiler"] = profiler_start()
             elif profile_steps and state.global_step == warmup + steps + profile_steps:
                 result["profile"] = profiler_stop(result.pop("profiler"), profile_steps)
 
     impl = types.SimpleNamespace(extra_callbacks=hookimpl(lambda config: [StepTimer()]))
-    get_plugin_manager().register(impl, name="bench-timing")
+    manager = get_plugin_manager()
+    manager.register(impl, name=f"bench-timing-{id(impl)}")
     try:
         run = run_training(config, backend=backend, evaluate=False, echo=lambda line: notes.append(str(line)))
     except Exception as exc:   # a NaN stop still reports its timing and the curve
         run = types.SimpleNamespace(final_loss=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    finally:
+        manager.unregister(impl)
+        empty_cache()
     metrics = work / "run" / "metrics.jsonl"
     curve = [(r.get("step"), r.get("loss"), r.get("grad_norm")) for r in map(json.loads, metrics.read_text().splitlines())
              if "loss" in r] if metrics.is_file() else []
@@ -235,7 +267,7 @@ def profiler_start():
 def profiler_stop(prof, steps: int) -> dict:
     """Wall time vs GPU busy time per step, and the ops with the most host time (what keeps the GPU waiting)."""
     import torch
-    torch.cuda.synchronize()
+    sync()
     wall = time.perf_counter() - prof.t0
     prof.__exit__(None, None, None)
     events = prof.key_averages()
@@ -251,7 +283,7 @@ def bare_peft_profile(model_dir: str, batch: int, seq: int, steps: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": device()})
     model = get_peft_model(model, LoraConfig(target_modules=LORA_TARGETS, task_type="CAUSAL_LM", **LORA))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     timed_loop(model, batch, seq, 3, 2, optimizer, True)
@@ -260,7 +292,23 @@ def bare_peft_profile(model_dir: str, batch: int, seq: int, steps: int) -> dict:
     return profiler_stop(prof, steps)
 
 
-CHILDREN = {"make-model", "bare-peft", "bare-unsloth", "babeltune", "profile-babeltune", "profile-bare"}
+def pairs(stack: str, model_dir: str, shapes: list[str], steps: int, warmup: int) -> dict:
+    """One process per (model, stack): for each shape the bare loop, then babeltune, alternating, so both meet the
+    same GPU state (Unsloth patches transformers on import: its pairs get their own process)."""
+    import torch
+    rows = {}
+    for shape in shapes:
+        batch, seq = (int(x) for x in shape.split("x"))
+        bare = (bare_unsloth if stack == "unsloth" else bare_peft)(model_dir, batch, seq, steps, warmup)
+        empty_cache()
+        backend, liger = ("unsloth", False) if stack == "unsloth" else ("hf-peft", stack == "liger")
+        ours = babeltune_run(model_dir, backend, batch, seq, steps, warmup, liger)
+        rows[shape] = {"bare": bare, "babeltune": ours, "ratio": ratio(ours, bare)}
+        print(json.dumps({"shape": shape, "stack": stack, "ratio": rows[shape]["ratio"]}), file=sys.stderr, flush=True)
+    return rows
+
+
+CHILDREN = {"pairs", "make-model", "bare-peft", "bare-unsloth", "babeltune", "profile-babeltune", "profile-bare"}
 
 
 def child_main(argv: list[str]) -> None:
@@ -269,6 +317,7 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("arg")
     parser.add_argument("extra", nargs="?")
     parser.add_argument("--shape", default="8x128")
+    parser.add_argument("--shapes", default="8x128")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--liger", default="false")
@@ -276,7 +325,9 @@ def child_main(argv: list[str]) -> None:
     a = parser.parse_args(argv)
     batch, seq = (int(x) for x in a.shape.split("x"))
     liger = {"true": True, "false": False}.get(a.liger, a.liger)
-    if a.cmd == "make-model":
+    if a.cmd == "pairs":
+        result = pairs(a.arg, a.extra, a.shapes.split(","), a.steps, a.warmup)
+    elif a.cmd == "make-model":
         result = make_model(a.arg, a.extra)
     elif a.cmd == "bare-peft":
         result = bare_peft(a.arg, batch, seq, a.steps, a.warmup)
@@ -291,7 +342,7 @@ def child_main(argv: list[str]) -> None:
     print(json.dumps(result))
 
 
-def run_child(args: list[str], timeout: int = 600) -> dict:
+def run_child(args: list[str], timeout: int = 420) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "UNSLOTH_DISABLE_STATISTICS": "1"}
     started = time.time()
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -309,22 +360,10 @@ def ratio(a: dict, b: dict):
     return round(a["tokens_per_s"] / b["tokens_per_s"], 3) if "tokens_per_s" in a and "tokens_per_s" in b else None
 
 
-def pairs_for(stacks: set[str]) -> list[tuple[str, list[str], list[str]]]:
-    """(label, bare child args, babeltune child args) for each comparison asked for."""
-    out = []
-    if "peft" in stacks:
-        out.append(("hf-peft", ["bare-peft"], ["babeltune", "hf-peft", "--liger", "false"]))
-    if "liger" in stacks:
-        out.append(("hf-peft+liger", ["bare-peft"], ["babeltune", "hf-peft", "--liger", "true"]))
-    if "unsloth" in stacks:
-        out.append(("unsloth", ["bare-unsloth"], ["babeltune", "unsloth"]))
-    return out
-
-
 def suite(out_path: Path, archs: list[str], shapes: list[str], stacks: set[str], steps: int, warmup: int) -> dict:
     import torch
     work = Path(tempfile.mkdtemp(prefix="bt-shape-models-"))
-    report = {"command": " ".join(["python", *sys.argv]), "gpu": torch.cuda.get_device_name(0), "versions": versions(),
+    report = {"command": " ".join(["python", *sys.argv]), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (smoke run)", "versions": versions(),
               "weights": "real configs of the built-ins, random-initialised in bf16 (speed does not depend on weight values)",
               "adapter": {**LORA, "target_modules": LORA_TARGETS}, "optimizer": "torch AdamW, clip 1.0, bf16 autocast",
               "steps": steps, "warmup": warmup, "models": {}, "results": []}
@@ -332,24 +371,19 @@ def suite(out_path: Path, archs: list[str], shapes: list[str], stacks: set[str],
     def save():
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=2) + "\n")
-    bare_cache: dict = {}
     for arch in archs:
         model_dir = str(work / arch)
         report["models"][arch] = run_child(["make-model", arch, model_dir])
         save()
-        for shape in shapes:
-            common = ["--shape", shape, "--steps", str(steps), "--warmup", str(warmup)]
-            for label, bare_args, bt_args in pairs_for(stacks):
-                key = (arch, shape, bare_args[0])
-                if key not in bare_cache:
-                    bare_cache[key] = run_child([bare_args[0], model_dir, *common])
-                bare = bare_cache[key]
-                ours = run_child([bt_args[0], model_dir, *bt_args[1:], *common])
-                row = {"model": arch, "shape": shape, "stack": label, "bare": bare, "babeltune": ours,
-                       "ratio": ratio(ours, bare)}
-                report["results"].append(row)
-                print(json.dumps({k: row[k] for k in ("model", "shape", "stack", "ratio")}), flush=True)
-                save()
+        for stack in [x for x in ("peft", "liger", "unsloth") if x in stacks]:
+            rows = run_child(["pairs", stack, model_dir, "--shapes", ",".join(shapes), "--steps", str(steps),
+                              "--warmup", str(warmup)])
+            if "error" in rows:
+                report["results"].append({"model": arch, "stack": stack, "error": rows})
+            for shape in shapes:
+                if shape in rows:
+                    report["results"].append({"model": arch, "shape": shape, "stack": stack, **rows[shape]})
+            save()
     return report
 
 

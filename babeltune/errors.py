@@ -45,19 +45,30 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             sys.exit(130)
-        except OSError as exc:
-            if exc.errno not in DISK_FULL:
+        except Exception as exc:
+            if not is_disk_full(exc):
                 raise
-            print(f"error: {write_failure(exc.filename or 'output', exc)}", file=sys.stderr)
+            print(f"error: {write_failure(getattr(exc, 'filename', None) or 'output', exc)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]
 
 
-def write_failure(target: str | os.PathLike, exc: OSError) -> str:
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or quota, also when a library reports it in its own exception (safetensors' SafetensorError
+    says "No space left on device (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc.errno in DISK_FULL
+    return any(f"(os error {code})" in str(exc) for code in DISK_FULL)
+
+
+def write_failure(target: str | os.PathLike, exc: BaseException) -> str:
     """One line for a write that failed: the path, the system's reason and what to do about it."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    if exc.errno in DISK_FULL:
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    else:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    if is_disk_full(exc):
         fix = "free disk space or write somewhere else"
     elif isinstance(exc, (NotADirectoryError, FileExistsError)):
         fix = "a part of that path is a file, not a folder: choose another path"

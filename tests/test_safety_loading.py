@@ -205,6 +205,15 @@ def test_auto_map_in_a_tokenizer_config_of_the_model_is_refused(tiny_model_dir, 
     assert not marker.exists()
 
 
+def test_auto_map_beside_a_model_type_transformers_knows_is_refused_with_the_fix(tiny_model_dir, tmp_path, marker):
+    from babeltune.models.safety import check_model_folder
+
+    folder = plant_code(shutil.copytree(tiny_model_dir, tmp_path / "model"), marker, "config.json",
+                        {"AutoModelForCausalLM": "evil_code.EvilModel"})
+    with pytest.raises(BabeltuneError, match="delete the 'auto_map' key to use transformers' own llama code"):
+        check_model_folder(folder, "--model")
+
+
 def test_every_loader_states_trust_remote_code(tiny_model_dir, monkeypatch):
     """Belt and braces: transformers only prompts when trust_remote_code is left out (None)."""
     import transformers
@@ -378,6 +387,19 @@ def test_adapter_without_a_record_loads_with_one_warning(adapter, tiny_model_dir
     assert len(warnings) == 1 and IDENTITY_FILE in warnings[0] and str(folder) in warnings[0]
 
 
+def test_a_checkpoint_is_checked_against_its_run_manifest(adapter, other_base, tiny_model_dir, tmp_path):
+    from dataclasses import asdict
+
+    from babeltune.models.identity import IDENTITY_FILE, identity_of
+
+    checkpoint = copy_adapter(adapter, tmp_path / "run" / "checkpoint-4")
+    (checkpoint / IDENTITY_FILE).unlink()
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"base_model": asdict(identity_of(tiny_model_dir))}))
+    assert_one_error_line(run_eval("--model", other_base, "--adapter", checkpoint), "weights differs")
+    result = run_eval("--model", tiny_model_dir, "--adapter", checkpoint)
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
+
+
 # ------------------------------------------------------------------------------------ 14. atomic adapter folder
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -408,6 +430,26 @@ def test_a_failed_final_save_keeps_the_older_adapter_whole(tiny_model_dir, tmp_p
     assert after["adapter_model.safetensors"] != before["adapter_model.safetensors"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["adapter"]
     assert oct(target.stat().st_mode & 0o777) == oct(0o777 & ~current_umask())
+
+
+def test_a_full_disk_while_writing_the_adapter_weights_is_one_line(tiny_model_dir, tmp_path, monkeypatch):
+    """safetensors reports a full disk in its own exception type (seen on a 12 KiB tmpfs)."""
+    from safetensors import SafetensorError
+
+    from babeltune.trainer import export
+
+    target = tmp_path / "adapter"
+    model, tokenizer, config = lora_model(tiny_model_dir, seed=0)
+    export.save_final(model, tokenizer, config, target, model_dir=str(tiny_model_dir))
+    before = folder_bytes(target)
+
+    def disk_full(*_args, **_kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(model, "save_pretrained", disk_full)
+    with pytest.raises(BabeltuneError, match=r"adapter: cannot write \(.*No space left on device") as error:
+        export.save_final(model, tokenizer, config, target, model_dir=str(tiny_model_dir))
+    assert len(str(error.value).splitlines()) == 1
+    assert folder_bytes(target) == before and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
 def current_umask() -> int:
@@ -531,3 +573,12 @@ def test_disk_full_raised_anywhere_in_a_command_is_one_line():
 
     result = CliRunner().invoke(command, [])
     assert_one_error_line(result, "/data/run/checkpoint-4/optimizer.pt", "No space left on device")
+
+    from safetensors import SafetensorError
+
+    @click.command()
+    @handle_errors
+    def saving():
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    assert_one_error_line(CliRunner().invoke(saving, []), "No space left on device", "free disk space")

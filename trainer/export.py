@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import yaml
 
-from babeltune.errors import BabeltuneError, atomic_write_text, write_failure
+from babeltune.errors import BabeltuneError, atomic_write_text, is_disk_full, write_failure
 from babeltune.models.identity import check_adapter_base
 from babeltune.models.safety import load_kwargs
 
@@ -107,7 +107,9 @@ def write_folder_atomically(folder: Path, write: Callable[[Path], None]) -> Path
         write(staging)
         staging.chmod(0o777 & ~_umask())     # mkdtemp makes it private (0700); a saved folder is not
         _replace_folder(staging, folder)
-    except OSError as exc:
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or is_disk_full(exc)):
+            raise
         raise BabeltuneError(write_failure(folder, exc)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)

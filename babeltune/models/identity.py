@@ -144,15 +144,29 @@ def read_identity(adapter_dir: str | Path) -> Optional[BaseModelIdentity]:
                              "folder again, or delete this file to load the adapter unchecked") from None
 
 
+def _identity_from_run_manifest(adapter_dir: Path) -> Optional[BaseModelIdentity]:
+    """A checkpoint-N folder has no record of its own; its run's manifest.json (written at the end of the run) has."""
+    manifest = adapter_dir.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    from babeltune.models.safety import read_json_object
+
+    data = read_json_object(manifest).get("base_model")
+    try:
+        return BaseModelIdentity(**data) if isinstance(data, dict) else None
+    except TypeError:
+        return None
+
+
 def check_adapter_base(adapter_dir: str | Path, model_dir: str | Path, *, what: str = "--adapter",
                        warn: Optional[Callable[[str], None]] = None) -> Optional[BaseModelIdentity]:
     """Refuse an adapter recorded for another base model (one line naming both identities). An adapter without a
     record loads, with one warning line through ``warn``. Returns the recorded identity."""
-    recorded = read_identity(adapter_dir)
+    recorded = read_identity(adapter_dir) or _identity_from_run_manifest(Path(adapter_dir))
     if recorded is None:
         if warn is not None:
-            warn(f"warning: {what} {adapter_dir}: no {IDENTITY_FILE} (saved by an older babeltune or another tool), "
-                 "so babeltune cannot check that it belongs to this base model")
+            warn(f"warning: {what} {adapter_dir}: no {IDENTITY_FILE} here or manifest.json beside it (an older babeltune "
+                 "or another tool saved it), so babeltune cannot check that it belongs to this base model")
         return None
     actual = identity_of(model_dir)
     difference = recorded.differs_from(actual)

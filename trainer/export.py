@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import yaml
 
 from babeltune.errors import BabeltuneError, atomic_write_text, is_disk_full, write_failure
-from babeltune.models.identity import check_adapter_base
-from babeltune.models.safety import load_kwargs
+from babeltune.models.identity import check_adapter_base, write_identity
+from babeltune.models.safety import adapter_folder_problem, load_kwargs
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
@@ -81,11 +81,7 @@ def save_final(model: Any, tokenizer: Any, config: "TrainConfig", output_dir: st
         tokenizer.save_pretrained(str(staging))
         atomic_write_text(staging / RESOLVED_CONFIG, resolved_config_yaml(config))
         if model_dir is not None:
-            from babeltune.models.identity import write_identity
-
             write_identity(staging, model_dir)
-        from babeltune.models.safety import adapter_folder_problem
-
         problem = adapter_folder_problem(staging)
         if problem:
             raise BabeltuneError(f"{folder}: the adapter was not saved completely ({problem}); check disk space and "

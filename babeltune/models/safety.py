@@ -29,6 +29,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Written by the HF Trainer into checkpoint-N folders and never loaded as weights (owned by resume).
 TRAINER_STATE_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt")
 TRUST_FLAG = "--trust-remote-code"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# A tokenizer saved with save_pretrained: its config plus one of the vocabulary files.
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 _trust_remote_code = False
 
@@ -148,12 +152,6 @@ def check_model_folder(folder: str | Path, what: str = "") -> Path:
     check_no_remote_code(folder, what)
     check_no_pickle_weights(folder, what)
     return Path(folder)
-
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# A tokenizer saved with save_pretrained: its config plus one of the vocabulary files.
-TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
 def adapter_folder_problem(folder: Path) -> str | None:

@@ -210,7 +210,7 @@ def test_auto_map_beside_a_model_type_transformers_knows_is_refused_with_the_fix
 
     folder = plant_code(shutil.copytree(tiny_model_dir, tmp_path / "model"), marker, "config.json",
                         {"AutoModelForCausalLM": "evil_code.EvilModel"})
-    with pytest.raises(BabeltuneError, match="delete the 'auto_map' key to use transformers' own llama code"):
+    with pytest.raises(BabeltuneError, match="if transformers supports model_type 'llama' itself, delete the 'auto_map' key"):
         check_model_folder(folder, "--model")
 
 

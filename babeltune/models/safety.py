@@ -77,7 +77,8 @@ def _code_modules(auto_map: Any) -> list[str]:
     for ref in refs:
         for item in ref if isinstance(ref, (list, tuple)) else [ref]:
             if isinstance(item, str) and "." in item:
-                names.add(item.split("--")[-1].rsplit(".", 1)[0] + ".py")
+                name = item.split("--")[-1].rsplit(".", 1)[0] + ".py"
+                names.add(name if name.isprintable() else repr(name))   # a newline must not forge an error line
     return sorted(names)
 
 
@@ -98,22 +99,13 @@ def check_no_remote_code(folder: str | Path, what: str = "") -> None:
         data = read_json_object(path)
         if data.get(CODE_KEY):
             modules = ", ".join(_code_modules(data[CODE_KEY])) or "custom code"
-            known = _known_model_type(data.get("model_type")) if name == "config.json" else None
-            fix = (f"delete the '{CODE_KEY}' key to use transformers' own {known} code" if known
-                   else "use a model transformers supports natively")
+            model_type = data.get("model_type") if name == "config.json" else None
+            # (no transformers import to look model_type up: a refusal stays instant)
+            fix = (f"if transformers supports model_type {model_type!r} itself, delete the '{CODE_KEY}' key"
+                   if isinstance(model_type, str) else "use a model transformers supports natively")
             raise BabeltuneError(f"{_prefix(what)}{path}: '{CODE_KEY}' would run Python from that folder ({modules}); "
                                  f"babeltune never runs code from a model folder: {fix}, or pass {TRUST_FLAG} "
                                  "if you have read that code and trust it")
-
-
-def _known_model_type(model_type: Any) -> str | None:
-    if not isinstance(model_type, str):
-        return None
-    try:
-        from transformers import CONFIG_MAPPING
-    except ImportError:
-        return None
-    return model_type if model_type in CONFIG_MAPPING else None
 
 
 def _is_trainer_state(path: Path) -> bool:

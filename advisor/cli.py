@@ -44,6 +44,16 @@ def check_single(models: tuple[str, ...], tokenizers: tuple[str, ...], compare: 
                                  f"several, otherwise pass one")
 
 
+def check_outputs(out, report) -> None:
+    """--out/--report must be writable: fail before measuring, not after."""
+    from babeltune.errors import check_writable
+
+    if out:
+        check_writable(out, "--out")
+    if report:
+        check_writable(report, "--report", folder=True)
+
+
 def run_compare(lang, spec, models, tokenizers, *, full, seed, as_json, echo) -> None:
     import json
 
@@ -109,15 +119,21 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 @click.option("--text-field", default="text", show_default=True, help=".jsonl/.parquet field with the text.")
 @click.option("--text-column", default=None, help=".csv/.tsv column with the text (default: 'text', else the first).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the measurement sample.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow Python code that a model/tokenizer folder names in auto_map to run (off: such folders are refused).")
 @handle_errors
 def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, report, compare, full, strict,
-           doc_split, text_field, text_column, seed):
+           doc_split, text_field, text_column, seed, trust_remote_code):
     """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
     reason that cites the measured number."""
     from babeltune.advisor.advise import advise as run_advise
     from babeltune.advisor.corpus import CorpusSpec
 
     check_single(models, tokenizers, compare, out, report)
+    check_outputs(out, report)
+    from babeltune.models.safety import allow_remote_code
+
+    click.get_current_context().with_resource(allow_remote_code(trust_remote_code))   # until the command ends
     echo = lambda line: click.echo(line, err=True)  # noqa: E731 - progress goes to stderr, stdout stays clean
     spec = CorpusSpec(path=corpus, doc_split=doc_split, text_field=text_field, text_column=text_column, strict=strict)
     if compare:

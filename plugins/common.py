@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from babeltune.errors import BabeltuneError
+from babeltune.models.safety import check_model_folder, load_kwargs, remote_code_trusted
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
@@ -34,7 +35,13 @@ def model_class_for(model_dir: str):
     """The transformers causal-LM class for a folder, read from config.json only (no weights)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
+    check_model_folder(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, **load_kwargs())
+    remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
+    if remote and remote_code_trusted():   # --trust-remote-code: the folder's own class
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        return get_class_from_dynamic_module(remote, model_dir)
     try:
         return AutoModelForCausalLM._model_mapping[type(config)]
     except KeyError:
@@ -127,7 +134,8 @@ def load_tokenizer(config: "TrainConfig", runtime: "Runtime"):
         return hf_tokenizer(source)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    check_model_folder(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, **load_kwargs())
     if tokenizer.pad_token is None:
         # EOS as padding is safe: padded positions carry label -100 and attention mask 0.
         tokenizer.pad_token = tokenizer.eos_token
@@ -159,7 +167,10 @@ def load_base_model(config: "TrainConfig", runtime: "Runtime", attn_implementati
     """The frozen base model from ``runtime.model_dir`` in the run's dtype, on the run's device."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = dict(dtype=torch_dtype(runtime.precision), attn_implementation=attn_implementation)
+    check_model_folder(runtime.model_dir)
+    # safetensors only, and the trust decision stated: transformers never unpickles weights or asks on stdin
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype(runtime.precision), attn_implementation=attn_implementation,
+                                  use_safetensors=True, **load_kwargs())
     quant = quantization_config(config, runtime)
     if quant is not None:
         kwargs["quantization_config"] = quant

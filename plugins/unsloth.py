@@ -10,6 +10,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any, Optional
 
 from babeltune.errors import BabeltuneError
+from babeltune.models.safety import check_model_folder, load_kwargs
 from babeltune.plugins import common
 from babeltune.trainer.backend import Backend, LoadedModel, Runtime
 from babeltune.trainer.hookspecs import hookimpl
@@ -97,7 +98,8 @@ class UnslothBackend(Backend):
         FastLanguageModel = import_unsloth().FastLanguageModel  # imported here only: it patches torch/transformers
 
         args = translate_config(config)
-        from_pretrained = dict(args["from_pretrained"], dtype=common.torch_dtype(runtime.precision))
+        check_model_folder(runtime.model_dir)
+        from_pretrained = dict(args["from_pretrained"], dtype=common.torch_dtype(runtime.precision), **load_kwargs())
         if runtime.world_size > 1:   # torchrun: each process loads onto its own GPU (Unsloth's default is GPU 0)
             from_pretrained["device_map"] = {"": runtime.local_rank}
         model, tokenizer = FastLanguageModel.from_pretrained(model_name=runtime.model_dir, **from_pretrained)

@@ -68,13 +68,19 @@ def show_dry_run(config, backend: Optional[str]) -> None:
 @click.option("--no-eval", is_flag=True, help="Skip the held-out bits-per-character evaluation at the end.")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel over N GPUs of this machine (torchrun + DDP; rank 0 writes the outputs).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow Python code that the model folder names in auto_map to run (off: such folders are refused); "
+                   "recorded in manifest.json.")
 @handle_errors
-def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval, gpus):
+def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval, gpus, trust_remote_code):
     """Train an adapter from a config written by `advise`."""
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
         show_dry_run(config, backend)
         return
+    from babeltune.models.safety import allow_remote_code
+
+    click.get_current_context().with_resource(allow_remote_code(trust_remote_code))   # until the command ends
     if gpus > 1 and not os.environ.get(distributed.LAUNCHED_ENV):
         distributed.check_gpus(gpus)
         from babeltune.trainer.run import resolve_model_dir
@@ -103,6 +109,7 @@ def worker_args(params: dict) -> list[str]:
         args += ["--set", item]
     args += ["--merge"] if params["merge"] else []
     args += ["--no-eval"] if params["no_eval"] else []
+    args += ["--trust-remote-code"] if params.get("trust_remote_code") else []
     return args
 
 

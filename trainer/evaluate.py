@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from babeltune.errors import BabeltuneError, atomic_write_text
+from babeltune.models.safety import check_adapter_folder, check_model_folder, check_no_remote_code, load_kwargs
 
 IGNORE_INDEX = -100
 LOGIT_BUDGET = 1 << 28   # logits per forward pass (1 GiB in float32); batches shrink to stay under it
@@ -381,6 +382,10 @@ def evaluate_corpora(model_spec: str, corpora: dict[str, Any], *, adapter: Optio
     model_dir = _resolve_model_dir(model_spec) if model is None else None
     if adapter is not None:
         _check_adapter_folder(adapter)
+        if model_dir is not None:   # refuse an adapter recorded for another base model before loading anything
+            from babeltune.models.identity import check_adapter_base
+
+            check_adapter_base(adapter, model_dir, warn=echo)
     if model is not None and tokenizer is None:
         raise BabeltuneError("evaluate_corpora: pass the tokenizer together with an already-loaded model")
     documents, sources, skipped = _read_corpora(corpora, max_documents)
@@ -427,7 +432,7 @@ def _resolve_model_dir(model_spec: str) -> Path:
     except ImportError:   # the models package may not be installed in this tree yet: HF folders still work
         folder = Path(model_spec).expanduser()
         if (folder / "config.json").is_file():
-            return folder
+            return check_model_folder(folder)
         raise BabeltuneError(f"--model {model_spec}: not a Hugging Face model folder (no config.json there); "
                              "pass a folder with config.json and weights")
     return Path(resolve_model_dir(model_spec))
@@ -438,7 +443,8 @@ def _load_tokenizer(model_dir: Path):
         from babeltune.models.tokenizers import hf_tokenizer
     except ImportError:
         from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(str(model_dir))
+        check_model_folder(model_dir)
+        return AutoTokenizer.from_pretrained(str(model_dir), **load_kwargs())
     return hf_tokenizer(model_dir)
 
 
@@ -454,7 +460,7 @@ def _load_model(model_dir: Path, device: Optional[str], echo: Callable[[str], No
         dtype = torch.float32
     echo(f"eval: loading {model_dir} on {device} ({str(dtype).replace('torch.', '')})")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, use_safetensors=True, **load_kwargs())
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BabeltuneError(f"--model {model_dir}: cannot load the weights ({first_line}); "
@@ -478,11 +484,8 @@ def _attach_adapter(model, adapter: str, tokenizer):
 
 
 def _check_adapter_folder(adapter: str) -> Path:
-    folder = Path(adapter).expanduser()
-    if not (folder / "adapter_config.json").is_file():
-        raise BabeltuneError(f"--adapter {adapter}: no adapter_config.json there; pass the folder `train` wrote "
-                             "(its final adapter, or a checkpoint-N folder)")
-    return folder
+    """Complete (config, safetensors weights, tokenizer), no auto_map code, no pickle weights: else one line."""
+    return check_adapter_folder(adapter, "--adapter")
 
 
 def _adapter_tokenizer(folder: Path, base_tokenizer):
@@ -491,7 +494,8 @@ def _adapter_tokenizer(folder: Path, base_tokenizer):
         return base_tokenizer
     from transformers import AutoTokenizer
 
+    check_no_remote_code(folder, "--adapter")
     try:
-        return AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder), **load_kwargs())
     except (OSError, ValueError):
         return base_tokenizer

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from babeltune.errors import BabeltuneError, handle_errors
+from babeltune.errors import BabeltuneError, check_writable, handle_errors
 
 
 def parse_corpus_option(value: str) -> tuple[str, str]:
@@ -61,15 +61,22 @@ def _language_code(language: str, option: str) -> str:
 @click.option("--batch-size", type=int, default=4, show_default=True, metavar="N", help="Windows per forward pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--out", "out_file", default=None, metavar="FILE", help="Also write the JSON report to FILE.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow Python code that a model/adapter folder names in auto_map to run (off: such folders are refused).")
 @handle_errors
-def eval_command(model_spec, adapter, corpus_options, max_documents, max_length, batch_size, as_json, out_file):
+def eval_command(model_spec, adapter, corpus_options, max_documents, max_length, batch_size, as_json, out_file,
+                 trust_remote_code):
     """Bits per character per language (total nats / ln 2 / characters): comparable across
     tokenizers, so it shows what an adapter gained on its language and what English lost."""
     corpora = resolve_corpora(corpus_options)
+    if out_file:
+        check_writable(out_file, "--out")   # before minutes of loading and scoring
+    from babeltune.models.safety import allow_remote_code
     from babeltune.trainer.evaluate import evaluate_corpora
 
-    report = evaluate_corpora(model_spec, corpora, adapter=adapter, max_documents=max_documents,
-                              max_length=max_length, batch_size=batch_size, echo=_echo_stderr)
+    with allow_remote_code(trust_remote_code):
+        report = evaluate_corpora(model_spec, corpora, adapter=adapter, max_documents=max_documents,
+                                  max_length=max_length, batch_size=batch_size, echo=_echo_stderr)
     if out_file:
         path = report.write_json(out_file)
         _echo_stderr(f"eval: report written to {path}")

@@ -7,13 +7,18 @@ nothing (logits equal to the base model's): a run that trained nothing must not 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import yaml
 
-from babeltune.errors import BabeltuneError, atomic_write_text
+from babeltune.errors import BabeltuneError, atomic_write_text, is_disk_full, write_failure
+from babeltune.models.identity import check_adapter_base, write_identity
+from babeltune.models.safety import adapter_folder_problem, load_kwargs
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
@@ -61,19 +66,73 @@ def resolved_config_yaml(config: "TrainConfig") -> str:
     return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def save_final(model: Any, tokenizer: Any, config: "TrainConfig", output_dir: str | Path) -> Path:
-    """Adapter weights (safetensors) + adapter_config.json + tokenizer + the resolved config, in output_dir."""
+def save_final(model: Any, tokenizer: Any, config: "TrainConfig", output_dir: str | Path, *,
+               model_dir: Optional[str] = None) -> Path:
+    """Adapter weights (safetensors) + adapter_config.json + tokenizer + the resolved config (+ the base model's
+    identity when ``model_dir`` is given) in ``output_dir``, all or nothing: written into a staging folder beside
+    it and renamed into place, so an interrupted save leaves the previous adapter (or none), never half of one."""
     folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     if not is_peft_model(model):
         raise BabeltuneError(f"backend {config.backend.name}: the trained model is not a PEFT model, so no adapter can "
                              "be saved; the backend must return a peft.PeftModel")
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    atomic_write_text(folder / RESOLVED_CONFIG, resolved_config_yaml(config))
-    if not (folder / ADAPTER_WEIGHTS).is_file():
-        raise BabeltuneError(f"{folder}: the adapter was not written as {ADAPTER_WEIGHTS}; check disk space and permissions")
+
+    def write(staging: Path) -> None:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        atomic_write_text(staging / RESOLVED_CONFIG, resolved_config_yaml(config))
+        if model_dir is not None:
+            write_identity(staging, model_dir)
+        problem = adapter_folder_problem(staging)
+        if problem:
+            raise BabeltuneError(f"{folder}: the adapter was not saved completely ({problem}); check disk space and "
+                                 "permissions, then train again with --resume")
+
+    return write_folder_atomically(folder, write)
+
+
+def write_folder_atomically(folder: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(staging)`` on a new folder beside ``folder``, then rename it to ``folder`` (replacing an older
+    one only once the new one is complete). A failed write (full disk, no permission) is a one-line error."""
+    parent = folder.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=parent))
+    except OSError as exc:
+        raise BabeltuneError(write_failure(folder, exc)) from None
+    try:
+        write(staging)
+        staging.chmod(0o777 & ~_umask())     # mkdtemp makes it private (0700); a saved folder is not
+        _replace_folder(staging, folder)
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or is_disk_full(exc)):
+            raise
+        raise BabeltuneError(write_failure(folder, exc)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for leftover in parent.glob(f".{folder.name}.staging-*"):   # from runs killed mid-save
+        shutil.rmtree(leftover, ignore_errors=True)
     return folder
+
+
+def _replace_folder(staging: Path, folder: Path) -> None:
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    # rename(2) cannot swap two folders: move the old one aside (on the same filesystem), then drop it
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-old-", dir=folder.parent))
+    os.replace(folder, old)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def probe_batch(tokenizer: Any, texts: list[str], max_length: int, device: Any) -> dict:
@@ -103,13 +162,15 @@ def relative(a, b) -> tuple[float, float]:
 
 
 def load_saved(folder: Path, model_dir: str, in_memory: Any) -> Any:
-    """Base model from ``model_dir`` in the in-memory model's dtype/device + the saved adapter."""
+    """Base model from ``model_dir`` in the in-memory model's dtype/device + the saved adapter (refused when the
+    adapter records another base model)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    check_adapter_base(folder, model_dir, what="reload check: adapter")
     reference = next(in_memory.parameters())
     attn = getattr(getattr(in_memory, "config", None), "_attn_implementation", None)
-    kwargs: dict[str, Any] = {"dtype": in_memory.get_base_model().dtype}
+    kwargs: dict[str, Any] = {"dtype": in_memory.get_base_model().dtype, "use_safetensors": True, **load_kwargs()}
     if attn:
         kwargs["attn_implementation"] = attn
     quantization = quantization_of(in_memory)
@@ -170,16 +231,20 @@ def merge(reloaded_model: Any, tokenizer: Any, folder: Path, *, adapter_dir: Opt
           model_dir: Optional[str] = None) -> Path:
     """Fold the adapter into the base weights and save a plain transformers model (safetensors). A 4-bit
     (QLoRA) model is merged into the base reloaded in bf16: merging into NF4 weights would round the adapter away."""
+    if adapter_dir is not None and model_dir is not None:
+        check_adapter_base(adapter_dir, model_dir, what="--merge: adapter")
     if quantization_of(reloaded_model) is not None and adapter_dir is not None and model_dir is not None:
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, use_safetensors=True, **load_kwargs())
         reloaded_model = PeftModel.from_pretrained(base, str(adapter_dir))
     merged = reloaded_model.merge_and_unload()
-    folder.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    return folder
+
+    def write(staging: Path) -> None:
+        merged.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+
+    return write_folder_atomically(Path(folder), write)
 

@@ -12,10 +12,12 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from babeltune.errors import atomic_write_text
+from babeltune.models.safety import remote_code_trusted
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
@@ -84,6 +86,17 @@ def corpus_hash(config: "TrainConfig", path: str) -> Optional[str]:
     return corpus_sha256(corpus_spec(config, path))
 
 
+def base_model_identity(model_dir: str) -> Optional[dict]:
+    """The base model's identity (the one recorded beside the adapter), or None for a folder without safetensors."""
+    from babeltune.errors import BabeltuneError
+    from babeltune.models.identity import identity_of
+
+    try:
+        return asdict(identity_of(model_dir))
+    except BabeltuneError:
+        return None
+
+
 def build_manifest(config: "TrainConfig", runtime: "Runtime", *, backend: str, config_file: Optional[str] = None,
                    tokenizer_dir: Optional[Path] = None, extra: Optional[dict] = None) -> dict[str, Any]:
     hashes = {
@@ -102,6 +115,8 @@ def build_manifest(config: "TrainConfig", runtime: "Runtime", *, backend: str, c
         "libraries": library_versions(),
         "device": device_facts(runtime),
         "sha256": hashes,
+        "trust_remote_code": remote_code_trusted(),   # True only with --trust-remote-code
+        "base_model": base_model_identity(runtime.model_dir),
         "config": config.model_dump(mode="json"),
     }
     manifest.update(extra or {})

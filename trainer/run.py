@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from babeltune.errors import BabeltuneError
+from babeltune.errors import BabeltuneError, check_writable
 from babeltune.trainer import callbacks as cb
 from babeltune.trainer import distributed
 from babeltune.trainer.backend import Backend, Runtime
@@ -316,7 +316,8 @@ def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, 
     config, loaded, output_dir, echo = session.config, session.loaded, session.output_dir, session.echo
     model = session.trainer.model
     session.trainer.optimizer = None  # free optimizer state before the reload check loads a second copy
-    adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir / ADAPTER_DIR)
+    adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir / ADAPTER_DIR,
+                                    model_dir=session.runtime.model_dir)
     precision = "4bit" if config.model.load_in_4bit else session.runtime.precision
     check, reloaded = export.reload_check(model, adapter_dir, session.runtime.model_dir, loaded.tokenizer,
                                           session.data.eval_texts, precision=precision, max_length=config.model.max_seq_length)
@@ -354,6 +355,7 @@ def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = 
 
     config = distributed.scale_accumulation(config, distributed.world_size(), echo)
     session = Session(config, Path(config.training.output_dir), echo, time.time())
+    check_writable(session.output_dir, "training.output_dir", folder=True)   # before minutes of loading
     session.checkpoint = resolve_resume(resume, session.output_dir, echo)
     check_fresh_output(session.output_dir, session.checkpoint is not None)
     load_phase(session, backend)

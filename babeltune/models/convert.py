@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from babeltune.errors import BabeltuneError
+from babeltune.models.safety import load_kwargs
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
@@ -81,7 +82,7 @@ def _load_dequantized(gguf_path: Path):
     hf_logging.disable_progress_bar()  # our own rich progress replaces its tqdm bars
     try:
         return AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, low_cpu_mem_usage=True
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, low_cpu_mem_usage=True, **load_kwargs()
         )
     except (ValueError, KeyError, OSError) as exc:
         raise BabeltuneError(f"{gguf_path}: transformers cannot convert this GGUF ({exc})") from None

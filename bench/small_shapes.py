@@ -157,16 +157,17 @@ def timed_loop(model, batch: int, seq: int, steps: int, warmup: int, optimizer, 
         with torch.autocast(device(), dtype=torch.bfloat16, enabled=autocast):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 5 == 0:
-            curve.append((step + 1, loss.detach()))
+            curve.append((step + 1, loss.detach(), norm))
     sync()
     elapsed = time.perf_counter() - start
     return {"tokens_per_s": round(batch * seq * steps / elapsed, 1), "s_per_step": round(elapsed / steps, 4),
             "peak_gib": peak_gib(), "last_loss": round(float(loss), 4),
-            "timed_steps": steps, "curve": [(s, round(float(v), 4)) for s, v in curve]}
+            "timed_steps": steps, "curve": [(s, round(float(v), 4), round(float(n), 4)) for s, v, n in curve],
+            "param_dtypes": sorted({f"{'trainable' if p.requires_grad else 'frozen'} {p.dtype}" for p in model.parameters()})}
 
 
 def bare_peft(model_dir: str, batch: int, seq: int, steps: int, warmup: int) -> dict:
@@ -253,7 +254,7 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
              if "loss" in r] if metrics.is_file() else []
     result["curve"] = curve[:12] + curve[-3:]
     return {"stack": f"babeltune train --backend {backend}" + (f" (liger {liger})" if backend == "hf-peft" else ""),
-            **result, "last_loss": run.final_loss, "notes": [n for n in notes if "liger" in n or "attention" in n]}
+            **result, "last_loss": run.final_loss, "notes": notes[:25]}
 
 
 def profiler_start():

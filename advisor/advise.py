@@ -214,7 +214,7 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     from babeltune.config import validate_config
     from babeltune.models.facts import model_facts
 
-    profile = resolve_language(lang)
+    profile = resolve_language(lang, note=echo)
     gpu_gib = gpu_memory if isinstance(gpu_memory, (int, float)) else parse_gpu_memory(gpu_memory)
     notes = []
     if gpu_gib is None:
@@ -244,7 +244,7 @@ def compare(lang: str, corpus, *, models: list[str], tokenizers: list[str], full
     tokens per character (on one corpus, the premium vs English ranks the same way)."""
     from babeltune.advisor.language import resolve_language
 
-    profile = resolve_language(lang)
+    profile = resolve_language(lang, note=echo)
     specs = [(m, "model") for m in models] + [(t, "tokenizer") for t in tokenizers]
     if len(specs) < 2:
         from babeltune.models.builtins import installed_builtins

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from babeltune.cli_errors import Command
 from babeltune.errors import handle_errors
 
 EXAMPLES = """
@@ -16,7 +17,7 @@ Examples:
 """
 
 
-class RecordingCommand(click.Command):
+class RecordingCommand(Command):
     """Keeps the raw arguments, so the config header can show the exact command."""
 
     def parse_args(self, ctx, args):

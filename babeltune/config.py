@@ -261,7 +261,7 @@ def validate_config(data: dict, source: str = "config") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise BabeltuneError(format_validation_error(exc, source)) from None
+        raise BabeltuneError(*format_validation_error(exc, source).splitlines()) from None
 
 
 def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> TrainConfig:

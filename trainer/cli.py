@@ -13,6 +13,7 @@ from typing import Optional
 import click
 import yaml
 
+from babeltune.cli_errors import Command
 from babeltune.errors import handle_errors
 from babeltune.trainer import distributed
 
@@ -54,7 +55,7 @@ def show_dry_run(config, backend: Optional[str]) -> None:
     click.echo(yaml.safe_dump(chosen.translate(config), sort_keys=False, allow_unicode=True, default_flow_style=False))
 
 
-@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("train", cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="Config YAML written by `advise`.")
 @click.option("--backend", default=None, help="Training backend (see `babeltune plugins`); overrides backend.name.")

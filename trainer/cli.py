@@ -41,7 +41,17 @@ def load_train_config(path: str, sets: tuple[str, ...], *, backend: Optional[str
     if backend is not None:
         data["backend"] = sections["backend"] if isinstance(sections["backend"], dict) else {}
         data["backend"]["name"] = backend
-    return validate_config(data, source=path)
+    return validate_config(data, source=path, options_model=selected_options_model(data))
+
+
+def selected_options_model(data: dict):
+    """The Options model of the backend the config (or --backend) selects, so backend.options is checked
+    with the rest of the config; None for an unknown backend (select_backend names it)."""
+    from babeltune.trainer.plugins import options_model
+
+    section = data.get("backend")
+    name = section.get("name", "hf-peft") if isinstance(section, dict) else "hf-peft"
+    return options_model(name)
 
 
 def show_dry_run(config, backend: Optional[str]) -> None:

@@ -14,6 +14,7 @@ expand into gigabytes.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -120,6 +121,14 @@ class AdapterConfig(Section):
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full, e.g. embed_tokens and lm_head.")
     embedding_learning_rate: Optional[float] = Field(None, gt=0, lt=1, description="Learning rate for modules_to_save (embeddings/lm_head), usually 2-10x lower.")
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _modules_or_all_linear(cls, value):
+        # one message instead of one per branch of the union
+        if value == "all-linear" or (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)):
+            return value
+        raise ValueError("expected a non-empty list of module names (e.g. [q_proj, v_proj]) or 'all-linear'")
+
 
 class TrainingConfig(Section):
     output_dir: str = Field("runs/babeltune", description="Where checkpoints, metrics, the adapter and the manifest go.")
@@ -194,10 +203,12 @@ class TrainConfig(Section):
         if ev.evaluation_strategy == "steps" and ev.eval_steps is None:
             problems.append("eval.eval_steps: evaluation_strategy is steps, so eval_steps must be set")
         if ev.early_stopping_patience is not None and ev.save_strategy != ev.evaluation_strategy:
-            problems.append("eval.save_strategy: early stopping keeps the best checkpoint, so save_strategy must equal evaluation_strategy")
+            problems.append("eval.save_strategy: early stopping (eval.early_stopping_patience) keeps the best checkpoint, "
+                            "so save_strategy must equal evaluation_strategy")
         if (ev.early_stopping_patience is not None and ev.evaluation_strategy == "steps" and ev.eval_steps
                 and tr.save_steps % ev.eval_steps):
-            problems.append(f"training.save_steps: {tr.save_steps} must be a multiple of eval.eval_steps ({ev.eval_steps}) for early stopping")
+            problems.append(f"training.save_steps: {tr.save_steps} must be a multiple of eval.eval_steps ({ev.eval_steps}) "
+                            "for early stopping (eval.early_stopping_patience)")
         if self.adapter.embedding_learning_rate is not None and not self.adapter.modules_to_save:
             problems.append("adapter.embedding_learning_rate: set only with modules_to_save (embed_tokens/lm_head)")
         if problems:
@@ -236,6 +247,13 @@ class _LimitedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:   # a date like 2024-13-45, an integer over Python's 4300-digit limit
+            reason = str(exc).split(":")[0]
+            raise _Refused(f"unreadable value ({reason}); quote it if it is text, or fix it", node.start_mark) from None
+
 
 def parse_yaml(text: str, where: str) -> Any:
     """The one way babeltune reads config YAML (files and ``--set`` values): safe, alias-free, at most
@@ -249,9 +267,6 @@ def parse_yaml(text: str, where: str) -> Any:
             raise BabeltuneError(one_line(f"{where}: {at}{exc.problem}")) from None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise BabeltuneError(one_line(f"{where}: {at}malformed YAML ({problem}); fix the syntax there")) from None
-    except ValueError as exc:   # a date like 2024-13-45, an integer over Python's 4300-digit limit
-        reason = str(exc).split(":")[0]
-        raise BabeltuneError(one_line(f"{where}: unreadable value ({reason}); quote it if it is text, or fix it")) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,12 +292,22 @@ def _shown(value: Any) -> str:
     return f" (got {text[:77] + '...' if len(text) > 80 else text})"
 
 
+# pydantic's tag of a union branch in an error's location (list[str], literal['x'], float, ...)
+_UNION_BRANCH = re.compile(r"^([a-z][a-z-]*\[.*\]|bool|int|float|str|bytes|none|list|dict)$")
+
+
 def error_lines(exc: ValidationError, model: type[BaseModel], prefix: str = "", owner: str = "") -> list[str]:
     """One ``dotted.key: message`` line per problem (``prefix`` before each key; ``owner`` names what
     the keys belong to in unknown-key messages, e.g. 'backend hf-peft')."""
-    lines = []
+    lines, union_keys = [], set()
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
+        if err["type"] != "extra_forbidden" and any(_UNION_BRANCH.match(part) for part in loc):
+            # a branch of a union (list[str], literal['x'], ...): one line per key, the first branch's message
+            loc = tuple(part for part in loc if not _UNION_BRANCH.match(part))
+            if loc in union_keys:
+                continue
+            union_keys.add(loc)
         key = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "top level"
         if err["type"] == "extra_forbidden":
             known = _field_names(model, loc)
@@ -317,7 +342,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     except BabeltuneError as exc:
-        if "malformed YAML" not in str(exc) and "unreadable value" not in str(exc):
+        if "malformed YAML" not in str(exc):
             raise   # a limit (alias, nesting), not a typo
         value = raw
     return key.strip().split("."), value

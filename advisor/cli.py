@@ -79,15 +79,13 @@ def backend_kernels(backend: str, echo) -> str:
 def write_outputs(advice, *, out, as_json, report, echo) -> None:
     import json
 
-    import yaml
-
     from babeltune.advisor.render import memory_line, render_table, render_yaml
-    from babeltune.config import validate_config
+    from babeltune.config import parse_yaml, validate_config
     from babeltune.errors import atomic_write_text
 
     if out:
         text = render_yaml(advice, command_line())
-        validate_config(yaml.safe_load(text), source=str(out))   # the file must load exactly as advised
+        validate_config(parse_yaml(text, str(out)), source=str(out))   # the file must load exactly as advised
         atomic_write_text(out, text)
         echo(f"wrote {out}")
     if report:

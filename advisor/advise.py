@@ -17,6 +17,7 @@ from babeltune.errors import BabeltuneError
 
 DEFAULT_GPU_GIB = 24.0
 DEFAULT_TRAINING_SEED = 3407
+KERNEL_NAMES = {"plain": "transformers + PEFT", "liger": "liger-kernel's fused ops", "unsloth": "Unsloth's kernels"}
 MIN_LANGID_AGREEMENT = 0.5   # below this share of sampled documents in --lang, the corpus is "mostly another language"
 
 # Decision name -> dotted TrainConfig key (batch_size is the product of two keys: comment only).
@@ -172,7 +173,7 @@ def config_tokenizer(tokenizer: Optional[str]) -> Optional[str]:
 
 
 def build_config(decisions: dict[str, Decision], *, language: str, model: str, tokenizer: Optional[str],
-                 corpus, goal: str) -> tuple[dict, dict[str, str]]:
+                 corpus, goal: str, backend: str = "hf-peft", kernels: str = "plain") -> tuple[dict, dict[str, str]]:
     """The TrainConfig dict (sections in schema order) and reasons for keys no rule decides."""
     model_path = str(Path(model).resolve()) if Path(model).exists() else model
     config: dict = {"schema_version": 1, "language": language,
@@ -181,7 +182,7 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
                              "text_field": corpus.text_field, "text_column": corpus.text_column},
                     "adapter": {}, "training": {"output_dir": f"runs/{language}-{Path(model).stem}",
                                                 "seed": DEFAULT_TRAINING_SEED},
-                    "eval": {}, "backend": {"name": "hf-peft"}}
+                    "eval": {}, "backend": {"name": backend}}
     for name, key in CONFIG_KEYS.items():
         section, leaf = key.split(".")
         value = decisions[name].value
@@ -200,21 +201,26 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
                             "--text-column: default ('text' if present, else the first column)",
         "training.output_dir": "checkpoints, adapter, metrics and manifest",
         "training.seed": "data split, shuffling and adapter initialisation",
-        "backend.name": "plain Hugging Face + PEFT; `train --backend unsloth` where Unsloth is installed",
+        "backend.name": (f"--backend {backend}; memory sized for the kernels it runs here: "
+                         f"{KERNEL_NAMES.get(kernels, kernels)}"
+                         + ("; `advise --backend unsloth` where Unsloth is installed" if backend == "hf-peft" else "")),
     }
     return config, reasons
 
 
 def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optional[str] = None,
            gpu_memory: Optional[str | float] = None, goal: str = "cpt", full: bool = False, seed: int = 0,
+           backend: str = "hf-peft", kernels: str = "plain",
            echo: Callable[[str], None] = lambda line: None) -> Advice:
-    """Measure ``corpus`` (a CorpusSpec) for language ``lang`` and decide every training parameter."""
+    """Measure ``corpus`` (a CorpusSpec) for language ``lang`` and decide every training parameter.
+    ``backend`` is written to the config; memory is sized for ``kernels``, the kernels it trains with
+    (the CLI asks the backend: babeltune.trainer.plugins.kernels_for)."""
     from babeltune.advisor.language import resolve_language
     from babeltune.advisor.rules import RuleContext, apply_rules
     from babeltune.config import validate_config
     from babeltune.models.facts import model_facts
 
-    profile = resolve_language(lang)
+    profile = resolve_language(lang, note=echo)
     gpu_gib = gpu_memory if isinstance(gpu_memory, (int, float)) else parse_gpu_memory(gpu_memory)
     notes = []
     if gpu_gib is None:
@@ -227,10 +233,11 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     if warning:
         notes.append(warning)
     facts = model_facts(model)
-    ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal)
+    ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal,
+                      kernels=kernels)
     decisions = apply_rules(ctx)
     config, reasons = build_config(decisions, language=profile.code, model=model, tokenizer=tokenizer,
-                                   corpus=corpus, goal=goal)
+                                   corpus=corpus, goal=goal, backend=backend, kernels=kernels)
     validate_config(config, source="advised config")
     return Advice(language=profile.code, profile=profile, model=model, tokenizer=tokenizer, goal=goal,
                   gpu_memory_gib=float(gpu_gib), corpus=corpus, measurements=measurements, facts=facts,
@@ -244,7 +251,7 @@ def compare(lang: str, corpus, *, models: list[str], tokenizers: list[str], full
     tokens per character (on one corpus, the premium vs English ranks the same way)."""
     from babeltune.advisor.language import resolve_language
 
-    profile = resolve_language(lang)
+    profile = resolve_language(lang, note=echo)
     specs = [(m, "model") for m in models] + [(t, "tokenizer") for t in tokenizers]
     if len(specs) < 2:
         from babeltune.models.builtins import installed_builtins

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from babeltune.cli_errors import Command
 from babeltune.errors import handle_errors
 
 EXAMPLES = """
@@ -16,7 +17,7 @@ Examples:
 """
 
 
-class RecordingCommand(click.Command):
+class RecordingCommand(Command):
     """Keeps the raw arguments, so the config header can show the exact command."""
 
     def parse_args(self, ctx, args):
@@ -72,18 +73,29 @@ def run_compare(lang, spec, models, tokenizers, *, full, seed, as_json, echo) ->
         render_compare(profile, candidates, best, Console())
 
 
+def backend_kernels(backend: str, echo) -> str:
+    """The kernels `train --backend BACKEND` runs with here (liger-kernel only on a GPU where it is
+    installed), so the memory estimate is the one of the run that will happen."""
+    from babeltune.trainer.plugins import kernels_for
+
+    kernels, note = kernels_for(backend)
+    if note:
+        echo(note)
+    elif kernels != "plain":
+        echo(f"memory sized for backend {backend}'s {kernels} kernels")
+    return kernels
+
+
 def write_outputs(advice, *, out, as_json, report, echo) -> None:
     import json
 
-    import yaml
-
     from babeltune.advisor.render import memory_line, render_table, render_yaml
-    from babeltune.config import validate_config
+    from babeltune.config import parse_yaml, validate_config
     from babeltune.errors import atomic_write_text
 
     if out:
         text = render_yaml(advice, command_line())
-        validate_config(yaml.safe_load(text), source=str(out))   # the file must load exactly as advised
+        validate_config(parse_yaml(text, str(out)), source=str(out))   # the file must load exactly as advised
         atomic_write_text(out, text)
         echo(f"wrote {out}")
     if report:
@@ -119,11 +131,13 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 @click.option("--text-field", default="text", show_default=True, help=".jsonl/.parquet field with the text.")
 @click.option("--text-column", default=None, help=".csv/.tsv column with the text (default: 'text', else the first).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the measurement sample.")
+@click.option("--backend", default="hf-peft", show_default=True,
+              help="Training backend the config is for (see `babeltune plugins`); memory is sized for its kernels.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow Python code that a model/tokenizer folder names in auto_map to run (off: such folders are refused).")
 @handle_errors
 def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, report, compare, full, strict,
-           doc_split, text_field, text_column, seed, trust_remote_code):
+           doc_split, text_field, text_column, seed, backend, trust_remote_code):
     """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
     reason that cites the measured number."""
     from babeltune.advisor.advise import advise as run_advise
@@ -139,9 +153,10 @@ def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, rep
     if compare:
         run_compare(lang, spec, models, tokenizers, full=full, seed=seed, as_json=as_json, echo=echo)
         return
+    kernels = backend_kernels(backend, echo)
     advice = run_advise(lang, spec, model=models[0] if models else None,
                         tokenizer=tokenizers[0] if tokenizers else None, gpu_memory=gpu_memory, goal=goal,
-                        full=full, seed=seed, echo=echo)
+                        full=full, seed=seed, backend=backend, kernels=kernels, echo=echo)
     write_outputs(advice, out=out, as_json=as_json, report=report, echo=echo)
 
 

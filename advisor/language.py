@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+from typing import Callable, Optional
 
 import langcodes
 
@@ -82,8 +83,10 @@ def _unknown_language_error(text: str, known_code: str | None) -> BabeltuneError
     return BabeltuneError(f"--lang: unknown language '{text}'; close matches: {listed} ({HOW_TO_FIX})")
 
 
-def resolve_language(text: str) -> LangProfile:
-    """The profile for a language name, code, native name, alias or BCP 47 tag."""
+def resolve_language(text: str, note: Optional[Callable[[str], None]] = None) -> LangProfile:
+    """The profile for a language name, code, native name, alias or BCP 47 tag. A name matched only
+    approximately (CLDR's name search also matches 'marathii') is said through ``note``:
+    "taking 'marathii' as Marathi"."""
     if not text or not text.strip():
         raise BabeltuneError(f"--lang: empty language; give one, e.g. --lang marathi ({HOW_TO_FIX})")
     profiles = load_profiles()
@@ -94,7 +97,10 @@ def resolve_language(text: str) -> LangProfile:
     tag_code, name_code = _code_from_tag(text), _code_from_name(text)
     for code in (tag_code, name_code):
         if code and normalize_key(code) in table:
-            return profiles[table[normalize_key(code)]]
+            profile = profiles[table[normalize_key(code)]]
+            if code != tag_code and note is not None and not _is_exact_name(text, code):
+                note(f"taking {text.strip()!r} as {profile.name}")
+            return profile
     # langcodes' name search also matches by prefix ('maraathi' -> Marra): only name a language without a
     # profile in the error when the user typed its code or its exact name.
     if name_code and not _is_exact_name(text, name_code):

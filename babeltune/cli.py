@@ -8,6 +8,7 @@ import importlib
 import click
 
 from babeltune import __version__
+from babeltune.cli_errors import Group
 
 # name -> "module:attribute" of a click command; imported only when that command runs.
 SUBCOMMANDS = {
@@ -20,7 +21,7 @@ SUBCOMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     def list_commands(self, ctx):
         return sorted(SUBCOMMANDS)
 

@@ -3,20 +3,36 @@
 One strict schema (unknown keys are errors, with a did-you-mean), split by section, with a
 description on every field. `load_config` collects every problem and raises them once, one
 ``key: message`` line each.
+
+Every value the schema accepts can run: numbers are finite and inside the ranges the libraries
+underneath take (seeds fit numpy's 32-bit seed, counts fit 32 bits, max_seq_length fits the model's
+position embeddings), and strings hold no NUL or lone surrogate (the OS cannot open such paths).
+The YAML itself is read by one loader with limits (size, nesting, no aliases), so a small file cannot
+expand into gigabytes.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from babeltune.errors import BabeltuneError
+from babeltune.errors import BabeltuneError, one_line
 
 SCHEMA_VERSION = 1
+
+# Limits of what a config may ask for (see the module docstring).
+MAX_CONFIG_BYTES = 1024 * 1024      # advise writes ~5 KB; a megabyte is no config
+MAX_YAML_DEPTH = 32                 # nested collections; the schema needs 4
+MAX_SEQ_LENGTH = 131_072            # the longest max_position_embeddings of common open models (Llama 3.1, Qwen2.5)
+MAX_SEED = 2 ** 32 - 1              # numpy.random.seed, which transformers.set_seed calls, takes 0..2**32-1
+MAX_COUNT = 2 ** 31 - 1             # steps, limits and documents: int32, what torch/numpy index types hold
+MAX_BATCH = 65_536                  # sequences per micro-step / accumulated micro-steps
+MAX_EPOCHS = 10_000.0
 
 OPTIMIZERS = (
     "adamw_torch",
@@ -28,14 +44,39 @@ OPTIMIZERS = (
 )
 
 
+def _text_problem(value: Any) -> Optional[str]:
+    """Why a string (or a string inside a list/dict) cannot be used as a path or name, or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "contains a NUL character (\\x00), which no path or name can hold"
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            return "contains a lone surrogate (invalid Unicode), which cannot be encoded as a path"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        problem = _text_problem(key) if isinstance(key, str) else None
+        problem = problem or _text_problem(item)
+        if problem:
+            return problem
+    return None
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after", check_fields=False)
+    @classmethod
+    def _usable_text(cls, value):
+        problem = _text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ModelConfig(Section):
     name: str = Field(description="Built-in model name (see `babeltune models list`), a local Hugging Face folder, or a GGUF file.")
     tokenizer: Optional[str] = Field(None, description="Tokenizer override: a folder or tokenizer.json; default is the model's own.")
-    max_seq_length: int = Field(ge=8, le=1_048_576, description="Tokens per training sequence (packed block length in cpt mode).")
+    max_seq_length: int = Field(ge=8, le=MAX_SEQ_LENGTH, description="Tokens per training sequence (packed block length in cpt mode); at most the model's max_position_embeddings.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights/compute dtype; auto = bf16 on GPUs that support it, fp32 on CPU.")
     load_in_4bit: bool = Field(False, description="QLoRA: load the frozen base weights in 4-bit NF4 (GPU + bitsandbytes only).")
@@ -78,29 +119,37 @@ class AdapterConfig(Section):
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha/sqrt(r) (Kalajdzievski 2023).")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (Liu et al. 2024).")
     modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full, e.g. embed_tokens and lm_head.")
-    embedding_learning_rate: Optional[float] = Field(None, gt=0, description="Learning rate for modules_to_save (embeddings/lm_head), usually 2-10x lower.")
+    embedding_learning_rate: Optional[float] = Field(None, gt=0, lt=1, description="Learning rate for modules_to_save (embeddings/lm_head), usually 2-10x lower.")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _modules_or_all_linear(cls, value):
+        # one message instead of one per branch of the union
+        if value == "all-linear" or (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)):
+            return value
+        raise ValueError("expected a non-empty list of module names (e.g. [q_proj, v_proj]) or 'all-linear'")
 
 
 class TrainingConfig(Section):
     output_dir: str = Field("runs/babeltune", description="Where checkpoints, metrics, the adapter and the manifest go.")
-    per_device_train_batch_size: int = Field(ge=1, description="Sequences per device per micro-step.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    per_device_train_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Sequences per device per micro-step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_BATCH, description="Micro-steps per optimizer step.")
     learning_rate: float = Field(gt=0, lt=1, description="Peak learning rate for the adapter.")
-    num_train_epochs: Optional[float] = Field(None, gt=0, description="Epochs over the training set (set this or max_steps).")
-    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps (set this or num_train_epochs).")
+    num_train_epochs: Optional[float] = Field(None, gt=0, le=MAX_EPOCHS, description="Epochs over the training set (set this or max_steps).")
+    max_steps: Optional[int] = Field(None, ge=1, le=MAX_COUNT, description="Optimizer steps (set this or num_train_epochs).")
     weight_decay: float = Field(0.0, ge=0, lt=1, description="Decoupled weight decay (AdamW).")
     optimizer: str = Field("adamw_torch", description=f"One of {', '.join(OPTIMIZERS)}.")
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field("cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(0.0, ge=0, le=0.5, description="Share of steps spent warming up (ignored when warmup_steps > 0).")
-    warmup_steps: int = Field(0, ge=0, description="Warmup steps; wins over warmup_ratio when > 0.")
+    warmup_steps: int = Field(0, ge=0, le=MAX_COUNT, description="Warmup steps; wins over warmup_ratio when > 0.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward (non-reentrant) to save memory.")
-    seed: int = Field(3407, description="Seed for data split, shuffling and adapter initialisation.")
-    logging_steps: int = Field(10, ge=1, description="Log loss every N optimizer steps.")
-    save_steps: int = Field(200, ge=1, description="Write a checkpoint every N optimizer steps.")
-    save_total_limit: int = Field(3, ge=1, description="Checkpoints kept on disk.")
+    seed: int = Field(3407, ge=0, le=MAX_SEED, description="Seed for data split, shuffling and adapter initialisation (0 to 2**32-1).")
+    logging_steps: int = Field(10, ge=1, le=MAX_COUNT, description="Log loss every N optimizer steps.")
+    save_steps: int = Field(200, ge=1, le=MAX_COUNT, description="Write a checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(3, ge=1, le=MAX_COUNT, description="Checkpoints kept on disk.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Mixed precision; auto = bf16 where supported, fp32 on CPU.")
-    max_nonfinite_losses: int = Field(3, ge=1, description="NaN guard: stop after this many optimizer steps with a non-finite loss (the last good checkpoint is kept).")
+    max_nonfinite_losses: int = Field(3, ge=1, le=MAX_COUNT, description="NaN guard: stop after this many optimizer steps with a non-finite loss (the last good checkpoint is kept).")
 
     @model_validator(mode="after")
     def _one_length(self):
@@ -119,12 +168,12 @@ class TrainingConfig(Section):
 
 class EvalConfig(Section):
     evaluation_strategy: Literal["no", "steps", "epoch"] = Field("steps", description="When to evaluate on the held-out split.")
-    eval_steps: Optional[int] = Field(None, ge=1, description="Evaluate every N optimizer steps (evaluation_strategy: steps).")
+    eval_steps: Optional[int] = Field(None, ge=1, le=MAX_COUNT, description="Evaluate every N optimizer steps (evaluation_strategy: steps).")
     save_strategy: Literal["no", "steps", "epoch"] = Field("steps", description="When to write checkpoints.")
-    per_device_eval_batch_size: int = Field(4, ge=1, description="Sequences per device during evaluation.")
-    early_stopping_patience: Optional[int] = Field(None, ge=1, description="Stop after N evaluations without improvement; null = off.")
+    per_device_eval_batch_size: int = Field(4, ge=1, le=MAX_BATCH, description="Sequences per device during evaluation.")
+    early_stopping_patience: Optional[int] = Field(None, ge=1, le=MAX_COUNT, description="Stop after N evaluations without improvement; null = off.")
     early_stopping_threshold: float = Field(0.0, ge=0, description="Minimum eval-loss improvement that counts.")
-    max_eval_documents: int = Field(2000, ge=1, description="Cap on held-out documents evaluated.")
+    max_eval_documents: int = Field(2000, ge=1, le=MAX_COUNT, description="Cap on held-out documents evaluated.")
     extra_corpora: dict[str, str] = Field(default_factory=dict, description="LANG: PATH corpora scored in bits/char at the end (e.g. en for forgetting).")
 
     _strategy_no = field_validator("evaluation_strategy", "save_strategy", mode="before")(_yaml_false_as("no"))
@@ -132,7 +181,7 @@ class EvalConfig(Section):
 
 class BackendConfig(Section):
     name: str = Field("hf-peft", description="Training backend plugin (see `babeltune plugins`).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options, passed through unchanged.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options, checked against the backend's Options model (see `babeltune plugins --options NAME`).")
 
 
 class TrainConfig(Section):
@@ -154,15 +203,70 @@ class TrainConfig(Section):
         if ev.evaluation_strategy == "steps" and ev.eval_steps is None:
             problems.append("eval.eval_steps: evaluation_strategy is steps, so eval_steps must be set")
         if ev.early_stopping_patience is not None and ev.save_strategy != ev.evaluation_strategy:
-            problems.append("eval.save_strategy: early stopping keeps the best checkpoint, so save_strategy must equal evaluation_strategy")
+            problems.append("eval.save_strategy: early stopping (eval.early_stopping_patience) keeps the best checkpoint, "
+                            "so save_strategy must equal evaluation_strategy")
         if (ev.early_stopping_patience is not None and ev.evaluation_strategy == "steps" and ev.eval_steps
                 and tr.save_steps % ev.eval_steps):
-            problems.append(f"training.save_steps: {tr.save_steps} must be a multiple of eval.eval_steps ({ev.eval_steps}) for early stopping")
+            problems.append(f"training.save_steps: {tr.save_steps} must be a multiple of eval.eval_steps ({ev.eval_steps}) "
+                            "for early stopping (eval.early_stopping_patience)")
         if self.adapter.embedding_learning_rate is not None and not self.adapter.modules_to_save:
             problems.append("adapter.embedding_learning_rate: set only with modules_to_save (embed_tokens/lm_head)")
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading YAML: one loader, with limits
+
+
+class _Refused(yaml.YAMLError):
+    """A limit of the config loader (an alias, too deep a nesting), at a line and column."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only, no tags that build objects) without aliases and with a
+    nesting limit. Aliases are what a YAML bomb expands: ten lines of ``*a`` references become billions
+    of values once validated or dumped. A config never needs them, so every alias is refused."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            raise _Refused("YAML aliases (*name) are not allowed in a config; write the value out", mark)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_YAML_DEPTH} levels; a config needs 4", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:   # a date like 2024-13-45, an integer over Python's 4300-digit limit
+            reason = str(exc).split(":")[0]
+            raise _Refused(f"unreadable value ({reason}); quote it if it is text, or fix it", node.start_mark) from None
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The one way babeltune reads config YAML (files and ``--set`` values): safe, alias-free, at most
+    MAX_YAML_DEPTH deep. Problems are one BabeltuneError line starting with ``where``."""
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        if isinstance(exc, _Refused):
+            raise BabeltuneError(one_line(f"{where}: {at}{exc.problem}")) from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BabeltuneError(one_line(f"{where}: {at}malformed YAML ({problem}); fix the syntax there")) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,45 +284,66 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def format_validation_error(exc: ValidationError, source: str = "config") -> str:
-    lines = []
+def _shown(value: Any) -> str:
+    """`` (got 'x')`` for a scalar input, cut to a readable length; nothing for collections."""
+    if isinstance(value, (dict, list)) or value is None:
+        return ""
+    text = repr(value)
+    return f" (got {text[:77] + '...' if len(text) > 80 else text})"
+
+
+# pydantic's tag of a union branch in an error's location (list[str], literal['x'], float, ...)
+_UNION_BRANCH = re.compile(r"^([a-z][a-z-]*\[.*\]|bool|int|float|str|bytes|none|list|dict)$")
+
+
+def error_lines(exc: ValidationError, model: type[BaseModel], prefix: str = "", owner: str = "") -> list[str]:
+    """One ``dotted.key: message`` line per problem (``prefix`` before each key; ``owner`` names what
+    the keys belong to in unknown-key messages, e.g. 'backend hf-peft')."""
+    lines, union_keys = [], set()
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
-        key = ".".join(loc) or source
+        if err["type"] != "extra_forbidden" and any(_UNION_BRANCH.match(part) for part in loc):
+            # a branch of a union (list[str], literal['x'], ...): one line per key, the first branch's message
+            loc = tuple(part for part in loc if not _UNION_BRANCH.match(part))
+            if loc in union_keys:
+                continue
+            union_keys.add(loc)
+        key = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "top level"
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(loc[-1], _field_names(TrainConfig, loc), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(_field_names(TrainConfig, loc))}"
-            lines.append(f"{key}: unknown key{hint}")
+            known = _field_names(model, loc)
+            close = difflib.get_close_matches(loc[-1], known, n=1)
+            where = f" for {owner}" if owner else ""
+            hint = (f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}" if known
+                    else f"; {owner or 'this section'} takes no keys")
+            lines.append(f"{key}: unknown key{where}{hint}")
             continue
-        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             lines.append(f"{key}: required key is missing")
             continue
-        for sub in msg.splitlines():
+        for sub in err["msg"].removeprefix("Value error, ").splitlines():
             # cross-field messages already start with their own key
             if ": " in sub and sub.split(": ", 1)[0].count(".") >= 1 and " " not in sub.split(": ", 1)[0]:
                 lines.append(sub)
             else:
-                shown = err.get("input")
-                value = "" if isinstance(shown, (dict, list)) or shown is None else f" (got {shown!r})"
-                lines.append(f"{key}: {sub}{value}")
-    return "\n".join(one_line(f"{source}: {line}") for line in lines)
+                lines.append(f"{key}: {sub}{_shown(err.get('input'))}")
+    return [one_line(line) for line in lines]
 
 
-def one_line(text: str) -> str:
-    """Escape characters that would break or hide a `key: message` line (control characters, and the
-    separators str.splitlines() splits on, such as \\x1e or \\u2028) as they appear in keys or values."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    return "\n".join(f"{source}: {line}" for line in error_lines(exc, TrainConfig))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """`training.learning_rate=1e-4` -> (['training', 'learning_rate'], 1e-4); values parse as YAML."""
+    """`training.learning_rate=1e-4` -> (['training', 'learning_rate'], 1e-4); values parse as YAML
+    (through the same limited loader as files); text that is not YAML stays text."""
     if "=" not in item:
-        raise BabeltuneError(f"--set {item!r}: expected key=value, e.g. --set training.learning_rate=1e-4")
+        raise BabeltuneError(one_line(f"--set {item!r}: expected key=value, e.g. --set training.learning_rate=1e-4"))
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
+    except BabeltuneError as exc:
+        if "malformed YAML" not in str(exc):
+            raise   # a limit (alias, nesting), not a typo
         value = raw
     return key.strip().split("."), value
 
@@ -236,20 +361,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A config file's top-level mapping, read through :func:`parse_yaml` (at most MAX_CONFIG_BYTES)."""
     path = Path(path)
     if not path.is_file():
         raise BabeltuneError(f"{path}: config file not found; write one with `advise --out {path}`")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise BabeltuneError(f"{path}: cannot read the config ({exc.strerror}); check the file's permissions") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise BabeltuneError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a config (advise writes ~5 KB) "
+                             "cannot be this big: is it the right file?")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BabeltuneError(f"{path}: not UTF-8 text (byte {exc.start}); a config is a YAML text file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise BabeltuneError(one_line(f"{path}: {where}malformed YAML ({problem}); fix the syntax there")) from None
+    data = parse_yaml(text, str(path))
     if data is None:
         raise BabeltuneError(f"{path}: the config is empty; write one with `advise --out {path}`")
     if not isinstance(data, dict):
@@ -257,17 +385,62 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def validate_config(data: dict, source: str = "config") -> TrainConfig:
+def _context_problems(data: Any) -> list[str]:
+    """model.max_seq_length beyond the model's max_position_embeddings, when the model is known here
+    (a local folder, a GGUF file or an installed built-in; read from its config/metadata, nothing run)."""
+    model = data.get("model") if isinstance(data, dict) else None
+    name = model.get("name") if isinstance(model, dict) else None
+    length = model.get("max_seq_length") if isinstance(model, dict) else None
+    if not isinstance(name, str) or _text_problem(name) or type(length) is not int or not 8 <= length <= MAX_SEQ_LENGTH:
+        return []
+    from babeltune.models.facts import context_length
+
+    limit = context_length(name)
+    if limit and length > limit:
+        return [one_line(f"model.max_seq_length: {length} is more than {name}'s max_position_embeddings ({limit}); "
+                         f"set at most {limit}")]
+    return []
+
+
+def option_problems(options_model: type[BaseModel], options: Any, backend: str) -> tuple[Optional[BaseModel], list[str]]:
+    """``backend.options`` validated against a backend's Options model: (the typed options, []) or
+    (None, one ``backend.options.key: message`` line per problem)."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        return None, []     # the schema reports backend.options itself
     try:
-        return TrainConfig.model_validate(data)
+        return options_model.model_validate(options), []
     except ValidationError as exc:
-        raise BabeltuneError(format_validation_error(exc, source)) from None
+        return None, error_lines(exc, options_model, prefix="backend.options.", owner=f"backend {backend}")
 
 
-def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> TrainConfig:
+def validate_config(data: dict, source: str = "config", options_model: Optional[type[BaseModel]] = None,
+                    backend: Optional[str] = None) -> TrainConfig:
+    """``data`` as a TrainConfig; with ``options_model`` (the selected backend's Options) backend.options
+    is checked too. Every problem is raised at once, one ``<source>: key: message`` line each."""
+    lines: list[str] = []
+    config = None
+    try:
+        config = TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        lines += error_lines(exc, TrainConfig)
+    lines += _context_problems(data)
+    if options_model is not None:
+        section = data.get("backend") if isinstance(data, dict) else None
+        options = section.get("options") if isinstance(section, dict) else None
+        name = backend or (section.get("name") if isinstance(section, dict) else None) or "hf-peft"
+        lines += option_problems(options_model, options, str(name))[1]
+    if lines:
+        raise BabeltuneError(*(one_line(f"{source}: {line}") for line in lines))
+    return config
+
+
+def load_config(path: str | Path, overrides: Optional[list[str]] = None,
+                options_model: Optional[type[BaseModel]] = None) -> TrainConfig:
     """Read, override (``--set key=value``) and validate a config; every problem raised at once."""
     data = apply_overrides(read_yaml(path), list(overrides or []))
-    return validate_config(data, source=str(path))
+    return validate_config(data, source=str(path), options_model=options_model)
 
 
 def describe_fields() -> dict[str, str]:

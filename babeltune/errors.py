@@ -18,12 +18,29 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class BabeltuneError(Exception):
-    """An error caused by the user's input. Its message is shown as-is, without a traceback.
+    """An error caused by the user's input, shown without a traceback as ``error: <line>``.
 
-    Messages may hold several lines (one ``key: message`` per config error); each line stands alone.
+    Each argument is one line (``BabeltuneError(*problems)`` for one ``key: message`` line per config
+    error). A line never breaks: a newline or other control character inside it (from a file name or
+    a value the user typed) is shown escaped, so user input cannot forge an extra ``error:`` line.
     """
 
     exit_code = EXIT_USAGE
+
+    def __init__(self, *lines: object):
+        self.lines = [str(line) for line in lines] or ["error"]
+        super().__init__("\n".join(self.lines))
+
+
+def one_line(text: str) -> str:
+    """Escape characters that would break or hide a one-line message (control characters, and the
+    separators str.splitlines() splits on, such as \\n, \\x1e or \\u2028), as repr() writes them."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+
+
+def print_error(line: str, file=None) -> None:
+    """One ``error: ...`` line on stderr, escaped with :func:`one_line`."""
+    print(f"error: {one_line(line)}", file=file or sys.stderr)
 
 
 def fail(message: str) -> "BabeltuneError":
@@ -39,8 +56,8 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except BabeltuneError as exc:
-            for line in str(exc).splitlines() or ["error"]:
-                print(f"error: {line}", file=sys.stderr)
+            for line in getattr(exc, "lines", None) or [str(exc)]:
+                print_error(line)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)

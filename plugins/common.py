@@ -308,7 +308,3 @@ def tied_embeddings(model) -> bool:
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return bool(getattr(text_config, "tie_word_embeddings", False))
-
-
-def option(config: "TrainConfig", key: str, default: Any = None) -> Any:
-    return config.backend.options.get(key, default)

@@ -5,17 +5,43 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from babeltune.errors import BabeltuneError
 from babeltune.plugins import common
-from babeltune.trainer.backend import Backend, LoadedModel, Runtime
+from babeltune.trainer.backend import Backend, Kernels, LoadedModel, Runtime
 from babeltune.trainer.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
 
-LIGER_CHOICES = ("auto", True, False)
+LigerSetting = Literal["auto", True, False]
+
+
+class HfPeftOptions(BaseModel):
+    """``backend.options`` of hf-peft (and of the backends built on its loading: ia3, lora-plus)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    liger: LigerSetting = Field(
+        "auto", description="liger-kernel fused RMSNorm, SwiGLU, RoPE and (linear) cross-entropy: auto = on when "
+                            "installed and on a GPU, true = required (an error where it cannot run), false = off.")
+
+
+def liger_usable_here() -> bool:
+    """liger-kernel is installed and a CUDA GPU is visible (what `liger: auto` needs to switch it on)."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def auto_kernels() -> Kernels:
+    """The kernels hf-peft's loading runs with `liger: auto` on this machine."""
+    return "liger" if liger_usable_here() else "plain"
 
 
 def lora_kwargs(config: "TrainConfig", tied: Optional[bool] = None) -> dict[str, Any]:
@@ -63,17 +89,10 @@ def saved_module_fragments(config: "TrainConfig", model=None) -> list[str]:
     return [f"{name}.modules_to_save" for name in names]
 
 
-def liger_setting(config: "TrainConfig") -> Any:
-    value = common.option(config, "liger", "auto")
-    if value not in LIGER_CHOICES:
-        raise BabeltuneError(f"backend.options.liger: {value!r} is not one of auto, true, false")
-    return value
-
-
-def apply_liger(model, config: "TrainConfig", runtime: Runtime) -> Optional[str]:
+def apply_liger(model, config: "TrainConfig", runtime: Runtime, setting: LigerSetting) -> Optional[str]:
     """Fused RMSNorm/SwiGLU/RoPE/linear-cross-entropy kernels from liger-kernel, patched into the
-    instance before the adapter is attached. Returns a note line, or None when off."""
-    setting = liger_setting(config)
+    instance before the adapter is attached (``setting``: backend.options.liger). Returns a note line,
+    or None when off."""
     if setting is False:
         return None
     installed = importlib.util.find_spec("liger_kernel") is not None
@@ -98,9 +117,9 @@ def apply_liger(model, config: "TrainConfig", runtime: Runtime) -> Optional[str]
     return f"liger-kernel: fused RMSNorm, SwiGLU, RoPE and {loss} applied"
 
 
-def load_prepared_base(config: "TrainConfig", runtime: Runtime) -> tuple[Any, Any, str, list[str]]:
+def load_prepared_base(config: "TrainConfig", runtime: Runtime, liger: LigerSetting = "auto") -> tuple[Any, Any, str, list[str]]:
     """Tokenizer, base model (dtype, attention, 4-bit, checkpointing, fused kernels) and notes, ready for
-    an adapter. Shared by the LoRA and IA3 backends."""
+    an adapter. Shared by the LoRA and IA3 backends (``liger``: their backend.options.liger)."""
     model_class = common.model_class_for(runtime.model_dir)
     attn, why = common.choose_attention(runtime, config.model.attn_implementation, model_class)
     notes = [f"attention: {attn} ({why})", f"weights: {runtime.precision} on {runtime.device}"]
@@ -108,7 +127,7 @@ def load_prepared_base(config: "TrainConfig", runtime: Runtime) -> tuple[Any, An
     model = common.load_base_model(config, runtime, attn)
     if config.model.load_in_4bit:
         notes.append("QLoRA: base weights in 4-bit NF4 (bitsandbytes, double quantisation)")
-    liger_note = apply_liger(model, config, runtime)
+    liger_note = apply_liger(model, config, runtime, liger)
     if liger_note:
         notes.append(liger_note)
     model = common.prepare_for_training(model, config)
@@ -120,9 +139,14 @@ def load_prepared_base(config: "TrainConfig", runtime: Runtime) -> tuple[Any, An
 class HfPeftBackend(Backend):
     name = "hf-peft"
     description = "transformers + PEFT LoRA (rsLoRA, DoRA, QLoRA, modules_to_save with their own lr); CPU and GPU"
+    Options = HfPeftOptions
+
+    @property
+    def kernels(self) -> Kernels:   # type: ignore[override]
+        return auto_kernels()
 
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
-        tokenizer, base, attn, notes = load_prepared_base(config, runtime)
+        tokenizer, base, attn, notes = load_prepared_base(config, runtime, self.parse_options(config).liger)
         tied = common.tied_embeddings(base)
         model = common.attach_adapter(base, make_lora_config(config, tied), "adapter.target_modules")
         upcast = common.upcast_trainable(model, runtime.precision)
@@ -162,7 +186,7 @@ class HfPeftBackend(Backend):
             "lora_config": lora_kwargs(config),
             "gradient_checkpointing_kwargs": {"use_reentrant": False} if config.training.gradient_checkpointing else None,
             "embedding_learning_rate": config.adapter.embedding_learning_rate,
-            "liger": liger_setting(config),
+            "liger": self.parse_options(config).liger,
         }
 
 

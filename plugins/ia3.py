@@ -2,16 +2,20 @@
 BitFit (Ben Zaken et al. 2022): every bias term of the model trains too, as AutoGluon's ``ia3_bias``.
 
 Where an architecture has no biases (Llama, Mistral, Gemma, ...) the notes say so instead of
-claiming BitFit. Options (``backend.options``): ``target_modules``, ``feedforward_modules`` (override
-the per-architecture map), ``bitfit`` (default true)."""
+claiming BitFit. Options (``backend.options``, the ``IA3Options`` model): ``target_modules``,
+``feedforward_modules`` (override the per-architecture map), ``bitfit`` (default true) and hf-peft's
+``liger``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
+from pydantic import Field
+
 from babeltune.errors import BabeltuneError
 from babeltune.plugins import common
-from babeltune.trainer.backend import Backend, LoadedModel, Runtime
+from babeltune.plugins.hf_peft import HfPeftOptions, auto_kernels
+from babeltune.trainer.backend import Backend, Kernels, LoadedModel, Runtime
 from babeltune.trainer.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -32,10 +36,26 @@ IA3_MODULES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+class IA3Options(HfPeftOptions):
+    """``backend.options`` of ia3: module overrides and BitFit, plus hf-peft's ``liger`` (same loading)."""
+
+    target_modules: Optional[list[str]] = Field(
+        None, min_length=1, description="Modules that get (IA)^3 vectors (keys, values, FF output); null = the "
+                                        "per-architecture map.")
+    feedforward_modules: Optional[list[str]] = Field(
+        None, description="The feed-forward ones among target_modules (scaled on their input); null = the map's.")
+    bitfit: bool = Field(True, description="Also train every bias term (BitFit, Ben Zaken et al. 2022); "
+                                           "architectures without biases train the (IA)^3 vectors only.")
+
+
+def ia3_options(config: "TrainConfig") -> IA3Options:
+    return IA3Backend().parse_options(config)  # type: ignore[return-value]
+
+
 def ia3_modules(model_type: str, config: "TrainConfig") -> tuple[list[str], list[str]]:
     """(target_modules, feedforward_modules) for an architecture; options override the map."""
-    targets = common.option(config, "target_modules")
-    feedforward = common.option(config, "feedforward_modules")
+    options = ia3_options(config)
+    targets, feedforward = options.target_modules, options.feedforward_modules
     if targets is None:
         known = IA3_MODULES.get(model_type) or _peft_default(model_type)
         if known is None:
@@ -64,7 +84,7 @@ def ia3_config(model_type: str, config: "TrainConfig"):
 
     targets, feedforward = ia3_modules(model_type, config)
     peft_config = IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
-    if common.option(config, "bitfit", True):
+    if ia3_options(config).bitfit:
         # IA3Config has no bias field; PEFT's state-dict code reads `config.bias` generically, so this
         # makes save_pretrained include every bias (checked after wrapping: see bias_terms_saved).
         peft_config.bias = "all"
@@ -92,16 +112,22 @@ def bias_terms_saved(model, bias_names: list[str]) -> bool:
 class IA3Backend(Backend):
     name = "ia3"
     description = "PEFT (IA)^3 on keys, values and FF output + BitFit (all biases); CPU and GPU"
+    Options = IA3Options
+
+    @property
+    def kernels(self) -> Kernels:   # type: ignore[override]
+        return auto_kernels()       # hf-peft's loading, liger included
 
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
         from babeltune.plugins.hf_peft import load_prepared_base
 
-        tokenizer, base, attn, notes = load_prepared_base(config, runtime)
+        options = ia3_options(config)
+        tokenizer, base, attn, notes = load_prepared_base(config, runtime, options.liger)
         peft_config = ia3_config(base.config.model_type, config)
         model = common.attach_adapter(base, peft_config, "backend.options.target_modules (ia3)")
         notes.append(f"(IA)^3 on {sorted(peft_config.target_modules)} (feed-forward: {sorted(peft_config.feedforward_modules)})")
         expected = ["ia3_l"]
-        bias_names = enable_bitfit(model) if common.option(config, "bitfit", True) else []
+        bias_names = enable_bitfit(model) if options.bitfit else []
         notes.append(self._bitfit_note(model, config, bias_names))
         if bias_names:
             expected.append(".bias")
@@ -115,7 +141,7 @@ class IA3Backend(Backend):
 
     @staticmethod
     def _bitfit_note(model, config: "TrainConfig", bias_names: list[str]) -> str:
-        if not common.option(config, "bitfit", True):
+        if not ia3_options(config).bitfit:
             return "BitFit: off (backend.options.bitfit: false)"
         if not bias_names:
             return (f"BitFit: not applied - {model.config.model_type} has no bias terms, so only the (IA)^3 "
@@ -133,10 +159,12 @@ class IA3Backend(Backend):
         return [{"params": params, "lr": config.training.learning_rate, "weight_decay": 0.0, "name": "ia3_bitfit"}]
 
     def translate(self, config: "TrainConfig") -> dict[str, Any]:
-        return {"ia3_config": {"target_modules": common.option(config, "target_modules", "per model_type"),
-                               "feedforward_modules": common.option(config, "feedforward_modules", "per model_type"),
+        options = ia3_options(config)
+        by_type = "per model_type"
+        return {"ia3_config": {"target_modules": by_type if options.target_modules is None else options.target_modules,
+                               "feedforward_modules": by_type if options.feedforward_modules is None else options.feedforward_modules,
                                "task_type": "CAUSAL_LM"},
-                "bitfit": bool(common.option(config, "bitfit", True)),
+                "bitfit": options.bitfit, "liger": options.liger,
                 "learning_rate": config.training.learning_rate}
 
 

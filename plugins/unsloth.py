@@ -71,6 +71,7 @@ def unsupported(config: "TrainConfig") -> list[str]:
 class UnslothBackend(Backend):
     name = "unsloth"
     description = "Unsloth FastLanguageModel LoRA/QLoRA with its own kernels and checkpointing (NVIDIA GPU only)"
+    kernels = "unsloth"     # Options: none (NoOptions): every value comes from the config's sections
 
     def availability(self) -> tuple[bool, str]:
         if not cuda_available():
@@ -92,9 +93,10 @@ class UnslothBackend(Backend):
         usable, why = self.availability()
         if not usable:
             raise BabeltuneError(f"backend unsloth: {why}; use --backend hf-peft")
+        self.parse_options(config)   # it takes none: a stray key is an error, not silently ignored
         problems = unsupported(config)
         if problems:
-            raise BabeltuneError("\n".join(problems))
+            raise BabeltuneError(*problems)
         FastLanguageModel = import_unsloth().FastLanguageModel  # imported here only: it patches torch/transformers
 
         args = translate_config(config)

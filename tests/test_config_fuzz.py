@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -117,3 +118,132 @@ def test_nan_and_infinite_numbers_are_rejected_cleanly(tmp_path):
             assert f"training.{key}" in str(exc)
         else:
             raise AssertionError(f"{key}={value} was accepted")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every key, arbitrary YAML: a valid config that the code after loading can run, or one `error:` line per
+# problem naming the key (or the line and column, for YAML the loader refuses), never a traceback.
+
+from babeltune.config import MAX_YAML_DEPTH, describe_fields  # noqa: E402
+from babeltune.errors import one_line  # noqa: E402
+from babeltune.trainer import plugins  # noqa: E402
+
+CONFIG_KEYS = sorted(describe_fields())
+OPTION_KEYS = sorted((name, key) for name, backend in plugins.available_backends().items()
+                     for key in type(backend).Options.model_fields)
+# YAML the schema or the loader must turn away, or that is valid but easy to get wrong
+RAW_FRAGMENTS = [
+    ".inf", "-.inf", ".nan", "-1", "0", "1", "-0.0", "1e23", "1.0e+23", "1.0e+18", "4294967295", "4294967296",
+    "2147483648", "99999999999999999999", "9" * 5000, "2024-13-45", "2024-01-01", "12:30:00", "yes", "off", "no",
+    "~", "''", '"a\\0b"', '"\\ud800"', '"a\\nerror: forged"', '"\\x1b[2J"', "[]", "{}", "[1, [2, [3]]]",
+    "{a: 1}", "[" * (MAX_YAML_DEPTH + 5) + "]" * (MAX_YAML_DEPTH + 5), "*a", "&a 1", "!!binary aGk=",
+    "!!python/object/apply:os.system [echo]", "0x10", "0o17", "1_000", "1048576", "131072", "131073", "8", "7",
+    "all-linear", "[q_proj, v_proj]", "[embed_tokens, lm_head]", "auto", "true", "false", "hf-peft", "ia3",
+]
+
+
+def flow(value) -> str:
+    """A Python value as one line of YAML flow style."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10 ** 9, allow_unicode=True)
+    return text.removesuffix("\n...\n").strip()
+
+
+fragments = st.one_of(st.sampled_from(RAW_FRAGMENTS), values.map(flow),
+                      st.integers(min_value=-2 ** 70, max_value=2 ** 70).map(str),
+                      st.floats(allow_nan=True, allow_infinity=True).map(flow))
+
+
+def config_with(key: str, fragment: str, backend: str = "hf-peft") -> str:
+    data = copy.deepcopy(VALID)
+    data["backend"] = {"name": backend}
+    parts = key.split(".")
+    if len(parts) == 1:
+        data[parts[0]] = "__FUZZ__"
+    elif parts[:2] == ["backend", "options"] and len(parts) == 3:
+        data["backend"]["options"] = {parts[2]: "__FUZZ__"}
+    else:
+        data.setdefault(parts[0], {})[parts[1]] = "__FUZZ__"
+        if key == "training.num_train_epochs":
+            data["training"].pop("max_steps")     # one of the two, or the fuzzed key is not what fails
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False).replace("__FUZZ__", fragment)
+
+
+def runs_after_loading(config: TrainConfig) -> None:
+    """What the code after loading does with the values, without a model: seeding, paths, step and
+    scale arithmetic, the resolved YAML and the backend's translation."""
+    import numpy as np
+
+    from babeltune.trainer.export import resolved_config_yaml
+
+    np.random.seed(config.training.seed)                                     # transformers.set_seed
+    for text in (config.model.name, config.model.tokenizer, config.data.train, config.data.eval,
+                 config.training.output_dir, *config.eval.extra_corpora.values()):
+        if text is not None:
+            Path(text).exists()                                              # ValueError on NUL, surrogates
+    if config.training.num_train_epochs is not None:
+        assert math.ceil(config.training.num_train_epochs * 1000) > 0       # HF Trainer's max_steps
+    assert math.isfinite(config.adapter.lora_alpha / math.sqrt(config.adapter.r))
+    assert config.model.max_seq_length * config.training.per_device_train_batch_size < 2 ** 31
+    assert validate_yaml_round_trip(resolved_config_yaml(config)) == config
+    try:
+        backend = plugins.select_backend(config.backend.name, echo=lambda line: None)
+    except BabeltuneError as exc:     # what `train` shows for a backend name that is valid text but no backend
+        assert exc.lines[0].startswith("backend.name: unknown backend") and len(exc.lines) == 1, exc.lines
+        return
+    backend.translate(config)
+
+
+def validate_yaml_round_trip(text: str) -> TrainConfig:
+    from babeltune.config import validate_config
+
+    return validate_config(yaml.safe_load(text))
+
+
+def check_key(path: Path, key: str, backend: str) -> None:
+    try:
+        config = load_config(path, options_model=plugins.options_model(backend))
+    except BabeltuneError as exc:
+        leaf = key.split(".")[-1]
+        assert exc.lines, "empty error"
+        for line in exc.lines:
+            assert line.startswith(f"{path}: ") and line == one_line(line) and len(line) < 2000, line
+        assert any(leaf in line for line in exc.lines) or (
+            len(exc.lines) == 1 and re.search(r": line \d+, column \d+: ", exc.lines[0])), exc.lines
+        return
+    runs_after_loading(config)
+
+
+@fuzz(300)
+@given(key=st.sampled_from(CONFIG_KEYS), fragment=fragments)
+def test_any_yaml_value_for_any_key_loads_and_runs_or_is_one_line_naming_it(tmp_path, key, fragment):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(config_with(key, fragment), encoding="utf-8")
+    check_key(path, key, "hf-peft")
+
+
+@fuzz(150)
+@given(option=st.sampled_from(OPTION_KEYS + [("hf-peft", "lgier"), ("unsloth", "liger"), ("ia3", "bitfitt")]),
+       fragment=fragments)
+def test_any_yaml_value_for_any_backend_option(tmp_path, option, fragment):
+    backend, key = option
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(config_with(f"backend.options.{key}", fragment, backend), encoding="utf-8")
+    check_key(path, f"backend.options.{key}", backend)
+
+
+@fuzz(40)
+@given(key=st.sampled_from(CONFIG_KEYS), fragment=fragments)
+def test_train_prints_one_error_line_per_problem_and_exits_2(tmp_path, key, fragment):
+    from click.testing import CliRunner
+
+    from babeltune.trainer.cli import train
+
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(config_with(key, fragment), encoding="utf-8")
+    result = CliRunner().invoke(train, ["--config", str(path), "--dry-run"])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    if result.exit_code != 0:
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.splitlines()
+        assert lines and all(line.startswith(f"error: {path}: ") for line in lines), lines

@@ -6,10 +6,22 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
+
+# What the advisor's memory model sizes for (babeltune.advisor.memory.KERNEL_SETS): transformers + PEFT
+# as they are, liger-kernel's fused ops, or Unsloth's own kernels.
+Kernels = Literal["plain", "liger", "unsloth"]
+
+
+class NoOptions(BaseModel):
+    """``backend.options`` of a backend that takes none: any key is an error."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
@@ -37,11 +49,28 @@ class LoadedModel:
 
 
 class Backend(abc.ABC):
-    """Base class for training backends. Subclass, set ``name`` and ``description``, implement ``load``."""
+    """Base class for training backends. Subclass, set ``name`` and ``description``, implement ``load``.
+
+    ``Options`` is the pydantic model ``backend.options`` is validated against (``extra="forbid"``, a
+    description on every field; `babeltune plugins --options NAME` shows them); read them with
+    ``self.parse_options(config)``. ``kernels`` says which kernels run, so `advise` sizes memory for them."""
 
     name: str = ""
     description: str = ""
     supports_distributed: bool = True   # may run under torchrun/DDP (`train --gpus N`); False falls back
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    kernels: Kernels = "plain"
+
+    def parse_options(self, config: "TrainConfig") -> BaseModel:
+        """``config.backend.options`` as this backend's Options (defaults filled in); a BabeltuneError with
+        one ``backend.options.key: message`` line per problem (unknown keys get a did-you-mean)."""
+        from babeltune.config import option_problems
+        from babeltune.errors import BabeltuneError
+
+        options, problems = option_problems(self.Options, config.backend.options, self.name)
+        if problems:
+            raise BabeltuneError(*problems)
+        return options
 
     def availability(self) -> tuple[bool, str]:
         """(usable on this machine, why not). Must not import heavy packages when they are missing."""

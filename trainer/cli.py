@@ -13,6 +13,7 @@ from typing import Optional
 import click
 import yaml
 
+from babeltune.cli_errors import Command
 from babeltune.errors import handle_errors
 from babeltune.trainer import distributed
 
@@ -40,7 +41,17 @@ def load_train_config(path: str, sets: tuple[str, ...], *, backend: Optional[str
     if backend is not None:
         data["backend"] = sections["backend"] if isinstance(sections["backend"], dict) else {}
         data["backend"]["name"] = backend
-    return validate_config(data, source=path)
+    return validate_config(data, source=path, options_model=selected_options_model(data))
+
+
+def selected_options_model(data: dict):
+    """The Options model of the backend the config (or --backend) selects, so backend.options is checked
+    with the rest of the config; None for an unknown backend (select_backend names it)."""
+    from babeltune.trainer.plugins import options_model
+
+    section = data.get("backend")
+    name = section.get("name", "hf-peft") if isinstance(section, dict) else "hf-peft"
+    return options_model(name)
 
 
 def show_dry_run(config, backend: Optional[str]) -> None:
@@ -54,7 +65,7 @@ def show_dry_run(config, backend: Optional[str]) -> None:
     click.echo(yaml.safe_dump(chosen.translate(config), sort_keys=False, allow_unicode=True, default_flow_style=False))
 
 
-@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("train", cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="Config YAML written by `advise`.")
 @click.option("--backend", default=None, help="Training backend (see `babeltune plugins`); overrides backend.name.")

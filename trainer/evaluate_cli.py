@@ -41,7 +41,7 @@ def _language_code(language: str, option: str) -> str:
     except ImportError:   # language profiles not installed in this tree: keep the label as typed
         return language
     try:
-        return resolve_language(language).code
+        return resolve_language(language, note=lambda line: click.echo(line, err=True)).code
     except BabeltuneError as error:
         # resolve_language names its own option (--lang); point at the --corpus value instead.
         reason = str(error).strip().removeprefix("--lang:").strip()

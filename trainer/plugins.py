@@ -14,7 +14,9 @@ import pluggy
 
 from babeltune.errors import BabeltuneError
 from babeltune.trainer import distributed, hookspecs
-from babeltune.trainer.backend import Backend
+from babeltune.trainer.backend import Backend, Kernels
+
+KERNELS: tuple[Kernels, ...] = ("plain", "liger", "unsloth")
 
 ENTRY_POINT_GROUP = "babeltune"
 ENV_VAR = "BABELTUNE_PLUGINS"
@@ -87,6 +89,7 @@ def _collect_backends(pm: pluggy.PluginManager) -> dict[str, Backend]:
     def register(backend: Backend) -> None:
         if not isinstance(backend, Backend) or not backend.name:
             raise BabeltuneError(f"register_backends: {backend!r} is not a named babeltune.trainer.backend.Backend")
+        _check_declarations(backend, _current_plugin[0])
         if backend.name in backends:
             raise BabeltuneError(f"register_backends: two plugins register a backend named {backend.name!r}; "
                                  f"uninstall one or limit plugins with {ENV_VAR}")
@@ -99,6 +102,20 @@ def _collect_backends(pm: pluggy.PluginManager) -> dict[str, Backend]:
         _current_plugin[0] = name
         caller(register=register)
     return backends
+
+
+def _check_declarations(backend: Backend, plugin: str) -> None:
+    """A backend's Options must reject unknown keys (that is how typos in backend.options are caught) and
+    its kernels must be one the memory model knows."""
+    from pydantic import BaseModel
+
+    options = getattr(backend, "Options", None)
+    if not (isinstance(options, type) and issubclass(options, BaseModel)) or options.model_config.get("extra") != "forbid":
+        raise BabeltuneError(f"plugin {plugin}: backend {backend.name}'s Options must be a pydantic model with "
+                             "model_config = ConfigDict(extra='forbid') (see docs/writing-a-backend.md)")
+    if backend.kernels not in KERNELS:
+        raise BabeltuneError(f"plugin {plugin}: backend {backend.name}'s kernels {backend.kernels!r} is not one of "
+                             f"{', '.join(KERNELS)}")
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -149,6 +166,56 @@ def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
     echo(f"backend {name} is not usable here: {reason}; running {fallback} instead")
     _prepare(backends[fallback])
     return backends[fallback]
+
+
+def options_model(name: Optional[str]):
+    """The Options model of the backend called ``name``, or None when no such backend is loaded (the
+    unknown name is reported by ``select_backend``)."""
+    backend = available_backends().get(name) if isinstance(name, str) else None
+    return backend.Options if backend is not None else None
+
+
+def kernels_for(name: str) -> tuple[Kernels, Optional[str]]:
+    """The kernels `train --backend name` would run with on this machine (its fallback's when it cannot
+    run here), and a note when that is the fallback's. Unlike ``select_backend`` this prepares nothing."""
+    pm, backends = _load()
+    if name not in backends:
+        raise BabeltuneError(_unknown_backend_message(name, backends).replace("backend.name:", "--backend:", 1))
+    usable, reason = backends[name].availability()
+    if usable:
+        return backends[name].kernels, None
+    fallback = pm.hook.resolve_backend_fallback(name=name, reason=reason) or FALLBACK_BACKEND
+    kernels = backends[fallback].kernels if fallback in backends else "plain"
+    return kernels, (f"backend {name} is not usable here ({reason}): memory sized for {fallback}'s "
+                     f"{kernels} kernels, which `train` would run instead")
+
+
+def describe_options(name: str) -> list[dict]:
+    """One entry per option of backend ``name``: key, type, default and description."""
+    _, backends = _load()
+    if name not in backends:
+        raise BabeltuneError(_unknown_backend_message(name, backends).replace("backend.name:", "--options:", 1))
+    return [{"key": key, "type": type_label(field.annotation), "default": field.get_default(call_default_factory=True),
+             "description": field.description or ""}
+            for key, field in backends[name].Options.model_fields.items()]
+
+
+def type_label(annotation) -> str:
+    """A YAML reader's name for a type: bool -> boolean, Optional[list[str]] -> 'list of text | null'."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join("true" if a is True else "false" if a is False else repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_label(a) for a in args)
+    if origin in (list, tuple, set):
+        return f"list of {type_label(args[0]) if args else 'values'}"
+    if origin is dict:
+        return f"mapping of {type_label(args[0])} to {type_label(args[1])}" if args else "mapping"
+    names = {bool: "boolean", int: "integer", float: "number", str: "text", type(None): "null"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def _prepare(backend: Backend) -> None:

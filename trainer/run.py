@@ -219,9 +219,9 @@ def last_logged_loss(log_history: list[dict]) -> Optional[float]:
 def nonfinite_error(guard, config: "TrainConfig", output_dir: Path) -> BabeltuneError:
     good = [p for step, p, ok in list_checkpoints(output_dir) if ok and step < (guard.first_step or 0)]
     keep = f"last good checkpoint: {good[-1]} (resume from it with a lower learning rate)" if good else "no checkpoint was saved before it"
-    causes = "\n".join(f"training: likely cause {i}: {cause}" for i, cause in enumerate(cb.nonfinite_causes(config), 1))
+    causes = [f"training: likely cause {i}: {cause}" for i, cause in enumerate(cb.nonfinite_causes(config), 1)]
     return BabeltuneError(f"training: {guard.count} optimizer steps with a non-finite loss (first at step {guard.first_step}); "
-                          f"stopped; {keep}\n{causes}")
+                          f"stopped; {keep}", *causes)
 
 
 def write_heldout(texts: list[str], output_dir: Path) -> Path:

@@ -42,6 +42,7 @@ class RuleContext:
     gpu_memory_gib: float = 24.0
     goal: Goal = "cpt"
     precision: str = "bf16"
+    kernels: str = "plain"               # the kernels of the backend that will train (memory.KERNEL_SETS)
     decisions: dict[str, Decision] = field(default_factory=dict)
 
     def value(self, name: str) -> Any:
@@ -81,7 +82,7 @@ class RuleContext:
             lora_dropout=self.decided("lora_dropout", 0.0),
         )
         settings.update(overrides)
-        return estimate_memory(self.facts, precision=self.precision, **settings)
+        return estimate_memory(self.facts, precision=self.precision, kernels=self.kernels, **settings)
 
     def fits(self, **overrides) -> bool:
         return self.estimate(**overrides).total_gib <= self.budget_gib

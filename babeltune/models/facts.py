@@ -150,3 +150,36 @@ def model_facts(spec: str) -> ModelFacts:
     from babeltune.models.resolve import _unknown_model
 
     raise _unknown_model(spec)
+
+
+def context_length(spec: str) -> int | None:
+    """The model's max_position_embeddings when it can be read cheaply and without side effects (a
+    folder's config.json, a GGUF header, an installed or converted built-in), else None. Reads JSON and
+    GGUF metadata only: no transformers, no code from the folder, nothing assembled or converted."""
+    import json
+
+    try:
+        spec = str(spec).strip()
+        if spec in builtins.BUILTINS:
+            for dtype in ("fp32", "bf16"):
+                if builtins.is_converted(spec, dtype):
+                    return context_length(str(builtins.converted_dir(spec, dtype)))
+            model = builtins.BUILTINS[spec]
+            if not builtins.is_installed(spec):
+                return None
+            assembled = builtins.cache_dir() / "gguf" / model.gguf_filename   # only if assembled already
+            spec = str(assembled if model.assembled else builtins.builtin_gguf_path(spec))
+        path = Path(spec).expanduser()
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            from babeltune.models.gguf_meta import read_gguf_metadata
+
+            value = read_gguf_metadata(path).arch_value("context_length")
+        elif (path / "config.json").is_file():
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+            value = text.get("max_position_embeddings") or text.get("n_positions")
+        else:
+            return None
+    except (OSError, ValueError, BabeltuneError):
+        return None     # an unreadable model is reported where it is loaded, with its own message
+    return value if type(value) is int and value > 0 else None

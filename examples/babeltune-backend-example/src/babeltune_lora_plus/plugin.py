@@ -2,29 +2,36 @@
 backend, but the B matrices train with a learning rate ``loraplus_lr_ratio`` times higher than the A
 matrices, which the paper shows speeds up and improves feature learning at large width.
 
-Everything about loading is inherited from hf-peft; this backend only changes the optimizer's
-parameter groups. Option: ``backend.options.loraplus_lr_ratio`` (default 16)."""
+Everything about loading is inherited from hf-peft (its kernels included); this backend only changes
+the optimizer's parameter groups. Option: ``backend.options.loraplus_lr_ratio`` (default 16), declared
+in ``LoraPlusOptions`` next to hf-peft's own ``liger``."""
 
 from __future__ import annotations
 
-from babeltune.errors import BabeltuneError
-from babeltune.plugins.hf_peft import HfPeftBackend
+from pydantic import Field
+
+from babeltune.plugins.hf_peft import HfPeftBackend, HfPeftOptions
 from babeltune.trainer.hookspecs import hookimpl
 
 DEFAULT_RATIO = 16.0
 NO_DECAY = ("bias", "norm")
 
 
+class LoraPlusOptions(HfPeftOptions):
+    """hf-peft's options (extra="forbid" is inherited: unknown keys are errors) plus the LoRA+ ratio."""
+
+    loraplus_lr_ratio: float = Field(DEFAULT_RATIO, ge=1, le=1000, description=(
+        "Learning rate of the lora_B matrices over that of lora_A (Hayou et al. 2024 use 16; 1 = plain LoRA)."))
+
+
 def lr_ratio(config) -> float:
-    ratio = config.backend.options.get("loraplus_lr_ratio", DEFAULT_RATIO)
-    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio < 1:
-        raise BabeltuneError(f"backend.options.loraplus_lr_ratio: {ratio!r} must be a number >= 1 (the paper uses 16)")
-    return float(ratio)
+    return LoraPlusBackend().parse_options(config).loraplus_lr_ratio
 
 
 class LoraPlusBackend(HfPeftBackend):
     name = "lora-plus"
     description = "LoRA+ : hf-peft LoRA with lora_B at loraplus_lr_ratio x the learning rate (example plugin)"
+    Options = LoraPlusOptions
 
     def load(self, config, runtime):
         loaded = super().load(config, runtime)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -96,22 +97,82 @@ def check_trainable_names(checkpoint: Path, model: Any) -> None:
                          "resume with the config the checkpoint was trained with")
 
 
-def completion_marker_callback():
-    """A TrainerCallback writing the marker once the Trainer has finished saving checkpoint-N."""
+def remove_checkpoint(path: Path) -> None:
+    """Marker first: a kill during the deletion leaves an incomplete folder, never a damaged 'complete' one."""
+    (path / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def rotate_checkpoints(output_dir: Union[str, Path], keep: int, current_step: int,
+                       protect: Optional[Union[str, Path]] = None) -> list[Path]:
+    """Called once checkpoint-<current_step> is marked complete. Keeps the ``keep`` newest complete checkpoints
+    up to ``current_step`` (and ``protect``, the best one under early stopping); removes older ones, incomplete
+    leftovers of interrupted saves, and checkpoints past ``current_step`` (left from before the point this run
+    resumed from: not part of this run's history, and `--resume` must not jump to them)."""
+    found = list_checkpoints(output_dir)
+    complete = [path for step, path, ok in found if ok and step <= current_step]
+    kept = set(complete[-keep:])
+    if protect is not None:
+        kept.add(Path(protect))
+    removed = [path for _, path, _ in found if path not in kept]
+    for path in removed:
+        remove_checkpoint(path)
+    return removed
+
+
+class StopAtMaxSteps:
+    """Trainer mixin: resumed from the final checkpoint (global_step == max_steps, e.g. after a kill while the
+    adapter was being written), transformers would still run the rest of the resumed epoch's first step,
+    training past max_steps and saving over the checkpoint. Nothing is left to train: skip the epoch."""
+
+    def _run_epoch(self, *args, **kwargs):
+        if self.state.global_step >= self.state.max_steps > 0:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
+
+def trainer_class_stopping_at_max_steps(base: type) -> type:
+    if not hasattr(base, "_run_epoch"):   # older transformers train inside one loop
+        return base
+    return type(f"Bounded{base.__name__}", (StopAtMaxSteps, base), {})
+
+
+def completion_marker_callback(keep: Optional[int] = None):
+    """A TrainerCallback writing the marker once the Trainer has finished saving checkpoint-N, then rotating
+    (``keep`` checkpoints; None keeps all). The Trainer's own rotation must be off (save_total_limit=None)."""
     from transformers import TrainerCallback
 
     class CompletionMarker(TrainerCallback):
+        def __init__(self):
+            self.start_step = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_step = state.global_step
+
+        def _before_save(self, args, state, control):
+            # A save into an existing checkpoint-N must not look complete while it is being overwritten.
+            if not (control.should_save and state.is_world_process_zero):
+                return
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.global_step <= self.start_step and is_complete(folder):
+                control.should_save = False      # the checkpoint this run resumed from already holds this state
+            elif folder.exists():
+                remove_checkpoint(folder)        # left from before the resume point
+
         def on_step_end(self, args, state, control, **kwargs):
-            # A save into an existing checkpoint-N (after resuming from an earlier one) must not look complete
-            # while it is being overwritten: drop the old marker first.
-            if control.should_save and state.is_world_process_zero:
-                (Path(args.output_dir) / f"checkpoint-{state.global_step}" / MARKER).unlink(missing_ok=True)
+            self._before_save(args, state, control)
+            return control
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self._before_save(args, state, control)
             return control
 
         def on_save(self, args, state, control, model=None, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir() and model is not None and state.is_world_process_zero:
                 write_marker(folder, state.global_step, model)
+                if keep is not None:
+                    rotate_checkpoints(args.output_dir, keep, state.global_step, state.best_model_checkpoint)
             return control
 
     return CompletionMarker()

@@ -19,7 +19,7 @@ from babeltune.trainer import callbacks as cb
 from babeltune.trainer import distributed
 from babeltune.trainer.backend import Backend, Runtime
 from babeltune.trainer.checkpoints import (check_trainable_names, completion_marker_callback, list_checkpoints,
-                                           resolve_resume)
+                                           resolve_resume, trainer_class_stopping_at_max_steps)
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
@@ -134,7 +134,8 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
         optim=tr.optimizer, lr_scheduler_type=tr.lr_scheduler_type, max_grad_norm=tr.max_grad_norm,
         logging_strategy="steps", logging_steps=tr.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
         eval_strategy=eval_strategy, eval_steps=ev.eval_steps, save_strategy=ev.save_strategy, save_steps=tr.save_steps,
-        save_total_limit=tr.save_total_limit, gradient_checkpointing=tr.gradient_checkpointing,
+        save_total_limit=None,  # rotated by the completion marker, after the new checkpoint is complete
+        gradient_checkpointing=tr.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
         seed=tr.seed, data_seed=tr.seed, bf16=runtime.precision == "bf16", fp16=runtime.precision == "fp16",
         use_cpu=runtime.device == "cpu", report_to="none", disable_tqdm=True, remove_unused_columns=False,
@@ -180,7 +181,7 @@ def plugin_callbacks(config: "TrainConfig") -> list:
 def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str], echo: Callable) -> dict[str, Any]:
     callbacks = {
         "progress": cb.progress_callback(echo), "metrics": cb.metrics_callback(output_dir),
-        "plot": cb.loss_plot_callback(output_dir), "complete": completion_marker_callback(),
+        "plot": cb.loss_plot_callback(output_dir), "complete": completion_marker_callback(config.training.save_total_limit),
         "nan": cb.nan_guard_callback(config.training.max_nonfinite_losses),
         "grad": cb.gradient_check_callback(expected),
     }
@@ -216,6 +217,7 @@ def make_trainer(backend: Backend, loaded, data: "PreparedData", args, callbacks
     from transformers import PrinterCallback, Trainer
 
     trainer_cls = trainer_class_with_host_count(backend.trainer_class() or Trainer)
+    trainer_cls = trainer_class_stopping_at_max_steps(trainer_cls)
     optimizer = build_optimizer(backend, loaded.model, config, args)
     trainer = trainer_cls(model=loaded.model, args=args, data_collator=data.collator, train_dataset=data.train,
                           eval_dataset=data.eval, processing_class=loaded.tokenizer, callbacks=callbacks,

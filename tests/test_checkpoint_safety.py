@@ -86,3 +86,68 @@ def test_rotation_keeps_the_newest_complete_the_best_and_drops_leftovers(tmp_pat
     assert sorted(p.name for p in removed) == ["checkpoint-10", "checkpoint-12", "checkpoint-4", "checkpoint-6"]
     checkpoints.rotate_checkpoints(tmp_path, keep=3, current_step=8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-8"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A damaged newest checkpoint is detected before resuming
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A finished 12-step run with checkpoints 4, 8, 12 (read-only: copy to damage)."""
+    from babeltune.trainer.run import run_training
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run_training(load_config(CONFIG, base_sets(tiny_model_dir, out)), evaluate=False, echo=lambda _l: None)
+    return out
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+DAMAGE = {
+    "adapter_model.safetensors": lambda p: truncate(p),
+    "optimizer.pt": lambda p: truncate(p),
+    "scheduler.pt": lambda p: truncate(p, 0.9),
+    "trainer_state.json": lambda p: p.write_text('{"global_step": 12, "log_history": ['),
+    "rng_state.pth": lambda p: p.write_bytes(b""),
+    MARKER: lambda p: p.write_text('{"step": 12, "trainable'),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGE))
+def test_resume_falls_back_from_a_damaged_newest_checkpoint(finished_run, tmp_path, name):
+    import shutil
+
+    from babeltune.errors import BabeltuneError
+    from babeltune.trainer.checkpoints import resolve_resume
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    DAMAGE[name](out / "checkpoint-12" / name)
+    lines: list[str] = []
+    assert resolve_resume(True, out, lines.append) == out / "checkpoint-8"
+    assert any("checkpoint-12" in line and name in line for line in lines), lines
+    with pytest.raises(BabeltuneError, match=rf"checkpoint-12.*{name}.*checkpoint-8"):
+        resolve_resume(str(out / "checkpoint-12"), out)
+
+
+def test_a_damaged_checkpoint_resumes_from_the_previous_one_end_to_end(tiny_model_dir, finished_run, tmp_path):
+    import shutil
+
+    from babeltune.trainer.run import run_training
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    shutil.rmtree(out / "adapter")
+    truncate(out / "checkpoint-12" / "optimizer.pt")
+    lines: list[str] = []
+    result = run_training(load_config(CONFIG, base_sets(tiny_model_dir, out)), resume=True, evaluate=False,
+                          echo=lines.append)
+    assert result.resumed_from == out / "checkpoint-8" and result.steps == 12
+    assert checkpoints.checkpoint_problem(out / "checkpoint-12") is None     # saved again, whole this time
+    expected = [r["loss"] for r in map(json.loads, (finished_run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    got = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert got == pytest.approx(expected, abs=1e-4)

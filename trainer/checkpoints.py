@@ -252,9 +252,10 @@ def trainer_class_stopping_at_max_steps(base: type) -> type:
     return type(f"Bounded{base.__name__}", (StopAtMaxSteps, base), {})
 
 
-def completion_marker_callback(keep: Optional[int] = None):
-    """A TrainerCallback writing the marker once the Trainer has finished saving checkpoint-N, then rotating
-    (``keep`` checkpoints; None keeps all). The Trainer's own rotation must be off (save_total_limit=None)."""
+def completion_marker_callback(keep: Optional[int] = None, record: Optional[dict] = None):
+    """A TrainerCallback writing the marker (with ``record``: the run's config) once the Trainer has finished
+    saving checkpoint-N, then rotating (``keep`` checkpoints; None keeps all). The Trainer's own rotation must be
+    off (save_total_limit=None)."""
     from transformers import TrainerCallback
 
     class CompletionMarker(TrainerCallback):
@@ -263,6 +264,9 @@ def completion_marker_callback(keep: Optional[int] = None):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start_step = state.global_step
+            if hasattr(state, "compute_steps"):
+                # a resumed state carries the checkpoint's logging/eval/save steps: use this run's values
+                state.compute_steps(args, state.max_steps)
 
         def _before_save(self, args, state, control):
             # A save into an existing checkpoint-N must not look complete while it is being overwritten.
@@ -285,7 +289,7 @@ def completion_marker_callback(keep: Optional[int] = None):
         def on_save(self, args, state, control, model=None, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir() and model is not None and state.is_world_process_zero:
-                write_marker(folder, state.global_step, model)
+                write_marker(folder, state.global_step, model, record)
                 if keep is not None:
                     rotate_checkpoints(args.output_dir, keep, state.global_step, state.best_model_checkpoint)
             return control

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from babeltune.errors import BabeltuneError
 from babeltune.trainer import callbacks as cb
-from babeltune.trainer import distributed
+from babeltune.trainer import distributed, resume_config
 from babeltune.trainer.backend import Backend, Runtime
 from babeltune.trainer.checkpoints import (check_trainable_names, completion_marker_callback, list_checkpoints,
                                            resolve_resume, trainer_class_stopping_at_max_steps)
@@ -178,10 +178,12 @@ def plugin_callbacks(config: "TrainConfig") -> list:
     return [callback for result in get_plugin_manager().hook.extra_callbacks(config=config) for callback in (result or [])]
 
 
-def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str], echo: Callable) -> dict[str, Any]:
+def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str], echo: Callable,
+                   record: Optional[dict] = None) -> dict[str, Any]:
     callbacks = {
         "progress": cb.progress_callback(echo), "metrics": cb.metrics_callback(output_dir),
-        "plot": cb.loss_plot_callback(output_dir), "complete": completion_marker_callback(config.training.save_total_limit),
+        "plot": cb.loss_plot_callback(output_dir),
+        "complete": completion_marker_callback(config.training.save_total_limit, record),
         "nan": cb.nan_guard_callback(config.training.max_nonfinite_losses),
         "grad": cb.gradient_check_callback(expected),
     }
@@ -287,6 +289,8 @@ class Session:
     echo: Callable[[str], Any]
     started: float
     checkpoint: Optional[Path] = None
+    record: dict = field(default_factory=dict)          # the config and corpus hashes every checkpoint records
+    allow_config_change: bool = False
     runtime: Optional[Runtime] = None
     backend: Optional[Backend] = None
     loaded: Any = None
@@ -307,7 +311,9 @@ def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
     for note in session.loaded.notes:
         echo(f"{session.backend.name}: {note}")
     if session.checkpoint is not None:
-        check_trainable_names(session.checkpoint, session.loaded.model)
+        check_trainable_names(session.checkpoint, session.loaded.model)   # cannot be overridden: checked first
+        session.record["config_changes"] = resume_config.resume_history(
+            session.checkpoint, session.record, allow=session.allow_config_change, echo=echo)
         echo(f"resume: from {session.checkpoint}")
     session.data = data = prepare_data(config, session.loaded.tokenizer, padding_free=session.loaded.padding_free,
                                                packed_rows=session.loaded.packed_rows)
@@ -322,7 +328,7 @@ def train_phase(session: Session) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(config, session.runtime, output_dir, has_eval=session.data.eval is not None)
     keep_to_one_gpu(args, session.echo)
-    callbacks = core_callbacks(config, output_dir, loaded.expected_trainable, session.echo)
+    callbacks = core_callbacks(config, output_dir, loaded.expected_trainable, session.echo, session.record)
     extra = plugin_callbacks(config)
     session.trainer = make_trainer(session.backend, loaded, session.data, args, list(callbacks.values()) + extra, config)
     session.trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
@@ -357,6 +363,8 @@ def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
         "backend_notes": loaded.notes, "attn_implementation": loaded.attn_implementation, "data": data.stats,
         "data_notes": data.notes, "heldout_source": data.heldout_source,
         "resumed_from": str(session.checkpoint) if session.checkpoint else None,
+        "resume": {"from": str(session.checkpoint), "config_changes": session.record.get("config_changes", [])}
+                  if session.checkpoint else None,
         "result": {"steps": state.global_step, "max_steps": state.max_steps, "final_loss": last_logged_loss(state.log_history),
                    "stopped_early": state.global_step < state.max_steps, "tokens_seen": state.num_input_tokens_seen,
                    "seconds": round(time.time() - session.started, 1)},
@@ -368,15 +376,18 @@ def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
 
 def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = None, resume: Union[str, bool, None] = None,
                  merge: bool = False, echo: Callable[[str], Any] = print, config_file: Optional[str] = None,
-                 evaluate: bool = True) -> RunResult:
+                 evaluate: bool = True, allow_config_change: bool = False) -> RunResult:
     """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
-    ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint."""
+    ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint; a config that
+    differs from the checkpoint's in values that shape training needs ``allow_config_change``."""
     from babeltune.trainer import manifest
 
+    record = resume_config.run_record(config)      # as given: --gpus N scales the accumulation below
     config = distributed.scale_accumulation(config, distributed.world_size(), echo)
-    session = Session(config, Path(config.training.output_dir), echo, time.time())
+    session = Session(config, Path(config.training.output_dir), echo, time.time(), record=record)
     session.checkpoint = resolve_resume(resume, session.output_dir, echo)
     check_fresh_output(session.output_dir, session.checkpoint is not None)
+    session.allow_config_change = allow_config_change
     load_phase(session, backend)
     train_phase(session)
     state = session.trainer.state

@@ -62,6 +62,8 @@ def show_dry_run(config, backend: Optional[str]) -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimizer steps; replaces training.num_train_epochs.")
 @click.option("--resume", is_flag=False, flag_value=RESUME_LAST, default=None, metavar="[CKPT]",
               help="Continue from the last complete checkpoint in output_dir, or from CKPT.")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run in an output_dir that holds an earlier run: its checkpoints and outputs are removed first.")
 @click.option("--allow-config-change", is_flag=True,
               help="With --resume: continue although the config changed values that shape training (recorded in the manifest).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set training.learning_rate=1e-4.")
@@ -71,7 +73,7 @@ def show_dry_run(config, backend: Optional[str]) -> None:
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel over N GPUs of this machine (torchrun + DDP; rank 0 writes the outputs).")
 @handle_errors
-def train(config_path, backend, output_dir, max_steps, resume, allow_config_change, sets, merge, dry_run, no_eval, gpus):
+def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_config_change, sets, merge, dry_run, no_eval, gpus):
     """Train an adapter from a config written by `advise`."""
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
@@ -88,7 +90,7 @@ def train(config_path, backend, output_dir, max_steps, resume, allow_config_chan
 
     result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
                           echo=distributed.main_process_echo(echo_err), config_file=config_path, evaluate=not no_eval,
-                          allow_config_change=allow_config_change)
+                          allow_config_change=allow_config_change, overwrite=overwrite)
     if distributed.is_main_process():
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         click.echo(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")
@@ -105,6 +107,7 @@ def worker_args(params: dict) -> list[str]:
     for item in params["sets"]:
         args += ["--set", item]
     args += ["--allow-config-change"] if params.get("allow_config_change") else []
+    args += ["--overwrite"] if params.get("overwrite") else []
     args += ["--merge"] if params["merge"] else []
     args += ["--no-eval"] if params["no_eval"] else []
     return args

@@ -270,12 +270,6 @@ def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, out
     return Path(path)
 
 
-def check_fresh_output(output_dir: Path, resuming: bool) -> None:
-    if not resuming and list_checkpoints(output_dir):
-        raise BabeltuneError(f"training.output_dir: {output_dir} already holds checkpoints from an earlier run; "
-                             "continue it with --resume, or pass another --output-dir")
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -376,18 +370,32 @@ def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
 
 def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = None, resume: Union[str, bool, None] = None,
                  merge: bool = False, echo: Callable[[str], Any] = print, config_file: Optional[str] = None,
-                 evaluate: bool = True, allow_config_change: bool = False) -> RunResult:
+                 evaluate: bool = True, allow_config_change: bool = False, overwrite: bool = False) -> RunResult:
     """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
     ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint; a config that
-    differs from the checkpoint's in values that shape training needs ``allow_config_change``."""
-    from babeltune.trainer import manifest
+    differs from the checkpoint's in values that shape training needs ``allow_config_change``; ``overwrite``
+    removes an earlier run's outputs from output_dir first (a fresh run refuses a non-empty one otherwise)."""
+    import contextlib
+
+    from babeltune.trainer.output_dir import RunLock, check_output_dir
 
     record = resume_config.run_record(config)      # as given: --gpus N scales the accumulation below
     config = distributed.scale_accumulation(config, distributed.world_size(), echo)
-    session = Session(config, Path(config.training.output_dir), echo, time.time(), record=record)
-    session.checkpoint = resolve_resume(resume, session.output_dir, echo)
-    check_fresh_output(session.output_dir, session.checkpoint is not None)
-    session.allow_config_change = allow_config_change
+    session = Session(config, Path(config.training.output_dir), echo, time.time(), record=record,
+                      allow_config_change=allow_config_change)
+    main = distributed.is_main_process()           # rank 0 alone locks and checks the folder it writes
+    with RunLock(session.output_dir, echo) if main else contextlib.nullcontext():
+        session.checkpoint = resolve_resume(resume, session.output_dir, echo)
+        if main:
+            check_output_dir(session.output_dir, resuming=session.checkpoint is not None, overwrite=overwrite, echo=echo)
+        return run_session(session, backend, merge=merge, evaluate=evaluate, config_file=config_file)
+
+
+def run_session(session: Session, backend: Union[str, Backend, None], *, merge: bool, evaluate: bool,
+                config_file: Optional[str]) -> RunResult:
+    from babeltune.trainer import manifest
+
+    config, echo = session.config, session.echo
     load_phase(session, backend)
     train_phase(session)
     state = session.trainer.state

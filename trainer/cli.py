@@ -7,6 +7,7 @@ torch/transformers load only once a run really starts, so `--help` and config er
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Optional
 
@@ -90,7 +91,8 @@ def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_
 
     result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
                           echo=distributed.main_process_echo(echo_err), config_file=config_path, evaluate=not no_eval,
-                          allow_config_change=allow_config_change, overwrite=overwrite)
+                          allow_config_change=allow_config_change, overwrite=overwrite,
+                          resume_command=resume_command(click.get_current_context()))
     if distributed.is_main_process():
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         click.echo(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")
@@ -111,6 +113,20 @@ def worker_args(params: dict) -> list[str]:
     args += ["--merge"] if params["merge"] else []
     args += ["--no-eval"] if params["no_eval"] else []
     return args
+
+
+def command_prefix(ctx: click.Context) -> list[str]:
+    """How this command was started: `python -m babeltune.trainer.cli` as typed, else `train`/`babeltune train`."""
+    typed = list(getattr(sys, "orig_argv", []))
+    if "-m" in typed and typed[typed.index("-m") + 1:][:1] == [__spec__.name if __spec__ else __name__]:
+        return typed[: typed.index("-m") + 2]
+    return shlex.split(ctx.command_path)
+
+
+def resume_command(ctx: click.Context) -> str:
+    """The exact command that continues this run (said when Ctrl-C/SIGTERM stops it)."""
+    params = {**ctx.params, "resume": RESUME_LAST, "overwrite": False, "allow_config_change": False}
+    return shlex.join(command_prefix(ctx) + worker_args(params))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -285,6 +285,7 @@ class Session:
     checkpoint: Optional[Path] = None
     record: dict = field(default_factory=dict)          # the config and corpus hashes every checkpoint records
     allow_config_change: bool = False
+    resume_command: Optional[str] = None                # said when a signal stops the run
     runtime: Optional[Runtime] = None
     backend: Optional[Backend] = None
     loaded: Any = None
@@ -317,17 +318,41 @@ def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
          f"{data.stats['eval_documents']} held-out documents from {data.heldout_source}")
 
 
+def newest_complete_up_to(output_dir: Path, step: int) -> Optional[Path]:
+    complete = [path for found, path, ok in list_checkpoints(output_dir) if ok and found <= step]
+    return complete[-1] if complete else None
+
+
 def train_phase(session: Session) -> None:
+    """The Trainer's loop. One process: Ctrl-C/SIGTERM saves a checkpoint at the step boundary, then stops."""
+    import contextlib
+
+    from babeltune.trainer import interrupt
+
     config, output_dir, loaded = session.config, session.output_dir, session.loaded
     output_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(config, session.runtime, output_dir, has_eval=session.data.eval is not None)
     keep_to_one_gpu(args, session.echo)
-    callbacks = core_callbacks(config, output_dir, loaded.expected_trainable, session.echo, session.record)
+    stop = interrupt.GracefulStop()
+    graceful = distributed.world_size() == 1
+    callbacks = {**({"stop": interrupt.stop_callback(stop)} if graceful else {}),   # before the marker and NaN guard
+                 **core_callbacks(config, output_dir, loaded.expected_trainable, session.echo, session.record)}
     extra = plugin_callbacks(config)
     session.trainer = make_trainer(session.backend, loaded, session.data, args, list(callbacks.values()) + extra, config)
-    session.trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
+    with stop if graceful else contextlib.nullcontext():
+        try:
+            session.trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
+        except KeyboardInterrupt:
+            if not stop.requested:
+                raise
+            step = session.trainer.state.global_step
+            raise interrupt.aborted_error(stop, newest_complete_up_to(output_dir, step), session.resume_command) from None
     if callbacks["nan"].tripped:
         raise nonfinite_error(callbacks["nan"], config, output_dir)
+    if stop.requested:
+        state = session.trainer.state
+        raise interrupt.interrupted_error(stop, state.global_step, state.max_steps,
+                                          newest_complete_up_to(output_dir, state.global_step), session.resume_command)
 
 
 def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, Any]:
@@ -370,11 +395,13 @@ def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
 
 def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = None, resume: Union[str, bool, None] = None,
                  merge: bool = False, echo: Callable[[str], Any] = print, config_file: Optional[str] = None,
-                 evaluate: bool = True, allow_config_change: bool = False, overwrite: bool = False) -> RunResult:
+                 evaluate: bool = True, allow_config_change: bool = False, overwrite: bool = False,
+                 resume_command: Optional[str] = None) -> RunResult:
     """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
     ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint; a config that
     differs from the checkpoint's in values that shape training needs ``allow_config_change``; ``overwrite``
-    removes an earlier run's outputs from output_dir first (a fresh run refuses a non-empty one otherwise)."""
+    removes an earlier run's outputs from output_dir first (a fresh run refuses a non-empty one otherwise);
+    ``resume_command`` is the command line shown when Ctrl-C/SIGTERM stops the run."""
     import contextlib
 
     from babeltune.trainer.output_dir import RunLock, check_output_dir
@@ -382,7 +409,7 @@ def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = 
     record = resume_config.run_record(config)      # as given: --gpus N scales the accumulation below
     config = distributed.scale_accumulation(config, distributed.world_size(), echo)
     session = Session(config, Path(config.training.output_dir), echo, time.time(), record=record,
-                      allow_config_change=allow_config_change)
+                      allow_config_change=allow_config_change, resume_command=resume_command)
     main = distributed.is_main_process()           # rank 0 alone locks and checks the folder it writes
     with RunLock(session.output_dir, echo) if main else contextlib.nullcontext():
         session.checkpoint = resolve_resume(resume, session.output_dir, echo)

@@ -135,3 +135,17 @@ def test_overwrite_replaces_the_earlier_run_and_leaves_other_files(tiny_model_di
     assert any("removing the earlier run's" in l for l in lines) and any("leaving notes.txt" in l for l in lines)
     with pytest.raises(BabeltuneError, match="--overwrite and --resume exclude each other"):
         run_training(short_config(tiny_model_dir, out), overwrite=True, resume=True, evaluate=False, echo=lambda _l: None)
+
+
+def test_resuming_another_folders_checkpoint_into_a_used_output_dir_is_refused(tiny_model_dir, tmp_path):
+    from babeltune.trainer.run import run_training
+
+    source = tmp_path / "source"
+    run_training(short_config(tiny_model_dir, source), evaluate=False, echo=lambda _l: None)
+    out = tmp_path / "used"
+    finished_outputs(out)
+    (out / "checkpoint-20").mkdir()                  # another run's checkpoint, which rotation would delete
+    with pytest.raises(BabeltuneError, match="already holds checkpoints from an earlier run"):
+        run_training(short_config(tiny_model_dir, out), resume=str(source / "checkpoint-2"), evaluate=False,
+                     echo=lambda _l: None)
+    assert (out / "checkpoint-20").is_dir() and (out / "manifest.json").read_text() == '{"earlier": true}'

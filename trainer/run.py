@@ -413,8 +413,9 @@ def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = 
     main = distributed.is_main_process()           # rank 0 alone locks and checks the folder it writes
     with RunLock(session.output_dir, echo) if main else contextlib.nullcontext():
         session.checkpoint = resolve_resume(resume, session.output_dir, echo)
-        if main:
-            check_output_dir(session.output_dir, resuming=session.checkpoint is not None, overwrite=overwrite, echo=echo)
+        if main:   # resuming from another folder's checkpoint writes into this one as a new run would
+            in_place = session.checkpoint is not None and session.checkpoint.parent.resolve() == session.output_dir.resolve()
+            check_output_dir(session.output_dir, resuming=in_place, overwrite=overwrite, echo=echo)
         return run_session(session, backend, merge=merge, evaluate=evaluate, config_file=config_file)
 
 

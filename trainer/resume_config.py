@@ -14,7 +14,7 @@ said and recorded as well. A corpus moved to another path with the same sha256 c
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable
 
 from babeltune.errors import BabeltuneError
 

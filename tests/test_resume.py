@@ -68,11 +68,18 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tiny_model_dir, tmp_pa
 
 
 def fake_checkpoint(folder: Path, step: int, complete: bool) -> Path:
+    """A checkpoint folder with whole files (complete) or a save cut short (incomplete: no marker)."""
+    import torch
+    from safetensors.torch import save_file
+
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    (path / "adapter_model.safetensors").write_bytes(b"partial" if not complete else b"x")
-    if complete:
-        (path / MARKER).write_text(json.dumps({"step": step, "trainable_parameters": []}))
+    if not complete:
+        (path / "adapter_model.safetensors").write_bytes(b"partial")
+        return path
+    save_file({"lora_A": torch.zeros(2, 2)}, str(path / "adapter_model.safetensors"))
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (path / MARKER).write_text(json.dumps({"step": step, "trainable_parameters": []}))
     return path
 
 

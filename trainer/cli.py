@@ -7,6 +7,7 @@ torch/transformers load only once a run really starts, so `--help` and config er
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from typing import Optional
 
@@ -73,6 +74,10 @@ def show_dry_run(config, backend: Optional[str]) -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Optimizer steps; replaces training.num_train_epochs.")
 @click.option("--resume", is_flag=False, flag_value=RESUME_LAST, default=None, metavar="[CKPT]",
               help="Continue from the last complete checkpoint in output_dir, or from CKPT.")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run in an output_dir that holds an earlier run: its checkpoints and outputs are removed first.")
+@click.option("--allow-config-change", is_flag=True,
+              help="With --resume: continue although the config changed values that shape training (recorded in the manifest).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set training.learning_rate=1e-4.")
 @click.option("--merge", is_flag=True, help="Also write the adapter merged into the base model (output_dir/merged).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and the backend's arguments, then stop.")
@@ -83,7 +88,8 @@ def show_dry_run(config, backend: Optional[str]) -> None:
               help="Allow Python code that the model folder names in auto_map to run (off: such folders are refused); "
                    "recorded in manifest.json.")
 @handle_errors
-def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval, gpus, trust_remote_code):
+def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_config_change, sets, merge, dry_run,
+          no_eval, gpus, trust_remote_code):
     """Train an adapter from a config written by `advise`."""
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
@@ -102,7 +108,9 @@ def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_
     from babeltune.trainer.run import run_training
 
     result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
-                          echo=distributed.main_process_echo(echo_err), config_file=config_path, evaluate=not no_eval)
+                          echo=distributed.main_process_echo(echo_err), config_file=config_path, evaluate=not no_eval,
+                          allow_config_change=allow_config_change, overwrite=overwrite,
+                          resume_command=resume_command(click.get_current_context()))
     if distributed.is_main_process():
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         click.echo(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")
@@ -118,10 +126,26 @@ def worker_args(params: dict) -> list[str]:
         args += ["--resume"] if params["resume"] == RESUME_LAST else [f"--resume={params['resume']}"]
     for item in params["sets"]:
         args += ["--set", item]
+    args += ["--allow-config-change"] if params.get("allow_config_change") else []
+    args += ["--overwrite"] if params.get("overwrite") else []
     args += ["--merge"] if params["merge"] else []
     args += ["--no-eval"] if params["no_eval"] else []
     args += ["--trust-remote-code"] if params.get("trust_remote_code") else []
     return args
+
+
+def command_prefix(ctx: click.Context) -> list[str]:
+    """How this command was started: `python -m babeltune.trainer.cli` as typed, else `train`/`babeltune train`."""
+    typed = list(getattr(sys, "orig_argv", []))
+    if "-m" in typed and typed[typed.index("-m") + 1:][:1] == [__spec__.name if __spec__ else __name__]:
+        return typed[: typed.index("-m") + 2]
+    return shlex.split(ctx.command_path)
+
+
+def resume_command(ctx: click.Context) -> str:
+    """The exact command that continues this run (said when Ctrl-C/SIGTERM stops it)."""
+    params = {**ctx.params, "resume": RESUME_LAST, "overwrite": False, "allow_config_change": False}
+    return shlex.join(command_prefix(ctx) + worker_args(params))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from babeltune.errors import BabeltuneError, check_writable
 from babeltune.trainer import callbacks as cb
-from babeltune.trainer import distributed
+from babeltune.trainer import distributed, resume_config
 from babeltune.trainer.backend import Backend, Runtime
 from babeltune.trainer.lean import lean_trainer_class
 from babeltune.trainer.checkpoints import (check_trainable_names, completion_marker_callback, list_checkpoints,
-                                           resolve_resume)
+                                           resolve_resume, trainer_class_stopping_at_max_steps)
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
@@ -135,7 +135,8 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
         optim=tr.optimizer, lr_scheduler_type=tr.lr_scheduler_type, max_grad_norm=tr.max_grad_norm,
         logging_strategy="steps", logging_steps=tr.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
         eval_strategy=eval_strategy, eval_steps=ev.eval_steps, save_strategy=ev.save_strategy, save_steps=tr.save_steps,
-        save_total_limit=tr.save_total_limit, gradient_checkpointing=tr.gradient_checkpointing,
+        save_total_limit=None,  # rotated by the completion marker, after the new checkpoint is complete
+        gradient_checkpointing=tr.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
         seed=tr.seed, data_seed=tr.seed, bf16=runtime.precision == "bf16", fp16=runtime.precision == "fp16",
         use_cpu=runtime.device == "cpu", report_to="none", disable_tqdm=True, remove_unused_columns=False,
@@ -178,10 +179,12 @@ def plugin_callbacks(config: "TrainConfig") -> list:
     return [callback for result in get_plugin_manager().hook.extra_callbacks(config=config) for callback in (result or [])]
 
 
-def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str], echo: Callable) -> dict[str, Any]:
+def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str], echo: Callable,
+                   record: Optional[dict] = None) -> dict[str, Any]:
     callbacks = {
         "progress": cb.progress_callback(echo), "metrics": cb.metrics_callback(output_dir),
-        "plot": cb.loss_plot_callback(output_dir), "complete": completion_marker_callback(),
+        "plot": cb.loss_plot_callback(output_dir),
+        "complete": completion_marker_callback(config.training.save_total_limit, record),
         "nan": cb.nan_guard_callback(config.training.max_nonfinite_losses),
         "grad": cb.gradient_check_callback(expected),
     }
@@ -196,7 +199,7 @@ def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str],
 def make_trainer(backend: Backend, loaded, data: "PreparedData", args, callbacks: list, config: "TrainConfig"):
     from transformers import PrinterCallback, Trainer
 
-    trainer_cls = lean_trainer_class(backend.trainer_class() or Trainer)
+    trainer_cls = trainer_class_stopping_at_max_steps(lean_trainer_class(backend.trainer_class() or Trainer))
     optimizer = build_optimizer(backend, loaded.model, config, args)
     trainer = trainer_cls(model=loaded.model, args=args, data_collator=data.collator, train_dataset=data.train,
                           eval_dataset=data.eval, processing_class=loaded.tokenizer, callbacks=callbacks,
@@ -247,12 +250,6 @@ def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, out
     return Path(path)
 
 
-def check_fresh_output(output_dir: Path, resuming: bool) -> None:
-    if not resuming and list_checkpoints(output_dir):
-        raise BabeltuneError(f"training.output_dir: {output_dir} already holds checkpoints from an earlier run; "
-                             "continue it with --resume, or pass another --output-dir")
-
-
 # ---------------------------------------------------------------------------------------------
 # The run
 
@@ -266,6 +263,9 @@ class Session:
     echo: Callable[[str], Any]
     started: float
     checkpoint: Optional[Path] = None
+    record: dict = field(default_factory=dict)          # the config and corpus hashes every checkpoint records
+    allow_config_change: bool = False
+    resume_command: Optional[str] = None                # said when a signal stops the run
     runtime: Optional[Runtime] = None
     backend: Optional[Backend] = None
     loaded: Any = None
@@ -286,7 +286,9 @@ def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
     for note in session.loaded.notes:
         echo(f"{session.backend.name}: {note}")
     if session.checkpoint is not None:
-        check_trainable_names(session.checkpoint, session.loaded.model)
+        check_trainable_names(session.checkpoint, session.loaded.model)   # cannot be overridden: checked first
+        session.record["config_changes"] = resume_config.resume_history(
+            session.checkpoint, session.record, allow=session.allow_config_change, echo=echo)
         echo(f"resume: from {session.checkpoint}")
     session.data = data = prepare_data(config, session.loaded.tokenizer, padding_free=session.loaded.padding_free,
                                                packed_rows=session.loaded.packed_rows)
@@ -296,17 +298,41 @@ def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
          f"{data.stats['eval_documents']} held-out documents from {data.heldout_source}")
 
 
+def newest_complete_up_to(output_dir: Path, step: int) -> Optional[Path]:
+    complete = [path for found, path, ok in list_checkpoints(output_dir) if ok and found <= step]
+    return complete[-1] if complete else None
+
+
 def train_phase(session: Session) -> None:
+    """The Trainer's loop. One process: Ctrl-C/SIGTERM saves a checkpoint at the step boundary, then stops."""
+    import contextlib
+
+    from babeltune.trainer import interrupt
+
     config, output_dir, loaded = session.config, session.output_dir, session.loaded
     output_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(config, session.runtime, output_dir, has_eval=session.data.eval is not None)
     keep_to_one_gpu(args, session.echo)
-    callbacks = core_callbacks(config, output_dir, loaded.expected_trainable, session.echo)
+    stop = interrupt.GracefulStop()
+    graceful = distributed.world_size() == 1
+    callbacks = {**({"stop": interrupt.stop_callback(stop)} if graceful else {}),   # before the marker and NaN guard
+                 **core_callbacks(config, output_dir, loaded.expected_trainable, session.echo, session.record)}
     extra = plugin_callbacks(config)
     session.trainer = make_trainer(session.backend, loaded, session.data, args, list(callbacks.values()) + extra, config)
-    session.trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
+    with stop if graceful else contextlib.nullcontext():
+        try:
+            session.trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
+        except KeyboardInterrupt:
+            if not stop.requested:
+                raise
+            step = session.trainer.state.global_step
+            raise interrupt.aborted_error(stop, newest_complete_up_to(output_dir, step), session.resume_command) from None
     if callbacks["nan"].tripped:
         raise nonfinite_error(callbacks["nan"], config, output_dir)
+    if stop.requested:
+        state = session.trainer.state
+        raise interrupt.interrupted_error(stop, state.global_step, state.max_steps,
+                                          newest_complete_up_to(output_dir, state.global_step), session.resume_command)
 
 
 def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, Any]:
@@ -337,6 +363,8 @@ def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
         "backend_notes": loaded.notes, "attn_implementation": loaded.attn_implementation, "data": data.stats,
         "data_notes": data.notes, "heldout_source": data.heldout_source,
         "resumed_from": str(session.checkpoint) if session.checkpoint else None,
+        "resume": {"from": str(session.checkpoint), "config_changes": session.record.get("config_changes", [])}
+                  if session.checkpoint else None,
         "result": {"steps": state.global_step, "max_steps": state.max_steps, "final_loss": last_logged_loss(state.log_history),
                    "stopped_early": state.global_step < state.max_steps, "tokens_seen": state.num_input_tokens_seen,
                    "seconds": round(time.time() - session.started, 1)},
@@ -348,16 +376,37 @@ def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
 
 def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = None, resume: Union[str, bool, None] = None,
                  merge: bool = False, echo: Callable[[str], Any] = print, config_file: Optional[str] = None,
-                 evaluate: bool = True) -> RunResult:
+                 evaluate: bool = True, allow_config_change: bool = False, overwrite: bool = False,
+                 resume_command: Optional[str] = None) -> RunResult:
     """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
-    ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint."""
+    ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint; a config that
+    differs from the checkpoint's in values that shape training needs ``allow_config_change``; ``overwrite``
+    removes an earlier run's outputs from output_dir first (a fresh run refuses a non-empty one otherwise);
+    ``resume_command`` is the command line shown when Ctrl-C/SIGTERM stops the run."""
+    import contextlib
+
+    from babeltune.trainer.output_dir import RunLock, check_output_dir
+
+    record = resume_config.run_record(config)      # as given: --gpus N scales the accumulation below
+    config = distributed.scale_accumulation(config, distributed.world_size(), echo)
+    session = Session(config, Path(config.training.output_dir), echo, time.time(), record=record,
+                      allow_config_change=allow_config_change, resume_command=resume_command)
+    main = distributed.is_main_process()           # rank 0 alone locks and checks the folder it writes
+    if main:
+        check_writable(session.output_dir, "training.output_dir", folder=True)   # before minutes of loading
+    with RunLock(session.output_dir, echo) if main else contextlib.nullcontext():
+        session.checkpoint = resolve_resume(resume, session.output_dir, echo)
+        if main:   # resuming from another folder's checkpoint writes into this one as a new run would
+            in_place = session.checkpoint is not None and session.checkpoint.parent.resolve() == session.output_dir.resolve()
+            check_output_dir(session.output_dir, resuming=in_place, overwrite=overwrite, echo=echo)
+        return run_session(session, backend, merge=merge, evaluate=evaluate, config_file=config_file)
+
+
+def run_session(session: Session, backend: Union[str, Backend, None], *, merge: bool, evaluate: bool,
+                config_file: Optional[str]) -> RunResult:
     from babeltune.trainer import manifest
 
-    config = distributed.scale_accumulation(config, distributed.world_size(), echo)
-    session = Session(config, Path(config.training.output_dir), echo, time.time())
-    check_writable(session.output_dir, "training.output_dir", folder=True)   # before minutes of loading
-    session.checkpoint = resolve_resume(resume, session.output_dir, echo)
-    check_fresh_output(session.output_dir, session.checkpoint is not None)
+    config, echo = session.config, session.echo
     load_phase(session, backend)
     train_phase(session)
     state = session.trainer.state

@@ -87,6 +87,10 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 
         render_table(advice, Console())
     if out or as_json:
+        from babeltune.advisor.readlog import report_lines
+
+        for line in report_lines(advice.measurements.skipped):   # the table shows these; here stderr does
+            echo(line)
         echo(memory_line(advice))
         for note in advice.notes:
             echo(note)

@@ -68,9 +68,12 @@ def show_dry_run(config, backend: Optional[str]) -> None:
 @click.option("--no-eval", is_flag=True, help="Skip the held-out bits-per-character evaluation at the end.")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel over N GPUs of this machine (torchrun + DDP; rank 0 writes the outputs).")
+@click.option("--strict", is_flag=True, help="Fail on an unreadable/binary corpus file, a line with undecodable bytes or a "
+              "malformed CSV row instead of skipping it (skips are always reported and counted in the manifest).")
 @handle_errors
-def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval, gpus):
+def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval, gpus, strict):
     """Train an adapter from a config written by `advise`."""
+    sets = sets + (("data.strict=true",) if strict else ())   # recorded in the resolved config and manifest
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
         show_dry_run(config, backend)
@@ -103,6 +106,7 @@ def worker_args(params: dict) -> list[str]:
         args += ["--set", item]
     args += ["--merge"] if params["merge"] else []
     args += ["--no-eval"] if params["no_eval"] else []
+    args += ["--strict"] if params.get("strict") else []
     return args
 
 

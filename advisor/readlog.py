@@ -39,6 +39,7 @@ class Skips:
 
     count: int = 0
     bytes: int = 0
+    lines: int = 0                  # lines the skipped records spanned
     line: Optional[int] = None      # 1-based line of the first
     offset: Optional[int] = None    # byte offset of the first
 
@@ -58,7 +59,7 @@ class ReadTally:
     lines: int = 0
 
     def skip(self, reason: str, *, unit: str = "line", line: Optional[int] = None, offset: Optional[int] = None,
-             nbytes: int = 0, fix: Optional[str] = None) -> None:
+             nbytes: int = 0, lines: int = 1, fix: Optional[str] = None) -> None:
         if self.strict:
             where = ", ".join(part for part in (f"line {line}" if line else "",
                                                 f"byte {offset}" if offset is not None else "") if part)
@@ -67,6 +68,7 @@ class ReadTally:
         self.units.setdefault(reason, unit)
         entry.count += 1
         entry.bytes += nbytes
+        entry.lines += lines
         if entry.line is None and entry.offset is None:
             entry.line, entry.offset = line, offset
 
@@ -91,6 +93,7 @@ class ReadTally:
                 mine.offset = entry.offset
             mine.count += entry.count
             mine.bytes += entry.bytes
+            mine.lines += entry.lines
         self.cut_documents += later.cut_documents
         self.cuts += later.cuts
         self.lines += later.lines
@@ -99,7 +102,8 @@ class ReadTally:
         out = []
         for reason, entry in self.skips.items():
             out.append(SkippedFile(path, reason, entry.offset, kind="records", count=entry.count,
-                                   unit=self.units.get(reason, "line"), line=entry.line, bytes=entry.bytes))
+                                   unit=self.units.get(reason, "line"), line=entry.line, bytes=entry.bytes,
+                                   lines=entry.lines))
         if self.cut_documents:
             out.append(SkippedFile(path, f"cut {self.cut_documents:,} document(s) longer than {MAX_DOCUMENT_BYTES:,} "
                                          f"bytes into pieces at {self.cuts:,} places (nothing dropped)",

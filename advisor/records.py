@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -55,34 +56,71 @@ def jsonl_records(lines: Iterable[str], path: Path, tally: ReadTally) -> Iterato
 
 def csv_table(lines: Iterable[str], path: Path, spec, tally: ReadTally) -> tuple[str, Iterator[dict]]:
     """(text column, rows as dicts) of a CSV/TSV file; the header is read and the column checked up front.
-    The csv module runs in strict mode, so a closing quote followed by text, or a quote left open at the
-    end of the file, is reported instead of silently merging the lines that follow."""
+    The csv module runs in strict mode, so a closing quote followed by text, or a quote left open to the
+    end of the file, is an error for that record instead of silently merging the lines that follow."""
     csv.field_size_limit(MAX_RECORD_BYTES)    # documents may be far longer than csv's 128 KiB default
     kind = path.suffix.lstrip(".").upper()
-    reader = csv.reader(lines, delimiter="\t" if kind == "TSV" else ",", strict=True)
+    source = _RecordLines(lines)
+    reader = csv.reader(source, delimiter="\t" if kind == "TSV" else ",", strict=True)
     try:
         header = next(reader, [])
     except csv.Error as exc:
         raise _csv_error(path, reader, exc) from None
-    return choose_column(header, spec, path), _csv_rows(reader, header, kind, tally)
+    return choose_column(header, spec, path), _csv_rows(reader, source, header, kind, tally)
 
 
-def _csv_rows(reader, header: list[str], kind: str, tally: ReadTally) -> Iterator[dict]:
+class _RecordLines:
+    """Feeds lines to csv.reader and keeps those of the record being parsed, so that after a malformed
+    record the lines after its first are parsed again, once: an unclosed quote then costs its own line,
+    not every row up to the next quote or the end of the file. Replays are bounded by the file's size."""
+
+    def __init__(self, lines: Iterable[str]):
+        self.source = iter(lines)
+        self.number = 0                                      # lines taken from the file
+        self.replay: deque[tuple[int, str, bool]] = deque()
+        self.record: list[tuple[int, str, bool]] = []        # (line number, text, replayed already)
+
+    def __iter__(self) -> "_RecordLines":
+        return self
+
+    def __next__(self) -> str:
+        if self.replay:
+            entry = self.replay.popleft()
+        else:
+            self.number += 1
+            entry = (self.number, next(self.source), False)
+        self.record.append(entry)
+        return entry[1]
+
+    def start_record(self) -> None:
+        self.record = []
+
+    def recover(self) -> tuple[int, int]:
+        """Put back the bad record's lines after its first (those not replayed before): (first line, lines lost)."""
+        first, rest = self.record[0][0] if self.record else self.number, self.record[1:]
+        again = [(number, text, True) for number, text, replayed in rest if not replayed]
+        self.replay.extendleft(reversed(again))
+        return first, len(self.record) - len(again)
+
+
+def _csv_rows(reader, source: _RecordLines, header: list[str], kind: str, tally: ReadTally) -> Iterator[dict]:
     width = len(header)
     while True:
-        first_line = reader.line_num + 1
+        source.start_record()
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
+            first, lost = source.recover()
             why = str(exc).split(" - ")[0]
-            tally.skip(f"malformed {kind} row: {why}", unit="row", line=first_line, fix=CSV_FIX)
+            tally.skip(f"malformed {kind} row: {why}", unit="row", line=first, lines=lost, fix=CSV_FIX)
             continue
         if not row:
             continue          # a blank line
         if len(row) != width:
-            tally.skip(f"row whose field count differs from the header's {width}", unit="row", line=first_line,
+            tally.skip(f"row whose field count differs from the header's {width}", unit="row",
+                       line=source.record[0][0], lines=len(source.record),
                        fix=f"give every row {width} fields (quote fields that hold the delimiter)")
             continue
         tally.records += 1

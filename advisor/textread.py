@@ -111,10 +111,13 @@ def split_lines(data: bytes) -> Iterator[bytes]:
 
 
 class TextStream:
-    """The pieces of one byte range of a file; see the module docstring. ``too_long``: "cut" cuts lines
-    longer than ``limit`` bytes into pieces (at a space where possible), "skip" skips them whole, streaming
-    past them. Lines with a NUL byte or invalid UTF-8 are skipped (an empty line takes their place, so
-    line numbers stay) and counted in ``tally``; under ``tally.strict`` they raise FileProblem."""
+    """The pieces of one byte range of a file; see the module docstring.
+
+    ``too_long``: "cut" cuts a line longer than ``limit`` bytes into pieces (at a space where possible),
+    each kept or skipped on its own; "split" does the same for a caller that joins the pieces again (and
+    counts its own cuts); "skip" skips such a line whole, streaming past it. A line (or piece) with a NUL
+    byte or invalid UTF-8 is skipped, an empty line taking its place so line numbers stay, and counted
+    in ``tally``; under ``tally.strict`` it raises FileProblem at its first bad byte."""
 
     def __init__(self, handle: BinaryIO, tally: ReadTally, *, chunk_size: int, limit: int, too_long: str,
                  offset: int, end: Optional[int]):
@@ -124,7 +127,10 @@ class TextStream:
         self.left = None if end is None else end - offset
         self.line = 1                     # line number, counted from the range start, at self.offset
         self.cuts = 0                     # cuts made in the current line
-        self.checker = _BlockChecker()
+        # A line is checked while it is buffered only where that ends it early: under strict (fail at the
+        # first bad byte) and for "skip" (drop a bad line without buffering it). Cut lines are checked
+        # piece by piece as the pieces are handed out: their buffer is bounded anyway.
+        self.checker = _BlockChecker() if tally.strict or too_long == "skip" else None
         self.pending: list[bytes] = []    # bytes of the current line read but not handed out yet
         self.pending_size = 0
         self.discarding: Optional[dict] = None   # the line being skipped: reason, line, offset, bytes
@@ -152,7 +158,8 @@ class TextStream:
                 head = block[:newline + 1]
                 data = b"".join(self.pending) + head if self.pending else head
                 self.pending, self.pending_size = [], 0
-                self.checker.reset()
+                if self.checker is not None:
+                    self.checker.reset()
                 yield from self._complete(data)
                 block = block[newline + 1:]
             if block:
@@ -168,9 +175,9 @@ class TextStream:
     # ----------------------------------------------------------------- a line without its end yet
 
     def _grow(self, block: bytes) -> Iterator[tuple[int, bytes, str]]:
-        """Buffer the start of a line: checked as it arrives (a binary file without newlines fails fast),
-        cut or skipped as soon as it is longer than the limit, so the buffer stays bounded."""
-        problem = self.checker.check(block, self.offset + self.pending_size)
+        """Buffer the start of a line, cut or skipped as soon as it is longer than the limit, so the buffer
+        stays bounded (a binary file without newlines fails fast under strict)."""
+        problem = self.checker.check(block, self.offset + self.pending_size) if self.checker else None
         if problem is not None:
             self._start_discard(problem, self.pending_size + len(block))
             return
@@ -185,11 +192,21 @@ class TextStream:
         start = 0
         while len(buffer) - start > self.limit:
             at = cut_point(buffer, self.limit, start)
-            yield self.offset, buffer[start:at], buffer[start:at].decode("utf-8")
+            yield from self._piece(buffer[start:at], self.offset)
             self.offset += at - start
             self.cuts += 1
             start = at
         self.pending, self.pending_size = [buffer[start:]], len(buffer) - start
+
+    def _piece(self, raw: bytes, offset: int) -> Iterator[tuple[int, bytes, str]]:
+        """Hand out one cut piece of a long line, or skip it (counted) when it holds a bad byte."""
+        problem = first_problem(raw, offset)
+        if problem is None:
+            yield offset, raw, raw.decode("utf-8")
+            return
+        self._check_strict(problem)
+        self.tally.skip(f"{problem[0]} in a piece of a line longer than {self.limit:,} bytes", unit="piece",
+                        line=self.line, offset=problem[1], nbytes=len(raw))
 
     def _start_discard(self, problem: tuple[str, int], size: int) -> None:
         self._check_strict(problem)
@@ -209,7 +226,7 @@ class TextStream:
     def _end_discard(self, tail: int) -> None:
         skip, self.discarding = self.discarding, None
         size = skip["bytes"] + tail
-        self.tally.skip(skip["reason"], line=skip["line"], offset=skip["offset"], nbytes=size)
+        self.tally.skip(skip["reason"], line=skip["line"], offset=skip["offset"], nbytes=size - (tail > 0))
         self.offset += size
         if tail:
             self.line += 1
@@ -256,29 +273,33 @@ class TextStream:
         run_offset = self.offset
         for line in split_lines(data):
             body = line[:-1] if line.endswith(b"\n") else line
-            problem = first_problem(body, self.offset)
-            if problem is None and len(body) > self.limit and self.too_long == "skip":
-                problem = (f"line longer than {self.limit:,} bytes", self.offset)
-            if problem is not None:
-                self._check_strict(problem)
-                self.tally.skip(problem[0], line=self.line, offset=problem[1], nbytes=len(line))
-                line = line[len(body):]            # an empty line takes its place
-            elif len(body) > self.limit:
+            if len(body) > self.limit and self.too_long != "skip":
                 if run:
                     joined, run = b"".join(run), []
                     yield run_offset, joined, joined.decode("utf-8")
                 start = 0
                 while len(body) - start > self.limit:
                     at = cut_point(body, self.limit, start)
-                    yield self.offset + start, body[start:at], body[start:at].decode("utf-8")
+                    yield from self._piece(body[start:at], self.offset + start)
                     self.cuts += 1
                     start = at
                 self.offset += start
-                line = line[start:]
+                line, body = line[start:], body[start:]
+            problem = first_problem(body, self.offset)
+            if problem is None and len(body) > self.limit:
+                problem = (f"line longer than {self.limit:,} bytes", self.offset)
+            if problem is not None:
+                self._check_strict(problem)
+                reason, unit = problem[0], "line"
+                if self.cuts:                          # the last piece of a cut line
+                    reason, unit = f"{reason} in a piece of a line longer than {self.limit:,} bytes", "piece"
+                self.tally.skip(reason, unit=unit, line=self.line, offset=problem[1], nbytes=len(body))
+                self.offset += len(body)
+                line = line[len(body):]                # an empty line takes its place
             if not run:
                 run_offset = self.offset
             run.append(line)
-            self.offset += len(line) if problem is None else len(body) + len(line)
+            self.offset += len(line)
             if line.endswith(b"\n"):
                 self.line += 1
                 self._end_line()

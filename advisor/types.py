@@ -20,6 +20,7 @@ class SkippedFile:
     unit: str = "line"            # what a record is here: "line" or "row"
     line: Optional[int] = None    # 1-based line of the first skipped record
     bytes: int = 0                # bytes in the skipped records
+    lines: int = 0                # lines they spanned (a malformed CSV row can span several)
 
     def describe(self) -> str:
         """One line for the user (a path holding a line break or other odd character is quoted)."""
@@ -30,6 +31,7 @@ class SkippedFile:
             first = ", ".join(part for part in (f"line {self.line}" if self.line else "",
                                                 f"byte {self.offset}" if self.offset is not None else "") if part)
             size = f"{self.bytes:,} bytes; " if self.bytes else ""
+            size += f"{self.lines:,} lines; " if self.lines > self.count else ""
             return (f"{path}: skipped {self.count:,} {self.unit}{'s' if self.count != 1 else ''} "
                     f"({self.reason}; {size}first at {first or 'unknown position'})")
         where = f" at byte {self.offset}" if self.offset is not None and "byte" not in self.reason else ""

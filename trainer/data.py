@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 TOKENIZE_BATCH = 512
+MANIFEST_SKIPS = 1000     # skipped/cut entries listed in the manifest (all are counted)
 
 
 class TokenRows:
@@ -97,7 +98,9 @@ def reading_report(skipped: list, notes: list[str], stats: dict[str, Any]) -> No
 
     stats.update(summary(skipped))
     stats["skipped"] = [{"path": s.path, "kind": s.kind, "reason": s.reason, "count": s.count, "line": s.line,
-                         "offset": s.offset, "bytes": s.bytes} for s in skipped]
+                         "offset": s.offset, "bytes": s.bytes} for s in skipped[:MANIFEST_SKIPS]]
+    if len(skipped) > MANIFEST_SKIPS:        # e.g. a folder of thousands of files with another extension
+        stats["skipped_entries_not_listed"] = len(skipped) - MANIFEST_SKIPS
     notes.extend(report_lines(skipped))
 
 

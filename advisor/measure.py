@@ -50,7 +50,7 @@ _WORD_PART = regex.compile(r"[\p{L}\p{M}]+")
 def count_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile]) -> tuple[Counts, SamplePool, list[Path]]:
     """One pass over the corpus: exact counts, the random sample, and the files that were read."""
     files = corpus_files(spec, skipped)
-    totals, sample, good, bad = Counts(), SampleFolder(), [], []
+    totals, sample, good, reports = Counts(), SampleFolder(), [], []     # reports: (file index, entries)
     group: list[ScanResult] = []
     for result in chain(scan_files(files, spec, seed), [None]):     # a file's results arrive together
         if group and (result is None or result.file_index != group[0].file_index):
@@ -62,16 +62,16 @@ def count_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile]) -> tup
                     tally.merge(part.tally)      # ranges in file order: line numbers placed in the file
                 sample.add([part.pool for part in group])
                 good.append(group[0].file_index)
-                bad.append((group[0].file_index, tally.entries(str(files[group[0].file_index]))))
+                reports.append((group[0].file_index, tally.entries(str(files[group[0].file_index]))))
             else:
                 skip = SkippedFile(str(files[group[0].file_index]), *problem)
                 if spec.strict:
                     raise bad_file_error(skip)
-                bad.append((group[0].file_index, [skip]))
+                reports.append((group[0].file_index, [skip]))
             group = []
         if result is not None:
             group.append(result)
-    skipped.extend(skip for _, entries in sorted(bad, key=lambda item: item[0]) for skip in entries)
+    skipped.extend(skip for _, entries in sorted(reports, key=lambda item: item[0]) for skip in entries)
     if totals.documents == 0:
         raise empty_corpus_error(spec, skipped)
     return totals, sample.result(), [files[i] for i in sorted(good)]

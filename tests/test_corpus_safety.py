@@ -398,3 +398,16 @@ def test_tokenizer_batches_are_bounded_by_characters():
     assert [list(map(len, b)) for b in readlog.batches(texts, 1000, max_chars=1 << 20)] == [
         [600_000], [600_000, 1], [2_000_000], [1]]
     assert [len(b) for b in readlog.batches(["a"] * 5, 2)] == [2, 2, 1]
+
+
+def test_sampling_long_documents_stops_once_enough_text_is_tokenized():
+    """Before, a sample of long pieces was tokenized whole (up to 64M characters) because the interval was
+    only checked after 2,000 documents; now 30 documents holding 2M characters are enough to check it."""
+    class CharTokenizer:          # one token per two characters: the interval is exact at once
+        def encode_batch(self, texts):
+            return [[0] * (len(text) // 2) for text in texts]
+
+    docs = ["ab" * 50_000] * 200                        # 200 pieces of 100k characters
+    counts = textscan.Counts(documents=len(docs), characters=sum(map(len, docs)))
+    sample = measure.tokenize_sample(docs, CharTokenizer(), counts)
+    assert 30 <= len(sample.tokens) <= 40 and sample.tokens[0] == 50_000

@@ -16,7 +16,8 @@ from babeltune.advisor.types import SkippedFile
 MAX_DOCUMENT_BYTES = 256 << 10   # longer documents are cut into pieces of at most this much UTF-8 text:
 #                                  still longer than common context windows (>= 60k tokens), while a tokenizer
 #                                  needs ~400 bytes per character of one document (measured on byte-level BPE)
-MAX_RECORD_BYTES = 16 << 20      # a JSONL/CSV line longer than this is skipped: parsing needs it whole in memory
+MAX_RECORD_BYTES = 64 << 20      # a JSONL/CSV line longer than this is skipped: parsing needs it whole in memory
+#                                  (~10 bytes per byte of it at the peak, while it is parsed and cut)
 CUT_LOOKBACK = 4096              # a cut goes at the last space or tab within this many bytes before the bound
 TOKENIZE_CHARS = 1 << 20         # characters per tokenizer call (~400 MB of tokenizer memory at most)
 SHOWN_ENTRIES = 20               # report lines printed before "... and N more"

@@ -179,10 +179,7 @@ def usable_files(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
     files = corpus_files(spec, listed)
     if skipped is not None:
         skipped.extend(listed)
-    if spec.strict:
-        unreadable = [s for s in listed if not s.reason.startswith("unsupported extension")]
-        if unreadable:
-            raise bad_file_error(unreadable[0], "remove it from the corpus folder")
+    check_listing(spec, listed)
     for path in files:
         problem = check_file(path)
         if problem is None:
@@ -191,6 +188,14 @@ def usable_files(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
             raise bad_file_error(problem)
         elif skipped is not None:
             skipped.append(problem)
+
+
+def check_listing(spec: CorpusSpec, listed: list[SkippedFile]) -> None:
+    """Under strict, an entry of the corpus folder that cannot be read (a FIFO, a dangling link, a link
+    loop) is an error; files with other extensions are only reported, as always."""
+    unreadable = [s for s in listed if not s.reason.startswith("unsupported extension")]
+    if spec.strict and unreadable:
+        raise bad_file_error(unreadable[0], "remove it from the corpus folder")
 
 
 def empty_corpus_error(spec: CorpusSpec, skipped: list[SkippedFile]) -> BabeltuneError:

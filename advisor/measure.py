@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import regex
 
-from babeltune.advisor.corpus import CorpusSpec, bad_file_error, corpus_files, documents_in_file, empty_corpus_error
+from babeltune.advisor.corpus import (CorpusSpec, bad_file_error, check_listing, corpus_files, documents_in_file,
+                                      empty_corpus_error)
 from babeltune.advisor.readlog import ReadTally, batches
 from babeltune.advisor.scripts import mostly_space_delimited, script_mix
 from babeltune.advisor.textscan import Counts, SampleFolder, SamplePool, ScanResult, scan_files
@@ -50,6 +51,7 @@ _WORD_PART = regex.compile(r"[\p{L}\p{M}]+")
 def count_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile]) -> tuple[Counts, SamplePool, list[Path]]:
     """One pass over the corpus: exact counts, the random sample, and the files that were read."""
     files = corpus_files(spec, skipped)
+    check_listing(spec, skipped)
     totals, sample, good, reports = Counts(), SampleFolder(), [], []     # reports: (file index, entries)
     group: list[ScanResult] = []
     for result in chain(scan_files(files, spec, seed), [None]):     # a file's results arrive together

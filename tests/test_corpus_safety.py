@@ -170,6 +170,8 @@ def test_a_fifo_in_the_corpus_is_reported_and_never_opened(tmp_path, mr_lines):
         assert done and isinstance(outcome.get("error"), BabeltuneError) and "FIFO" in str(outcome["error"])
         done, outcome = finishes(lambda: documents(tmp_path, strict=True))
         assert done and isinstance(outcome.get("error"), BabeltuneError) and "pipe.txt" in str(outcome["error"])
+        done, outcome = finishes(lambda: measure.count_corpus(CorpusSpec(str(tmp_path), strict=True), 0, []))
+        assert done and isinstance(outcome.get("error"), BabeltuneError) and "pipe.txt" in str(outcome["error"])
     finally:
         for _ in range(4):
             unblock(tmp_path / "pipe.txt")

@@ -65,6 +65,10 @@ def run_compare(lang, spec, models, tokenizers, *, full, seed, as_json, echo) ->
 
     profile, candidates, best = compare(lang, spec, models=list(models), tokenizers=list(tokenizers),
                                         full=full, seed=seed, echo=echo)
+    from babeltune.advisor.readlog import report_lines
+
+    for line in report_lines(candidates[0].measurements.skipped if candidates else []):   # same corpus for all
+        echo(line)
     if as_json:
         click.echo(json.dumps({"language": profile.code, "candidates": [c.to_dict() for c in candidates],
                                "best": best.spec, "verdict": compare_verdict(candidates, best)},
@@ -109,6 +113,10 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 
         render_table(advice, Console())
     if out or as_json:
+        from babeltune.advisor.readlog import report_lines
+
+        for line in report_lines(advice.measurements.skipped):   # the table shows these; here stderr does
+            echo(line)
         echo(memory_line(advice))
         for note in advice.notes:
             echo(note)

@@ -1,21 +1,28 @@
 """Read a training corpus: a file or a folder of .txt / .jsonl / .csv / .tsv / .parquet files, streamed.
 
-Nothing here holds more than one chunk (or one document) of a file in memory, so a corpus of any size can
-be read. Files that are binary or not valid UTF-8 are reported with the byte offset of the first bad byte
-and skipped — or stop everything with ``strict=True``. Documents are the non-empty, stripped texts.
+Nothing here holds more than one chunk (or one bounded document) of a file in memory, so a corpus of any
+size and shape can be read: lines longer than MAX_DOCUMENT_BYTES are cut into pieces, JSONL/CSV lines
+longer than MAX_RECORD_BYTES are skipped, and splitting is linear. Nothing is lost in silence: entries
+that are not regular files (FIFOs, dangling links, link loops) and binary or unreadable files are skipped
+and reported; lines with undecodable bytes and malformed CSV rows are skipped and counted per file; cut
+documents are counted (see readlog). ``strict=True`` turns every skip into an error instead.
+Documents are the non-empty, stripped texts.
 """
 
 from __future__ import annotations
 
 import codecs
-import csv
 import hashlib
-import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
+from babeltune.advisor import records
+from babeltune.advisor import readlog
+from babeltune.advisor.readlog import FileProblem, ReadTally, cut_point, cut_text
+from babeltune.advisor.textread import REENCODE, SNIFF_BYTES, TextStream, file_kind, open_regular, os_reason
 from babeltune.advisor.types import SkippedFile
 from babeltune.errors import BabeltuneError
 
@@ -34,7 +41,7 @@ class CorpusSpec:
     doc_split: str = "line"             # .txt only: "line" | "paragraph" (blank-line separated) | "file"
     text_field: str = "text"            # .jsonl: the field holding the text (dots walk into nested objects)
     text_column: Optional[str] = None   # .csv/.tsv/.parquet: the column; default "text" when it exists
-    strict: bool = False                # a bad file stops everything instead of being skipped
+    strict: bool = False                # anything skipped (file, line, row) stops everything instead
 
     def __post_init__(self) -> None:
         self.path = str(self.path)
@@ -43,149 +50,137 @@ class CorpusSpec:
                 f"doc_split: unknown value {self.doc_split!r}; use one of {', '.join(DOC_SPLITS)}")
 
 
-class FileProblem(Exception):
-    """A file that cannot be read as UTF-8 text: why, and the byte offset of the first bad byte."""
-
-    def __init__(self, reason: str, offset: Optional[int] = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.offset = offset
-
-
 # --------------------------------------------------------------------------- files
 
 
 def corpus_files(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) -> list[Path]:
     """The corpus files in a deterministic (sorted, recursive) order. Hidden files and folders are
-    ignored; files with other extensions are recorded in ``skipped`` with the reason."""
+    ignored; symbolic links are followed, each folder read once. Entries that cannot be corpus files
+    (other extensions, FIFOs and other non-regular files, dangling links, link loops) are recorded in
+    ``skipped`` with the reason."""
     root = Path(spec.path).expanduser()
-    if not root.exists():
-        raise BabeltuneError(f"corpus: {spec.path} does not exist; pass --corpus a file or folder of "
-                             f"{'/'.join(SUPPORTED_SUFFIXES)} files")
-    if root.is_file():
+    try:
+        mode = os.stat(root).st_mode
+    except OSError as exc:
+        if not os.path.lexists(root):
+            raise BabeltuneError(f"corpus: {spec.path} does not exist; pass --corpus a file or folder of "
+                                 f"{'/'.join(SUPPORTED_SUFFIXES)} files") from None
+        raise BabeltuneError(f"corpus: {root}: {os_reason(exc, str(root))}; pass --corpus a readable file "
+                             f"or folder") from None
+    if stat.S_ISREG(mode):
         if root.suffix.lower() not in SUPPORTED_SUFFIXES:
             raise BabeltuneError(f"corpus: {root} has unsupported extension {root.suffix or '(none)'!r}; "
                                  f"rename it to one of {', '.join(SUPPORTED_SUFFIXES)}")
         return [root]
-    files, others = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            (files if path.suffix.lower() in SUPPORTED_SUFFIXES else others).append(path)
+    if not stat.S_ISDIR(mode):
+        raise BabeltuneError(f"corpus: {root} is {file_kind(mode)}, not a regular file or folder; pass --corpus "
+                             f"a file or folder of {'/'.join(SUPPORTED_SUFFIXES)} files")
+    report: list[SkippedFile] = []
+    files, others = _walk(root, report)
     if skipped is not None:
+        skipped.extend(report)
         skipped.extend(SkippedFile(str(p), f"unsupported extension {p.suffix or '(none)'!r} "
                                             f"(supported: {', '.join(SUPPORTED_SUFFIXES)})") for p in others)
     if not files:
         raise BabeltuneError(f"corpus: {root} holds no {'/'.join(SUPPORTED_SUFFIXES)} files "
-                             f"({len(others)} other files ignored); put UTF-8 text files there")
+                             f"({len(others) + len(report)} other entries ignored); put UTF-8 text files there")
     return sorted(files)
 
 
-def iter_text_chunks(path: Path, chunk_size: Optional[int] = None, *, start: int = 0,
-                     end: Optional[int] = None) -> Iterator[tuple[int, bytes, str]]:
-    """Yield ``(byte_offset, raw, text)`` pieces of a UTF-8 file, each ending just after a newline (but
-    the last), so no line or character is ever cut in two. A leading BOM is dropped. ``start``/``end``
-    read one byte range (which should begin at a line start); offsets stay file offsets.
-
-    Raises FileProblem at the first NUL byte (binary file) or invalid UTF-8 sequence, with its offset."""
-    chunk_size = chunk_size or CHUNK_BYTES
-    with open(path, "rb") as handle:
-        if start == 0 and handle.read(len(UTF8_BOM)) == UTF8_BOM:
-            start = len(UTF8_BOM)      # a BOM is an encoding mark, not text
-        handle.seek(start)
-        offset, left = start, (None if end is None else end - start)
-        pending: list[bytes] = []          # blocks read since the last newline
-        checker = _BlockChecker(path)
-        while True:
-            block = handle.read(chunk_size if left is None else min(chunk_size, left))
-            if left is not None:
-                left -= len(block)
-            if not block:
-                if pending:
-                    data = b"".join(pending)
-                    yield offset, data, _decode_piece(data, offset)
-                return
-            newline = block.rfind(b"\n")
-            if newline < 0:
-                # No line end in this block: check it now, so a binary file without newlines fails fast
-                # instead of being buffered whole.
-                checker.check(block, offset + sum(map(len, pending)))
-                pending.append(block)
-                continue
-            data = b"".join(pending + [block[: newline + 1]]) if pending else block[: newline + 1]
-            rest = block[newline + 1:]
-            text = _decode_piece(data, offset)
-            checker.reset()
-            if rest:        # the start of the next line: the checker must see it before what follows
-                checker.check(rest, offset + len(data))
-            pending = [rest] if rest else []
-            yield offset, data, text
-            offset += len(data)
-
-
-class _BlockChecker:
-    """Validates blocks that are buffered before their line ends (incremental UTF-8 decoding)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.decoder = codecs.getincrementaldecoder("utf-8")()
-
-    def reset(self) -> None:
-        self.decoder.reset()
-
-    def check(self, block: bytes, block_offset: int) -> None:
-        nul = block.find(b"\x00")
-        buffered = len(self.decoder.getstate()[0])
+def _walk(root: Path, report: list[SkippedFile]) -> tuple[list[Path], list[Path]]:
+    """(corpus files, files with other extensions) under ``root``; what cannot be read goes to ``report``.
+    An explicit stack, not recursion: a deep tree cannot exhaust Python's recursion limit."""
+    files, others, seen, stack = [], [], set(), [root]
+    while stack:
+        folder = stack.pop()
         try:
-            self.decoder.decode(block)
-        except UnicodeDecodeError as exc:
-            at = block_offset - buffered + exc.start
-            if nul < 0 or at < block_offset + nul:
-                raise FileProblem(f"invalid UTF-8 at byte {at}", at) from None
-        if nul >= 0:
-            raise FileProblem(f"binary file (NUL byte at byte {block_offset + nul})", block_offset + nul)
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                report.append(SkippedFile(str(folder), "folder already read through another path "
+                                                       "(a symbolic link loop or a second link to it)"))
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            report.append(SkippedFile(str(folder), f"folder {os_reason(exc, str(folder))}"))
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                report.append(SkippedFile(str(path), os_reason(exc, str(path))))
+                continue
+            if stat.S_ISDIR(mode):
+                subfolders.append(path)
+            elif not stat.S_ISREG(mode):
+                report.append(SkippedFile(str(path), f"{file_kind(mode)}, not a regular file"))
+            else:
+                (files if path.suffix.lower() in SUPPORTED_SUFFIXES else others).append(path)
+        stack.extend(reversed(subfolders))
+    return files, others
 
 
-def _decode_piece(data: bytes, offset: int) -> str:
-    nul = data.find(b"\x00")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if 0 <= nul < exc.start:
-            raise FileProblem(f"binary file (NUL byte at byte {offset + nul})", offset + nul) from None
-        raise FileProblem(f"invalid UTF-8 at byte {offset + exc.start}", offset + exc.start) from None
-    if nul >= 0:
-        raise FileProblem(f"binary file (NUL byte at byte {offset + nul})", offset + nul)
-    return text
+def iter_text_chunks(path: Path, chunk_size: Optional[int] = None, *, start: int = 0, end: Optional[int] = None,
+                     tally: Optional[ReadTally] = None, too_long: str = "cut") -> Iterator[tuple[int, bytes, str]]:
+    """Yield ``(byte_offset, raw, text)`` pieces of a UTF-8 file, each ending just after a newline except
+    at the end of the file and where an over-long line is cut, so no character is ever cut in two. A
+    leading BOM is dropped. ``start``/``end`` read one byte range (which should begin at a line start).
+
+    Without ``tally`` (or with a strict one) the first NUL byte or invalid UTF-8 sequence raises
+    FileProblem with its offset. With a lenient tally a NUL byte in the first SNIFF_BYTES raises
+    FileProblem (a binary file) and later bad lines are skipped and counted. ``too_long``: "cut" lines
+    longer than MAX_DOCUMENT_BYTES into counted pieces, "split" them without counting (the caller joins
+    them again), or "skip" lines longer than MAX_RECORD_BYTES."""
+    tally = ReadTally(strict=True) if tally is None else tally
+    limit = readlog.MAX_RECORD_BYTES if too_long == "skip" else readlog.MAX_DOCUMENT_BYTES
+    with open_regular(str(path)) as handle:
+        if start == 0:
+            head = handle.read(SNIFF_BYTES)
+            nul = head.find(b"\x00")
+            if nul >= 0 and not tally.strict:
+                raise FileProblem(f"binary file (NUL byte at byte {nul})", nul, REENCODE)
+            start = len(UTF8_BOM) if head.startswith(UTF8_BOM) else 0
+        handle.seek(start)
+        yield from TextStream(handle, tally, chunk_size=chunk_size or CHUNK_BYTES, limit=limit,
+                              too_long=too_long, offset=start, end=end).pieces()
 
 
 def check_file(path: Path) -> Optional[SkippedFile]:
-    """Read a whole file once and return why it cannot be used, or None when it is clean."""
+    """Why the file cannot be read at all (not a regular file, unreadable, binary, not parquet), or None.
+    Only its start is read: bad lines further in are skipped and counted while reading."""
     try:
         if path.suffix.lower() == ".parquet":
-            _parquet_file(path)
+            records.parquet_columns(path)
             return None
-        for _ in iter_text_chunks(path):
-            pass
+        with open_regular(str(path)) as handle:
+            head = handle.read(SNIFF_BYTES)
     except FileProblem as problem:
         return SkippedFile(str(path), problem.reason, problem.offset)
     except OSError as exc:
         return SkippedFile(str(path), f"unreadable: {exc.strerror or exc}")
-    return None
+    nul = head.find(b"\x00")
+    return SkippedFile(str(path), f"binary file (NUL byte at byte {nul})", nul) if nul >= 0 else None
 
 
-def bad_file_error(skip: SkippedFile) -> BabeltuneError:
+def bad_file_error(skip: SkippedFile, fix: Optional[str] = None) -> BabeltuneError:
     where = f" (byte {skip.offset})" if skip.offset is not None and "byte" not in skip.reason else ""
-    return BabeltuneError(f"corpus: {skip.path}: {skip.reason}{where}; fix: re-encode it as UTF-8 text "
-                          f"(e.g. iconv -t UTF-8) or remove it, or drop --strict to skip it")
+    fix = fix or (REENCODE if "UTF-8" in skip.reason or "binary" in skip.reason else "fix it or remove it")
+    return BabeltuneError(f"corpus: {skip.path}: {skip.reason}{where}; fix: {fix}, or drop --strict to skip it")
 
 
 def usable_files(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) -> Iterator[Path]:
-    """Corpus files that passed the binary/UTF-8 check; the others go to ``skipped`` (or raise if strict)."""
-    for path in corpus_files(spec, skipped):
+    """Corpus files that can be opened and are not binary; the others go to ``skipped`` (or raise if strict)."""
+    listed: list[SkippedFile] = []
+    files = corpus_files(spec, listed)
+    if skipped is not None:
+        skipped.extend(listed)
+    check_listing(spec, listed)
+    for path in files:
         problem = check_file(path)
         if problem is None:
             yield path
@@ -195,63 +190,160 @@ def usable_files(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
             skipped.append(problem)
 
 
+def check_listing(spec: CorpusSpec, listed: list[SkippedFile]) -> None:
+    """Under strict, an entry of the corpus folder that cannot be read (a FIFO, a dangling link, a link
+    loop) is an error; files with other extensions are only reported, as always."""
+    unreadable = [s for s in listed if not s.reason.startswith("unsupported extension")]
+    if spec.strict and unreadable:
+        raise bad_file_error(unreadable[0], "remove it from the corpus folder")
+
+
 def empty_corpus_error(spec: CorpusSpec, skipped: list[SkippedFile]) -> BabeltuneError:
-    bad = [s for s in skipped if not s.reason.startswith("unsupported")]
-    detail = f"; {len(bad)} file(s) skipped, first: {bad[0].path}: {bad[0].reason}" if bad else ""
+    bad = [s for s in skipped if not s.reason.startswith("unsupported") and s.kind != "cut"]
+    first = (f"{bad[0].path}: {bad[0].reason}" if bad[0].kind == "file" else bad[0].describe()) if bad else ""
+    what = "file(s)" if all(s.kind == "file" for s in bad) else "file(s) or records"
+    detail = f"; {len(bad)} {what} skipped, first: {first}" if bad else ""
     return BabeltuneError(f"corpus: {spec.path} contains no documents (no non-empty text found){detail}; "
                           f"fix: point --corpus at UTF-8 text (.txt one document per line, .jsonl with "
                           f"--text-field, .csv/.tsv/.parquet with --text-column)")
+
+
+def _guarded(items: Iterator, path: Path, spec: CorpusSpec, tally: ReadTally,
+             skipped: list[SkippedFile]) -> Iterator:
+    """Drain one file's reader: a FileProblem (under strict, or a file failing midway) becomes the error
+    or a reported skip, and at the file's end what the tally counted is reported."""
+    read = 0
+    try:
+        for item in items:
+            read += 1
+            yield item
+    except (FileProblem, OSError) as exc:
+        problem = exc if isinstance(exc, FileProblem) else FileProblem(f"read error: {exc.strerror or exc}")
+        if spec.strict:
+            raise bad_file_error(SkippedFile(str(path), problem.reason, problem.offset), problem.fix) from None
+        after = f" after {read:,} documents or records were read" if read else ""
+        skipped.append(SkippedFile(str(path), problem.reason + after, problem.offset))
+    skipped.extend(tally.entries(str(path)))
 
 
 # --------------------------------------------------------------------------- documents
 
 
 def iter_documents(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) -> Iterator[str]:
-    """Stream every non-empty, stripped document of the corpus, file by file.
+    """Stream every non-empty, stripped document of the corpus, file by file. What is skipped or cut goes
+    to ``skipped`` (one entry per file and reason).
 
-    Raises BabeltuneError for a missing path, a bad file under ``strict``, or a corpus without documents."""
+    Raises BabeltuneError for a missing path, anything skipped under ``strict``, or a corpus without documents."""
     skipped = [] if skipped is None else skipped
     count = 0
     for path in usable_files(spec, skipped):
-        for doc in documents_in_file(path, spec):
+        tally = ReadTally(strict=spec.strict)
+        for doc in _guarded(documents_in_file(path, spec, tally), path, spec, tally, skipped):
             count += 1
             yield doc
     if count == 0:
         raise empty_corpus_error(spec, skipped)
 
 
-def documents_in_file(path: Path, spec: CorpusSpec) -> Iterator[str]:
-    """Documents of one (already checked) file."""
+def documents_in_file(path: Path, spec: CorpusSpec, tally: Optional[ReadTally] = None) -> Iterator[str]:
+    """Documents of one file; skipped lines/rows and cut documents are counted in ``tally``."""
+    tally = ReadTally(strict=spec.strict) if tally is None else tally
     if path.suffix.lower() == ".txt":
-        yield from _txt_documents(path, spec.doc_split)
+        yield from _txt_documents(path, spec.doc_split, tally)
         return
-    column, rows = _file_rows(path, spec)
+    column, rows = _file_rows(path, spec, tally, text_only=True)
     for row in rows:
-        text = _row_text(row, column, path, spec).strip()
-        if text:
-            yield text
+        text = records.row_text(row, column, path, spec).strip()
+        if column is None and not records.encodable(text):
+            tally.skip("text holding an unpaired surrogate escape such as \\ud800 (not Unicode text)", unit="record")
+            continue
+        for piece in cut_text(text, tally, readlog.MAX_DOCUMENT_BYTES):
+            piece = piece.strip()
+            if piece:
+                yield piece
 
 
-def _txt_documents(path: Path, doc_split: str) -> Iterator[str]:
-    if doc_split == "file":
-        text = "".join(piece for _, _, piece in iter_text_chunks(path)).strip()
-        if text:
-            yield text
+def _txt_documents(path: Path, doc_split: str, tally: ReadTally) -> Iterator[str]:
+    if doc_split != "line":
+        yield from _joined_documents(iter_text_chunks(path, tally=tally, too_long="split"), doc_split, tally)
         return
-    paragraph: list[str] = []
-    for _, _, piece in iter_text_chunks(path):
+    for _, _, piece in iter_text_chunks(path, tally=tally):
         for line in piece.split("\n"):
             stripped = line.strip()
-            if doc_split == "line":
-                if stripped:
-                    yield stripped
-            elif stripped:
-                paragraph.append(line.rstrip())
-            elif paragraph:
-                yield "\n".join(paragraph).strip()
-                paragraph = []
-    if paragraph:
-        yield "\n".join(paragraph).strip()
+            if stripped:
+                yield stripped
+
+
+class _DocumentBuilder:
+    """One document assembled from lines, handed out in pieces of at most ``limit`` bytes as it grows,
+    so a paragraph or file of any size is held in bounded memory; cuts go to the tally."""
+
+    def __init__(self, limit: int, tally: ReadTally):
+        self.limit, self.tally = limit, tally
+        self.parts: list[str] = []
+        self.chars = 0
+        self.cuts = 0
+
+    def add(self, text: str, separator: str = "") -> None:
+        if separator and self.parts:
+            self.parts.append(separator)
+        self.parts.append(text)
+        self.chars += len(text) + len(separator)
+
+    def full_pieces(self) -> Iterator[str]:
+        """Pieces ready once the document is well over the limit (at least a limit's worth between two
+        cuts, so the work stays linear)."""
+        if self.chars > 2 * self.limit:
+            yield from self._cut(keep_rest=True)
+
+    def finish(self) -> Iterator[str]:
+        yield from self._cut(keep_rest=False)
+        self.tally.cut(self.cuts)
+        self.parts, self.chars, self.cuts = [], 0, 0
+
+    def _cut(self, keep_rest: bool) -> Iterator[str]:
+        text = "".join(self.parts)
+        raw = text.encode("utf-8") if len(text) * 4 > self.limit else None
+        start = 0
+        while raw is not None and len(raw) - start > self.limit:
+            at = cut_point(raw, self.limit, start)
+            piece = raw[start:at].decode("utf-8").strip()
+            if piece:
+                yield piece
+            start, self.cuts = at, self.cuts + 1
+        rest = raw[start:].decode("utf-8") if raw is not None and start else text
+        if keep_rest:
+            self.parts, self.chars = [rest], len(rest)
+        elif rest.strip():
+            yield rest.strip()
+
+
+def _joined_documents(pieces: Iterator[tuple[int, bytes, str]], doc_split: str, tally: ReadTally) -> Iterator[str]:
+    """Paragraphs (blank-line separated, lines right-stripped) or whole files as documents. A piece that
+    ends inside a line (a long line split by the reader) is continued by the next one, not broken."""
+    document = _DocumentBuilder(readlog.MAX_DOCUMENT_BYTES, tally)
+    continuing = False
+    for _, _, piece in pieces:
+        if doc_split == "file":
+            document.add(piece)
+            yield from document.full_pieces()
+            continue
+        lines = piece.split("\n")
+        closed = piece.endswith("\n")
+        if closed:
+            lines.pop()
+        for index, line in enumerate(lines):
+            last_open = index == len(lines) - 1 and not closed
+            text = line if last_open else line.rstrip()
+            if index == 0 and continuing:
+                document.add(text)
+            elif line.strip() or last_open:
+                document.add(text, separator="\n")
+            else:
+                yield from document.finish()
+        continuing = not closed
+        yield from document.full_pieces()
+    yield from document.finish()
 
 
 # --------------------------------------------------------------------------- records (jsonl / csv / parquet)
@@ -263,147 +355,33 @@ def iter_records(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
     skipped = [] if skipped is None else skipped
     count = 0
     for path in usable_files(spec, skipped):
-        if path.suffix.lower() == ".txt":
-            rows: Iterator[dict] = ({"text": doc} for doc in _txt_documents(path, spec.doc_split))
-        else:
-            rows = _file_rows(path, spec)[1]
-        for row in rows:
+        tally = ReadTally(strict=spec.strict)
+        for row in _guarded(_rows_in_file(path, spec, tally), path, spec, tally, skipped):
             count += 1
             yield row
     if count == 0:
         raise empty_corpus_error(spec, skipped)
 
 
-def _file_rows(path: Path, spec: CorpusSpec) -> tuple[Optional[str], Iterator[dict]]:
-    """(text column or None for JSONL, rows) of one structured file; the column is checked up front."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return None, _jsonl_records(path)
-    if suffix == ".parquet":
-        parquet = _parquet_file(path)
-        parquet.metadata_path = path
-        return _choose_column(list(parquet.schema_arrow.names), spec, path), _parquet_rows(parquet)
-    csv.field_size_limit(2**31 - 1)   # documents may be far longer than csv's 128 KiB default
-    reader = csv.DictReader(_lines(path), delimiter="\t" if suffix == ".tsv" else ",")
-    try:
-        columns = [c for c in reader.fieldnames or [] if c is not None]
-    except csv.Error as exc:
-        raise _csv_error(path, reader, exc) from None
-    return _choose_column(columns, spec, path), _csv_rows(reader, path)
-
-
-def _csv_rows(reader: csv.DictReader, path: Path) -> Iterator[dict]:
-    rows = iter(reader)
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise _csv_error(path, reader, exc) from None
-        yield {k: v for k, v in row.items() if k is not None}
-
-
-def _csv_error(path: Path, reader: csv.DictReader, exc: csv.Error) -> BabeltuneError:
-    why = str(exc).split(" - ")[0]   # drop csv's hint about universal-newline mode: not the user's fix
-    return BabeltuneError(f"corpus: {path} near line {max(1, reader.line_num)}: malformed "
-                          f"{path.suffix.lstrip('.').upper()} ({why}); fix the quoting there "
-                          f"(fields holding line breaks must be quoted)")
-
-
-def _lines(path: Path) -> Iterator[str]:
-    """Lines of a checked text file, newline kept (csv needs it for quoted multi-line fields)."""
-    for _, _, piece in iter_text_chunks(path):
-        parts = piece.split("\n")
-        for part in parts[:-1]:
-            yield part + "\n"
-        if parts[-1]:
-            yield parts[-1]
-
-
-def _jsonl_records(path: Path) -> Iterator[dict]:
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BabeltuneError(f"corpus: {path} line {number}: invalid JSON ({exc.msg}); fix the line "
-                                 f"or remove it (JSONL holds one JSON object per line)") from None
-        if not isinstance(record, dict):
-            raise BabeltuneError(f"corpus: {path} line {number}: a JSON {type(record).__name__}, not an "
-                                 f"object; JSONL needs one object per line, e.g. {{\"text\": \"...\"}}")
-        yield record
-
-
-def _row_text(row: dict, column: Optional[str], path: Path, spec: CorpusSpec) -> str:
-    """The document text of one row: the JSONL field (dots walk into objects) or the table column."""
-    if column is None:
-        key, option = spec.text_field, "--text-field"
-        value, found = _lookup(row, key)
+def _rows_in_file(path: Path, spec: CorpusSpec, tally: ReadTally) -> Iterator[dict]:
+    if path.suffix.lower() == ".txt":
+        yield from ({"text": doc} for doc in _txt_documents(path, spec.doc_split, tally))
     else:
-        key, option = column, "--text-column"
-        value, found = row.get(column), True
-    if not found:
-        raise BabeltuneError(f"corpus: {path}: a record has no field {key!r} (fields: "
-                             f"{', '.join(map(_shown, row)) or 'none'}); pass {option} naming the text field")
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BabeltuneError(f"corpus: {path}: field {key!r} holds a {type(value).__name__}, not text; "
-                             f"pass {option} naming a field that holds a string")
-    return value
+        yield from _file_rows(path, spec, tally)[1]
 
 
-def _shown(name: object) -> str:
-    """A field/column name for a one-line message: odd names (line breaks, quotes) are escaped."""
-    text = str(name)
-    return text if text.isprintable() and text.strip() == text and text else repr(text)
-
-
-def _lookup(record: dict, key: str) -> tuple[object, bool]:
-    if key in record:
-        return record[key], True
-    value: object = record
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None, False
-        value = value[part]
-    return value, True
-
-
-def _choose_column(columns: list[str], spec: CorpusSpec, path: Path) -> str:
-    wanted = spec.text_column or "text"
-    if wanted in columns:
-        return wanted
-    listed = ", ".join(map(_shown, columns)) or "none"
-    if spec.text_column:
-        raise BabeltuneError(f"corpus: {path} has no column {wanted!r} (columns: {listed}); "
-                             f"pass --text-column with one of these")
-    raise BabeltuneError(f"corpus: {path} has no 'text' column (columns: {listed}); "
-                         f"pass --text-column naming the column that holds the text")
-
-
-def _parquet_file(path: Path):
-    import pyarrow.parquet as pq
-    try:
-        return pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt/foreign file
-        raise FileProblem(f"not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-
-
-def _parquet_rows(parquet) -> Iterator[dict]:
-    batches = parquet.iter_batches(batch_size=2048)   # streams row group by row group
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except Exception as exc:   # data pages corrupt although the footer was readable
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            raise BabeltuneError(f"corpus: {parquet.metadata_path}: unreadable parquet data ({reason}); "
-                                 f"fix: rewrite the file or remove it") from None
-        yield from batch.to_pylist()
+def _file_rows(path: Path, spec: CorpusSpec, tally: ReadTally,
+               text_only: bool = False) -> tuple[Optional[str], Iterator[dict]]:
+    """(text column or None for JSONL, rows) of one structured file; the column is checked up front.
+    ``text_only`` reads only the text column of a parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        column = records.choose_column(records.parquet_columns(path), spec, path)
+        return column, records.parquet_rows(path, tally, [column] if text_only else None)
+    lines = records.lines_of(iter_text_chunks(path, tally=tally, too_long="skip"))
+    if suffix == ".jsonl":
+        return None, records.jsonl_records(lines, path, tally)
+    return records.csv_table(lines, path, spec, tally)
 
 
 # --------------------------------------------------------------------------- identity
@@ -415,8 +393,11 @@ def corpus_sha256(spec: CorpusSpec) -> str:
     digest = hashlib.sha256()
     for path in corpus_files(spec):
         name = path.name if root.is_file() else path.relative_to(root).as_posix()
-        digest.update(f"{name}\0{path.stat().st_size}\0".encode("utf-8"))
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        try:
+            with open_regular(str(path)) as handle:
+                digest.update(os.fsencode(name) + f"\0{os.fstat(handle.fileno()).st_size}\0".encode())
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except (FileProblem, OSError) as problem:
+            digest.update(os.fsencode(name) + f"\0unreadable: {problem}\0".encode("utf-8", "replace"))
     return digest.hexdigest()

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import regex
 
-from babeltune.advisor.corpus import CorpusSpec, bad_file_error, corpus_files, documents_in_file, empty_corpus_error
+from babeltune.advisor.corpus import (CorpusSpec, bad_file_error, check_listing, corpus_files, documents_in_file,
+                                      empty_corpus_error)
+from babeltune.advisor.readlog import ReadTally, batches
 from babeltune.advisor.scripts import mostly_space_delimited, script_mix
 from babeltune.advisor.textscan import Counts, SampleFolder, SamplePool, ScanResult, scan_files
 from babeltune.advisor.types import Measurements, SkippedFile
@@ -32,6 +34,7 @@ EXACT_BELOW_CHARS = 2_000_000   # below this, tokenizing everything takes about 
 TARGET_HALF_WIDTH = 0.01        # relative half-width of the 95% interval of tokens/char
 Z95 = 1.959964
 MIN_SAMPLE_DOCS = 2_000         # enough documents for stable p99 lengths and a trustworthy interval
+MIN_LONG_DOCS = 30              # ... or this many when they hold EXACT_BELOW_CHARS (very long documents)
 TOKENIZE_BATCH = 2_000
 WORD_SAMPLE = 20_000            # words tokenized one by one for the multi-token share
 LANGID_SAMPLE = 1_000
@@ -48,25 +51,29 @@ _WORD_PART = regex.compile(r"[\p{L}\p{M}]+")
 def count_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile]) -> tuple[Counts, SamplePool, list[Path]]:
     """One pass over the corpus: exact counts, the random sample, and the files that were read."""
     files = corpus_files(spec, skipped)
-    totals, sample, good, bad = Counts(), SampleFolder(), [], []
+    check_listing(spec, skipped)
+    totals, sample, good, reports = Counts(), SampleFolder(), [], []     # reports: (file index, entries)
     group: list[ScanResult] = []
     for result in chain(scan_files(files, spec, seed), [None]):     # a file's results arrive together
         if group and (result is None or result.file_index != group[0].file_index):
             problem = _first_problem(group)
             if problem is None:
+                tally = ReadTally()
                 for part in group:
                     totals.add(part.counts)
+                    tally.merge(part.tally)      # ranges in file order: line numbers placed in the file
                 sample.add([part.pool for part in group])
                 good.append(group[0].file_index)
+                reports.append((group[0].file_index, tally.entries(str(files[group[0].file_index]))))
             else:
                 skip = SkippedFile(str(files[group[0].file_index]), *problem)
                 if spec.strict:
                     raise bad_file_error(skip)
-                bad.append((group[0].file_index, skip))
+                reports.append((group[0].file_index, [skip]))
             group = []
         if result is not None:
             group.append(result)
-    skipped.extend(skip for _, skip in sorted(bad, key=lambda item: item[0]))
+    skipped.extend(skip for _, entries in sorted(reports, key=lambda item: item[0]) for skip in entries)
     if totals.documents == 0:
         raise empty_corpus_error(spec, skipped)
     return totals, sample.result(), [files[i] for i in sorted(good)]
@@ -110,9 +117,10 @@ def ratio_interval(sample: TokenSample, population_docs: int, population_chars: 
 def tokenize_sample(docs: list[str], tokenizer: "TextTokenizer", counts: Counts) -> TokenSample:
     """Tokenize sampled documents batch by batch until the interval is narrow enough (or all are done)."""
     sample = TokenSample()
-    for start in range(0, len(docs), TOKENIZE_BATCH):
-        sample.extend(docs[start:start + TOKENIZE_BATCH], tokenizer)
-        if len(sample.tokens) >= min(MIN_SAMPLE_DOCS, counts.documents):
+    for batch in batches(docs, TOKENIZE_BATCH):
+        sample.extend(batch, tokenizer)
+        long_enough = len(sample.tokens) >= MIN_LONG_DOCS and sum(sample.chars) >= EXACT_BELOW_CHARS
+        if len(sample.tokens) >= min(MIN_SAMPLE_DOCS, counts.documents) or long_enough:
             ratio, half = ratio_interval(sample, counts.documents, counts.characters)
             if half <= TARGET_HALF_WIDTH * ratio:
                 break
@@ -122,14 +130,8 @@ def tokenize_sample(docs: list[str], tokenizer: "TextTokenizer", counts: Counts)
 def tokenize_all(files: list[Path], spec: CorpusSpec, tokenizer: "TextTokenizer") -> TokenSample:
     """Exact: every document of every readable file, streamed in batches."""
     sample = TokenSample()
-    batch: list[str] = []
-    for path in files:
-        for doc in documents_in_file(path, spec):
-            batch.append(doc)
-            if len(batch) >= TOKENIZE_BATCH:
-                sample.extend(batch, tokenizer)
-                batch = []
-    if batch:
+    documents = (doc for path in files for doc in documents_in_file(path, spec))
+    for batch in batches(documents, TOKENIZE_BATCH):
         sample.extend(batch, tokenizer)
     return sample
 
@@ -218,8 +220,8 @@ def measure_corpus(spec: CorpusSpec, tokenizer: "TextTokenizer", profile: Option
         tokens = tokenize_all(files, spec, tokenizer)
     elif exact:
         tokens = TokenSample()
-        for start in range(0, len(sample_docs), TOKENIZE_BATCH):
-            tokens.extend(sample_docs[start:start + TOKENIZE_BATCH], tokenizer)
+        for batch in batches(sample_docs, TOKENIZE_BATCH):
+            tokens.extend(batch, tokenizer)
     else:
         tokens = tokenize_sample(sample_docs, tokenizer, counts)
     return _assemble(spec, tokenizer, profile, counts, files, skipped, sample_docs, tokens, seed)

@@ -10,6 +10,7 @@ import yaml
 from babeltune import __version__
 from babeltune.advisor.advise import CONFIG_KEYS, Advice, Candidate
 from babeltune.advisor.memory import BUDGET_SHARE
+from babeltune.advisor.readlog import report_lines
 
 KEY_TO_DECISION = {key: name for name, key in CONFIG_KEYS.items()}
 
@@ -34,8 +35,7 @@ def measurement_lines(advice: Advice) -> list[str]:
     ]
     if m.premium_vs_english is not None:
         lines.append(f"premium vs English: {m.premium_vs_english:.2f}x on {m.premium_reference or 'parallel reference text'}")
-    if m.skipped:
-        lines.append(f"skipped {len(m.skipped)} file(s): " + "; ".join(f"{s.path} ({s.reason})" for s in m.skipped[:3]))
+    lines += report_lines(m.skipped)     # one line per file: what was skipped or cut, counted
     return lines
 
 

@@ -22,6 +22,8 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from babeltune.advisor.corpus import CorpusSpec, FileProblem, check_file, documents_in_file, iter_text_chunks
+from babeltune.advisor.readlog import ReadTally
+from babeltune.advisor.textread import open_regular
 
 POOL_DOCS = 60_000              # most sampled documents kept; ~38k suffice even for very mixed corpora
 POOL_CHARS = 64_000_000         # and at most this much text, so memory stays bounded for long documents
@@ -133,6 +135,8 @@ class ScanTask:
     start: int
     end: Optional[int]
     seed: tuple[int, ...]
+    strict: bool = False
+    size: int = 0                # bytes in the range
     capacity: int = 0            # set by scan_files: this range's share of the sample
 
 
@@ -141,19 +145,22 @@ class ScanResult:
     file_index: int
     counts: Counts
     pool: SamplePool
-    problem: Optional[tuple[str, Optional[int]]] = None    # (reason, byte offset)
+    problem: Optional[tuple[str, Optional[int]]] = None    # (reason, byte offset): the whole file is skipped
+    tally: ReadTally = field(default_factory=ReadTally)     # lines skipped, documents cut (line numbers in the range)
 
 
 def scan_line_range(task: ScanTask) -> ScanResult:
     """Counts and sample of one newline-aligned byte range of a one-document-per-line file."""
     rng = np.random.default_rng(task.seed)
-    counts, pool = Counts(), SamplePool(capacity=task.capacity)
+    counts, pool, tally = Counts(), SamplePool(capacity=task.capacity), ReadTally(strict=task.strict)
     try:
-        for _, raw, text in iter_text_chunks(Path(task.path), start=task.start, end=task.end):
+        for _, raw, text in iter_text_chunks(Path(task.path), start=task.start, end=task.end, tally=tally):
             _scan_piece(raw, text, counts, pool, rng)
     except FileProblem as problem:
         return ScanResult(task.file_index, counts, SamplePool(), (problem.reason, problem.offset))
-    return ScanResult(task.file_index, counts, pool)
+    except OSError as exc:
+        return ScanResult(task.file_index, counts, SamplePool(), (f"read error: {exc.strerror or exc}", None))
+    return ScanResult(task.file_index, counts, pool, tally=tally)
 
 
 def _scan_piece(raw: bytes, text: str, counts: Counts, pool: SamplePool, rng: np.random.Generator) -> None:
@@ -245,14 +252,19 @@ def scan_documents(path: Path, spec: CorpusSpec, file_index: int, seed: int) -> 
     if problem is not None:
         return ScanResult(file_index, Counts(), SamplePool(), (problem.reason, problem.offset))
     rng = np.random.default_rng((seed, file_index, 0))
-    counts, pool, batch = Counts(), SamplePool(), []
-    for doc in documents_in_file(path, spec):
-        batch.append(doc)
-        if len(batch) >= 4096:
-            _count_batch(batch, counts, pool, rng)
-            batch = []
+    counts, pool, batch, tally = Counts(), SamplePool(), [], ReadTally(strict=spec.strict)
+    try:
+        for doc in documents_in_file(path, spec, tally):
+            batch.append(doc)
+            if len(batch) >= 4096:
+                _count_batch(batch, counts, pool, rng)
+                batch = []
+    except FileProblem as problem:
+        return ScanResult(file_index, Counts(), SamplePool(), (problem.reason, problem.offset))
+    except OSError as exc:
+        return ScanResult(file_index, Counts(), SamplePool(), (f"read error: {exc.strerror or exc}", None))
     _count_batch(batch, counts, pool, rng)
-    return ScanResult(file_index, counts, pool)
+    return ScanResult(file_index, counts, pool, tally=tally)
 
 
 def _count_batch(batch: list[str], counts: Counts, pool: SamplePool, rng: np.random.Generator) -> None:
@@ -266,28 +278,34 @@ def _count_batch(batch: list[str], counts: Counts, pool: SamplePool, rng: np.ran
 
 
 def line_segments(path: Path, target: int = SEGMENT_BYTES) -> list[tuple[int, Optional[int]]]:
-    """Cut a file into byte ranges of about ``target`` bytes, each ending just after a newline."""
-    size = path.stat().st_size
-    bounds, position = [0], target
-    with open(path, "rb") as handle:
+    """Cut a file into byte ranges of about ``target`` bytes, each ending just after a newline. Raises
+    FileProblem when the file cannot be opened (or is not a regular file)."""
+    bounds = [0]
+    with open_regular(str(path)) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        position = target
         while position < size:
-            handle.seek(position)
-            block = handle.read(1 << 16)
-            while block and b"\n" not in block:   # an enormous line: look further
-                more = handle.read(1 << 16)
-                if not more:
-                    break
-                block += more
-            newline = block.find(b"\n")
-            if newline < 0:
+            newline = _next_newline(handle, position)
+            if newline is None or newline + 1 >= size:
                 break
-            cut = position + newline + 1
-            if cut >= size:
-                break
-            bounds.append(cut)
-            position = cut + target
+            bounds.append(newline + 1)
+            position = newline + 1 + target
     ends: list[Optional[int]] = bounds[1:] + [None]
     return list(zip(bounds, ends))
+
+
+def _next_newline(handle, position: int) -> Optional[int]:
+    """Offset of the first newline at or after ``position``; each block is searched once (linear even
+    for an enormous line), None when there is none."""
+    handle.seek(position)
+    while True:
+        block = handle.read(1 << 20)
+        if not block:
+            return None
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found
+        position += len(block)
 
 
 def scan_files(files: list[Path], spec: CorpusSpec, seed: int, workers: Optional[int] = None) -> Iterator[ScanResult]:
@@ -297,16 +315,23 @@ def scan_files(files: list[Path], spec: CorpusSpec, seed: int, workers: Optional
     tasks = []
     for index, path in enumerate(files):
         if line_mode and path.suffix.lower() == ".txt":
-            for part, (start, end) in enumerate(line_segments(path)):
-                tasks.append(ScanTask(index, str(path), start, end, (seed, index, part)))
+            try:
+                segments = line_segments(path)
+                size = path.stat().st_size
+            except (FileProblem, OSError) as problem:
+                reason = problem.reason if isinstance(problem, FileProblem) else f"unreadable: {problem.strerror}"
+                yield ScanResult(index, Counts(), SamplePool(), (reason, None))
+                continue
+            for part, (start, end) in enumerate(segments):
+                tasks.append(ScanTask(index, str(path), start, end, (seed, index, part), spec.strict,
+                                      (end or size) - start))
         else:
             yield scan_documents(path, spec, index, seed)
-    line_bytes = sum(files[t.file_index].stat().st_size for t in tasks if t.start == 0)
+    line_bytes = sum(task.size for task in tasks)
     for task in tasks:
         # Each range keeps its share of the final sample (with room to spare), not a full sample:
         # that is what keeps the sampling cheap when a big corpus is cut into many ranges.
-        size = (task.end or files[task.file_index].stat().st_size) - task.start
-        task.capacity = min(POOL_DOCS, max(2_000, int(1.5 * POOL_DOCS * size / max(line_bytes, 1))))
+        task.capacity = min(POOL_DOCS, max(2_000, int(1.5 * POOL_DOCS * task.size / max(line_bytes, 1))))
     workers = workers or min(os.cpu_count() or 1, MAX_WORKERS, len(tasks))
     done = 0
     if workers > 1 and line_bytes >= PARALLEL_MIN_BYTES and _can_spawn():

@@ -98,6 +98,7 @@ class DataConfig(Section):
     text_field: str = Field("text", description="JSONL/parquet field holding the text (cpt mode).")
     text_column: Optional[str] = Field(None, description="CSV/TSV column holding the text; default: a column named text, else the first.")
     doc_split: Literal["line", "paragraph", "file"] = Field("line", description="How .txt files split into documents.")
+    strict: bool = Field(False, description="Fail on anything the corpus reader would skip (an unreadable or binary file, a line with undecodable bytes, a malformed CSV row) instead of skipping it and reporting the count.")
     prompt_field: str = Field("instruction", description="SFT: field with the prompt.")
     response_field: str = Field("response", description="SFT: field with the response (the only tokens that carry loss).")
     messages_field: str = Field("messages", description="SFT: field with chat messages ([{role, content}]), used when present.")

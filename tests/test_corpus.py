@@ -173,11 +173,16 @@ def test_binary_and_bad_utf8_files_are_skipped_with_byte_offsets(tmp_path, mr_li
     (tmp_path / "c_latin1.txt").write_bytes(good + "café".encode("latin-1"))
     (tmp_path / "d_cut.txt").write_bytes(good + "मराठी".encode("utf-8")[:-1])   # truncated at the end
     skipped: list[SkippedFile] = []
-    assert list(iter_documents(CorpusSpec(str(tmp_path)), skipped)) == [mr_lines[0]]
+    # A binary file is skipped whole; in a text file only the line holding the bad bytes is (issue 17):
+    # the good first lines of c and d are kept, and each skipped line is counted with where it was.
+    assert list(iter_documents(CorpusSpec(str(tmp_path)), skipped)) == [mr_lines[0]] * 3
     by_name = {Path(s.path).name: s for s in skipped}
     assert by_name["b_binary.txt"].offset == len(good) and "binary file" in by_name["b_binary.txt"].reason
+    assert by_name["b_binary.txt"].kind == "file"
     assert by_name["c_latin1.txt"].offset == len(good) + 3 and "invalid UTF-8" in by_name["c_latin1.txt"].reason
     assert by_name["d_cut.txt"].offset == len(good) + len("मराठ".encode("utf-8"))
+    for name in ("c_latin1.txt", "d_cut.txt"):
+        assert (by_name[name].kind, by_name[name].count, by_name[name].line) == ("records", 1, 2)
 
 
 def test_bad_byte_offset_is_exact_far_into_a_file(tmp_path, mr_lines, monkeypatch):

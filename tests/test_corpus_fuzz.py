@@ -4,7 +4,9 @@ without the text column, corrupt and odd parquet, random extensions, folders mix
 
 Every input must either yield documents (non-empty, stripped strings) or end in a BabeltuneError with a
 one-line message — files that are skipped are reported as SkippedFile with a reason. Any other exception
-is a bug: it would reach the user as a traceback."""
+is a bug: it would reach the user as a traceback. Folders also get dangling links, link loops and folder
+loops. Then what was read plus what was skipped must add up to what the file holds (issue 17), checked
+against plain oracles for .txt lines, JSONL objects and CSV rows, with long lines cut at tiny bounds."""
 
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def jsonl(draw) -> bytes:
     """JSONL with good records, records of the wrong type, missing fields, non-objects and broken lines."""
     lines = []
     for _ in range(draw(st.integers(0, 6))):
-        choice = draw(st.sampled_from(["good", "record", "value", "broken", "blank", "nested"]))
+        choice = draw(st.sampled_from(["good", "record", "value", "broken", "blank", "nested", "odd"]))
         if choice == "good":
             lines.append(json.dumps({"text": draw(sentences)}, ensure_ascii=draw(st.booleans())))
         elif choice == "record":
@@ -81,9 +83,12 @@ def jsonl(draw) -> bytes:
         elif choice == "broken":
             good = json.dumps({"text": draw(words)})
             lines.append(good[: draw(st.integers(0, len(good) - 1))])
+        elif choice == "odd":
+            lines.append(draw(st.sampled_from(['{"text": "\\ud800 lone surrogate"}', "[" * 3000 + "]" * 3000,
+                                               '{"text": "bad \udcff byte"}'])))
         else:
             lines.append(draw(st.sampled_from(["", "  "])))
-    return "\n".join(lines).encode("utf-8")
+    return "\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 @st.composite
@@ -171,27 +176,59 @@ def read_all(spec, reader) -> list:
         assert str(error).strip(), "a BabeltuneError without a message"
         assert "\n" not in str(error).strip(), f"error message spans several lines: {error}"
         items = []
-    for skip in skipped:
-        assert isinstance(skip, SkippedFile) and skip.reason.strip(), skip
+    check_skips(skipped)
     return items
 
 
+def check_skips(skipped: list) -> None:
+    for skip in skipped:
+        assert isinstance(skip, SkippedFile) and skip.reason.strip(), skip
+        assert skip.kind in ("file", "records", "cut") and (skip.kind == "file" or skip.count >= 1), skip
+        assert "\n" not in skip.describe(), skip
+
+
 def check_spec(spec) -> None:
+    from babeltune.advisor.measure import count_corpus
+
     for document in read_all(spec, corpus.iter_documents):
         assert isinstance(document, str) and document and document == document.strip()
     for record in read_all(spec, corpus.iter_records):
         assert isinstance(record, dict)
+    skipped: list = []
+    try:
+        count_corpus(spec, 0, skipped)     # the counting pass of `advise`: the same promise
+    except BabeltuneError as error:
+        assert "\n" not in str(error).strip(), error
+    check_skips(skipped)
+
+
+def add_links(root: Path, links: list[str]) -> None:
+    """Entries that are no corpus files: a dangling link, a link to itself, a folder link back up."""
+    import os
+
+    for number, kind in enumerate(links):
+        name = root / f"link{number}.txt"
+        if kind == "dangling":
+            os.symlink("nowhere.txt", name)
+        elif kind == "self":
+            os.symlink(name.name, name)
+        else:
+            (root / f"sub{number}").mkdir()
+            os.symlink("..", root / f"sub{number}" / "up")
 
 
 @FUZZ
-@given(file=corpus_file(), options=specs, as_folder=st.booleans(), extra=st.lists(corpus_file(), max_size=3))
-def test_corpus_reader_never_raises_anything_but_babeltune_error(file, options, as_folder, extra):
+@given(file=corpus_file(), options=specs, as_folder=st.booleans(), extra=st.lists(corpus_file(), max_size=3),
+       links=st.lists(st.sampled_from(["dangling", "self", "folder loop"]), max_size=2))
+def test_corpus_reader_never_raises_anything_but_babeltune_error(file, options, as_folder, extra, links):
     with tempfile.TemporaryDirectory(prefix="babeltune-fuzz-") as tmp:
         root = Path(tmp) / "corpus"
         root.mkdir()
         files = [file] + (extra if as_folder else [])
         for number, (suffix, content) in enumerate(files):
             (root / f"part{number}{suffix}").write_bytes(content)
+        if as_folder:
+            add_links(root, links)
         target = root if as_folder else root / f"part0{file[0]}"
         check_spec(corpus.CorpusSpec(path=str(target), **options))
 
@@ -238,3 +275,138 @@ def test_valid_text_yields_exactly_its_non_empty_lines(text, bom):
         path = Path(tmp) / "corpus.txt"
         path.write_bytes(content.encode("utf-8"))
         assert read_all(corpus.CorpusSpec(path=str(path)), corpus.iter_documents) == expected
+
+
+# ------------------------------------------------------------------------------------------ counts add up
+
+
+def squeezed(texts: list[str]) -> str:
+    """The text without any whitespace: what cutting at spaces and stripping pieces must keep."""
+    return "".join("".join(text.split()) for text in texts)
+
+
+def line_oracle(data: bytes, limit: int):
+    """(documents, lines or pieces skipped) of a .txt file read one document per line, computed plainly: a
+    line longer than ``limit`` bytes is cut where readlog.cut_point says, and each piece kept or skipped on
+    its own. None for a binary file (a NUL byte in its first 8000 bytes: skipped whole)."""
+    from babeltune.advisor.readlog import cut_point
+
+    if b"\x00" in data[:8000]:
+        return None
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    documents, bad = [], 0
+    for line in body.split(b"\n"):
+        parts, start = [], 0
+        while len(line) - start > limit:
+            at = cut_point(line, limit, start)
+            parts.append(line[start:at])
+            start = at
+        for part in parts + [line[start:]]:
+            try:
+                text = part.decode("utf-8")
+            except UnicodeDecodeError:
+                bad += 1
+                continue
+            if "\x00" in text:
+                bad += 1
+            elif text.strip():
+                documents.append(text.strip())
+    return documents, bad
+
+
+text_lines = st.one_of(sentences.map(lambda s: s.encode("utf-8")), misencoded(), st.binary(max_size=12),
+                       st.sampled_from([b"", b"  ", b"a\x00b", b"\xff", "पाणी  पाऊस ".encode() * 5, b"x" * 40]))
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(text_lines, max_size=25), bom=st.booleans(), chunk=st.integers(1, 64),
+       limit=st.sampled_from([None, 4, 9, 32]), doc_split=st.sampled_from(["line", "line", "paragraph", "file"]))
+def test_txt_lines_read_plus_lines_skipped_add_up(lines, bom, chunk, limit, doc_split):
+    from babeltune.advisor import readlog
+    from babeltune.advisor.measure import count_corpus
+
+    data = (b"\xef\xbb\xbf" if bom else b"") + b"\n".join(lines)
+    saved = corpus.CHUNK_BYTES, readlog.MAX_DOCUMENT_BYTES
+    expected = line_oracle(data, limit or saved[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "a.txt"
+        path.write_bytes(data)
+        spec = corpus.CorpusSpec(path=str(path), doc_split=doc_split)
+        try:
+            corpus.CHUNK_BYTES, readlog.MAX_DOCUMENT_BYTES = chunk, limit or saved[1]
+            skipped: list = []
+            documents = read_all(spec, lambda spec, _: corpus.iter_documents(spec, skipped))
+            counted: list = []
+            if documents and doc_split == "line":
+                counts, _, _ = count_corpus(spec, 0, counted)
+                assert (counts.documents, counts.characters) == (len(documents), sum(map(len, documents)))
+                assert [(s.kind, s.count, s.line, s.offset) for s in counted] == [(s.kind, s.count, s.line, s.offset) for s in skipped]
+        finally:
+            corpus.CHUNK_BYTES, readlog.MAX_DOCUMENT_BYTES = saved
+    check_skips(skipped)
+    if expected is None:
+        assert documents == [] and [s.kind for s in skipped] == ["file"] and "binary" in skipped[0].reason
+        return
+    wanted, bad = expected
+    if not wanted:
+        return                      # no documents: one error line (checked by read_all)
+    assert sum(s.count for s in skipped if s.kind == "records") == bad, skipped
+    if doc_split == "line":
+        assert documents == wanted
+    else:          # paragraphs/files cut again at spaces and stripped: nothing but whitespace may go
+        assert squeezed(documents) == squeezed(wanted)
+    assert all(len(d.encode("utf-8")) <= (limit or saved[1]) for d in documents)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(kinds=st.lists(st.sampled_from(["good", "empty", "bad bytes", "surrogate", "blank"]), max_size=20),
+       text=sentences)
+def test_jsonl_objects_read_plus_lines_skipped_add_up(kinds, text):
+    lines = []
+    for kind in kinds:
+        lines.append({"good": json.dumps({"text": text + " x"}).encode(), "empty": b'{"text": "  "}',
+                      "bad bytes": b'{"text": "\xff"}', "surrogate": b'{"text": "\\udc80 y"}', "blank": b" "}[kind])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "a.jsonl"
+        path.write_bytes(b"\n".join(lines))
+        skipped: list = []
+        documents = read_all(corpus.CorpusSpec(path=str(path)), lambda spec, _: corpus.iter_documents(spec, skipped))
+        assert documents == [(text + " x").strip()] * kinds.count("good")
+        if documents:
+            assert sum(s.count for s in skipped) == kinds.count("bad bytes") + kinds.count("surrogate")
+        records: list = []
+        rows = read_all(corpus.CorpusSpec(path=str(path)), lambda spec, _: corpus.iter_records(spec, records))
+        if rows:
+            assert len(rows) == kinds.count("good") + kinds.count("empty") + kinds.count("surrogate")
+            assert sum(s.count for s in records) == kinds.count("bad bytes")
+
+
+cells = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\r\n\x00"), max_size=12)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["good", "good", "short", "long", "bad bytes"]),
+                               st.lists(cells, min_size=4, max_size=4)), max_size=25),
+       tsv=st.booleans())
+def test_csv_rows_read_plus_rows_skipped_add_up(rows, tsv):
+    import csv
+
+    delimiter = "\t" if tsv else ","
+    lines = []
+    for kind, fields in rows:
+        width = {"short": 2, "long": 4}.get(kind, 3)
+        out = io.StringIO()
+        csv.writer(out, delimiter=delimiter, lineterminator="\n").writerow(fields[:width])
+        line = out.getvalue().encode("utf-8")
+        lines.append(line[:-1] + b"\xff\n" if kind == "bad bytes" else line)
+    header = delimiter.join(["id", "text", "label"]).encode() + b"\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ("a.tsv" if tsv else "a.csv")
+        path.write_bytes(header + b"".join(lines))
+        skipped: list = []
+        records = read_all(corpus.CorpusSpec(path=str(path)), lambda spec, _: corpus.iter_records(spec, skipped))
+    good = [fields for kind, fields in rows if kind == "good"]
+    if good:
+        assert [r["text"] for r in records] == [fields[1] for fields in good]
+        assert len(records) + sum(s.count for s in skipped) == len(rows)
+        assert sum(s.count for s in skipped if s.unit == "row") == len(rows) - len(good) - [k for k, _ in rows].count("bad bytes")

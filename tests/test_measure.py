@@ -241,10 +241,15 @@ def test_bad_files_are_skipped_with_offsets_and_not_counted(tmp_path, tokenizer)
     (tmp_path / "good.txt").write_text(good, "utf-8")
     (tmp_path / "latin1.txt").write_bytes(good.encode("utf-8") + "é".encode("latin-1") + b"\n" + good.encode())
     (tmp_path / "image.png").write_bytes(b"\x89PNG\x00")
+    (tmp_path / "z_binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     m = measure_corpus(CorpusSpec(str(tmp_path)), tokenizer)
-    assert m.files == 1 and m.documents == 20
+    # Only the line holding the bad byte is left out of latin1.txt (issue 17: never a whole file for one
+    # byte); the binary file is skipped whole. Neither is counted.
+    assert m.files == 2 and m.documents == 60
     skipped = {Path(s.path).name: s for s in m.skipped}
     assert skipped["latin1.txt"].offset == len(good.encode("utf-8")) and "unsupported" in skipped["image.png"].reason
+    assert (skipped["latin1.txt"].kind, skipped["latin1.txt"].count, skipped["latin1.txt"].line) == ("records", 1, 21)
+    assert skipped["z_binary.txt"].kind == "file" and "binary" in skipped["z_binary.txt"].reason
     with pytest.raises(BabeltuneError, match=r"latin1\.txt: invalid UTF-8 at byte"):
         measure_corpus(CorpusSpec(str(tmp_path), strict=True), tokenizer)
 

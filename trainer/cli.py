@@ -87,10 +87,13 @@ def show_dry_run(config, backend: Optional[str]) -> None:
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow Python code that the model folder names in auto_map to run (off: such folders are refused); "
                    "recorded in manifest.json.")
+@click.option("--strict", is_flag=True, help="Fail on an unreadable/binary corpus file, a line with undecodable bytes or a "
+              "malformed CSV row instead of skipping it (skips are always reported and counted in the manifest).")
 @handle_errors
 def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_config_change, sets, merge, dry_run,
-          no_eval, gpus, trust_remote_code):
+          no_eval, gpus, trust_remote_code, strict):
     """Train an adapter from a config written by `advise`."""
+    sets = sets + (("data.strict=true",) if strict else ())   # recorded in the resolved config and manifest
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
         show_dry_run(config, backend)
@@ -130,7 +133,7 @@ def worker_args(params: dict) -> list[str]:
     args += ["--overwrite"] if params.get("overwrite") else []
     args += ["--merge"] if params["merge"] else []
     args += ["--no-eval"] if params["no_eval"] else []
-    args += ["--trust-remote-code"] if params.get("trust_remote_code") else []
+    args += ["--strict"] if params.get("strict") else []
     return args
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 TOKENIZE_BATCH = 512
+MANIFEST_SKIPS = 1000     # skipped/cut entries listed in the manifest (all are counted)
 
 
 class TokenRows:
@@ -67,25 +68,40 @@ def corpus_spec(config: "TrainConfig", path: str):
     from babeltune.advisor.corpus import CorpusSpec
 
     data = config.data
-    return CorpusSpec(path=path, doc_split=data.doc_split, text_field=data.text_field, text_column=data.text_column)
+    return CorpusSpec(path=path, doc_split=data.doc_split, text_field=data.text_field, text_column=data.text_column,
+                      strict=data.strict)
 
 
-def read_documents(config: "TrainConfig", path: str) -> list[str]:
+def read_documents(config: "TrainConfig", path: str, skipped: Optional[list] = None) -> list[str]:
+    """The documents of ``path``; files/lines/rows skipped and documents cut are appended to ``skipped``."""
     from babeltune.advisor.corpus import iter_documents
 
-    documents = list(iter_documents(corpus_spec(config, path)))
+    documents = list(iter_documents(corpus_spec(config, path), skipped))
     if not documents:
         raise BabeltuneError(f"{path}: no text documents found; point data.train/data.eval at a non-empty corpus")
     return documents
 
 
-def read_records(config: "TrainConfig", path: str) -> list[dict]:
+def read_records(config: "TrainConfig", path: str, skipped: Optional[list] = None) -> list[dict]:
     from babeltune.advisor.corpus import iter_records
 
-    records = list(iter_records(corpus_spec(config, path)))
+    records = list(iter_records(corpus_spec(config, path), skipped))
     if not records:
         raise BabeltuneError(f"{path}: no records found; SFT needs a JSONL/CSV/parquet file with one example per row")
     return records
+
+
+def reading_report(skipped: list, notes: list[str], stats: dict[str, Any]) -> None:
+    """What the corpus reader skipped or cut: counted in ``stats`` (the manifest's data section, with
+    every entry), one line per file and reason in ``notes`` (printed, and kept in the manifest)."""
+    from babeltune.advisor.readlog import report_lines, summary
+
+    stats.update(summary(skipped))
+    stats["skipped"] = [{"path": s.path, "kind": s.kind, "reason": s.reason, "count": s.count, "line": s.line,
+                         "offset": s.offset, "bytes": s.bytes} for s in skipped[:MANIFEST_SKIPS]]
+    if len(skipped) > MANIFEST_SKIPS:        # e.g. a folder of thousands of files with another extension
+        stats["skipped_entries_not_listed"] = len(skipped) - MANIFEST_SKIPS
+    notes.extend(report_lines(skipped))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,10 +141,12 @@ def require_eos(tokenizer) -> int:
 
 def tokenize_documents(tokenizer, documents: list[str]) -> list[list[int]]:
     """Token ids per document as the model normally sees them (BOS if the tokenizer adds one), + EOS."""
+    from babeltune.advisor.readlog import batches
+
     eos = require_eos(tokenizer)
     out: list[list[int]] = []
-    for start in range(0, len(documents), TOKENIZE_BATCH):
-        encoded = tokenizer(documents[start:start + TOKENIZE_BATCH], add_special_tokens=True)["input_ids"]
+    for batch in batches(documents, TOKENIZE_BATCH):       # bounded by characters too: long documents
+        encoded = tokenizer(batch, add_special_tokens=True)["input_ids"]
         for ids in encoded:
             ids = list(ids)
             if not ids or ids[-1] != eos:
@@ -382,14 +400,16 @@ def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False
     sft = config.data.mode == "sft"
     read = read_records if sft else read_documents
     key = record_text if sft else (lambda text: text)
-    train_items = read(config, config.data.train)
+    skipped: list = []
+    train_items = read(config, config.data.train, skipped)
     if config.data.eval:
-        eval_items, source = read(config, config.data.eval), f"data.eval ({config.data.eval})"
+        eval_items, source = read(config, config.data.eval, skipped), f"data.eval ({config.data.eval})"
     else:
         train_items, eval_items = split_heldout(train_items, key, config.data.eval_fraction)
         source = f"hash split of data.train (eval_fraction {config.data.eval_fraction})"
     eval_items = eval_items[:config.eval.max_eval_documents]
     stats = {"train_documents": len(train_items), "eval_documents": len(eval_items), "packing": packing}
+    reading_report(skipped, notes, stats)
     if sft:
         train_rows, dropped = sft_rows(tokenizer, train_items, config, config.data.train)
         eval_rows, _ = sft_rows(tokenizer, eval_items, config, config.data.eval or config.data.train)

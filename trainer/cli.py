@@ -54,7 +54,17 @@ def show_dry_run(config, backend: Optional[str]) -> None:
     click.echo(yaml.safe_dump(chosen.translate(config), sort_keys=False, allow_unicode=True, default_flow_style=False))
 
 
-@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+TRAIN_EXAMPLES = """
+\b
+Examples:
+  train --config advised.yaml
+  train --config advised.yaml --backend ia3 --max-steps 200 --output-dir runs/mr-ia3
+  train --config advised.yaml --resume                     # continue from the last complete checkpoint
+  train --config advised.yaml --set training.learning_rate=1e-4 --dry-run
+"""
+
+
+@click.command("train", epilog=TRAIN_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="Config YAML written by `advise`.")
 @click.option("--backend", default=None, help="Training backend (see `babeltune plugins`); overrides backend.name.")

@@ -48,7 +48,16 @@ def _language_code(language: str, option: str) -> str:
         raise BabeltuneError(f"--corpus {option!r}: {reason}") from None
 
 
-@click.command("eval")
+EVAL_EXAMPLES = """
+\b
+Examples:
+  babeltune eval --model smollm2-135m --corpus mr=eval.txt --corpus en=english.txt
+  babeltune eval --model smollm2-135m --adapter runs/mr/adapter --corpus mr=eval.txt --json --out eval.json
+  babeltune eval --model ./my-model --corpus hi=hi.txt --max-documents 200 --max-length 512 --batch-size 8
+"""
+
+
+@click.command("eval", epilog=EVAL_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_spec", required=True, metavar="M",
               help="Built-in model name, Hugging Face folder or GGUF file.")
 @click.option("--adapter", default=None, metavar="DIR",

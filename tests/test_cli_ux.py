@@ -32,3 +32,47 @@ def test_previously_undocumented_flags_have_help_and_readme_mentions():
         for flag in flags:
             line = next(line for line in output.splitlines() if line.strip().startswith(flag))
             assert len(line.split(None, 2)) == 3, line       # the flag, its metavar/type and a help text
+
+
+# --------------------------------------------------------------------------- advise: next step, full numbers
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from babeltune.advisor.cli import advise  # noqa: E402
+
+MARATHI = Path(__file__).parent / "data" / "text" / "mr.txt"
+
+
+def run_advise(*args):
+    return CliRunner().invoke(advise, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_advise_without_out_ends_with_how_to_save_and_train(tiny_model_dir):
+    result = run_advise("--lang", "mr", "--corpus", MARATHI, "--model", tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    hint = result.stderr[result.stderr.index("next:"):]
+    assert f"--model {tiny_model_dir} --out advised.yaml" in hint
+    assert "babeltune train --config advised.yaml" in hint
+
+
+def test_advise_with_out_also_prints_the_table_and_the_train_command(tmp_path, tiny_model_dir):
+    out = tmp_path / "mr.yaml"
+    result = run_advise("--lang", "mr", "--corpus", MARATHI, "--model", tiny_model_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "learning_rate" in result.stdout and "q_proj" in result.stdout
+    assert f"next: babeltune train --config {out}" in result.stderr
+
+
+def test_tables_off_a_terminal_keep_every_number_whole(monkeypatch, tiny_model_dir):
+    # CliRunner's output is not a terminal, as in a log or CI; rich would assume 80 columns and cut cells.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    args = ["--lang", "mr", "--corpus", MARATHI, "--compare", "--model", tiny_model_dir, "--tokenizer", "smollm2"]
+    data = json.loads(run_advise(*args, "--json").stdout)
+    table = run_advise(*args).stdout
+    assert "…" not in table
+    for candidate in data["candidates"]:
+        assert f"{candidate['tokens']:,}" in table and f"{candidate['tokens_per_char']:.3f}" in table
+        assert candidate["spec"] in table

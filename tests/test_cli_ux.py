@@ -76,3 +76,49 @@ def test_tables_off_a_terminal_keep_every_number_whole(monkeypatch, tiny_model_d
     for candidate in data["candidates"]:
         assert f"{candidate['tokens']:,}" in table and f"{candidate['tokens_per_char']:.3f}" in table
         assert candidate["spec"] in table
+
+
+# --------------------------------------------------------------------------- train progress bar
+
+
+def bar_with_terminal():
+    import io
+
+    from rich.console import Console
+
+    from babeltune.trainer.callbacks import progress_callback
+
+    bar = progress_callback(echo=lambda line: None)
+    bar.console = Console(file=io.StringIO(), force_terminal=True)
+    return bar
+
+
+def shown_loss(bar) -> str:
+    return bar.progress.tasks[0].fields["loss"]
+
+
+def test_progress_bar_shows_the_latest_logged_loss_and_a_dash_before_any():
+    from transformers import TrainerState
+
+    bar, state = bar_with_terminal(), TrainerState(max_steps=4, global_step=0)
+    bar.on_train_begin(None, state, None)
+    assert shown_loss(bar) == "-"
+    for step, loss in ((1, 2.5), (2, 1.25)):
+        state.global_step = step
+        bar.on_step_end(None, state, None)       # the Trainer calls on_step_end, then logs that step
+        bar.on_log(None, state, None, logs={"loss": loss})
+        assert shown_loss(bar) == f"{loss:.4f}"
+    bar.on_train_end(None, state, None)
+
+
+def test_progress_bar_after_resume_shows_the_checkpoints_last_loss_not_nan():
+    from transformers import TrainerState
+
+    bar = bar_with_terminal()
+    state = TrainerState(max_steps=10, global_step=6, log_history=[{"loss": 3.0, "step": 3}, {"eval_loss": 2.9, "step": 3},
+                                                                    {"loss": 2.75, "step": 6}])
+    bar.on_train_begin(None, state, None)
+    state.global_step = 7
+    bar.on_step_end(None, state, None)
+    assert shown_loss(bar) == "2.7500"
+    bar.on_train_end(None, state, None)

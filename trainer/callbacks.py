@@ -44,7 +44,10 @@ def progress_callback(echo: Callable[[str], Any] = print):
             self.progress: Optional[Progress] = None
             self.task = None
             self.start_time = self.start_step = self.start_tokens = 0
-            self.last_loss = float("nan")
+            self.last_loss: Optional[float] = None       # None until a loss is logged: shown as "-"
+
+        def shown_loss(self) -> str:
+            return "-" if self.last_loss is None else f"{self.last_loss:.4f}"
 
         def tokens_per_second(self, state) -> float:
             elapsed = time.monotonic() - self.start_time
@@ -53,23 +56,29 @@ def progress_callback(echo: Callable[[str], Any] = print):
         def on_train_begin(self, args, state, control, **kwargs):
             self.start_time, self.start_step = time.monotonic(), state.global_step
             self.start_tokens = state.num_input_tokens_seen or 0
+            # On resume the checkpoint's log history is already loaded: show its last real loss, not nan.
+            logged = [entry["loss"] for entry in state.log_history or [] if "loss" in entry]
+            self.last_loss = logged[-1] if logged else None
             if self.console.is_terminal:
                 self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                          TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                                          TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
                 self.progress.start()
                 self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
-                                                   loss="-", tps="-")
+                                                   loss=self.shown_loss(), tps="-")
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step, loss=f"{self.last_loss:.4f}",
+                self.progress.update(self.task, completed=state.global_step, loss=self.shown_loss(),
                                      tps=f"{self.tokens_per_second(state):,.0f}")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if "loss" in logs:
                 self.last_loss = logs["loss"]
+                # The Trainer logs after on_step_end: refresh now, else the bar lags one log behind.
+                if self.progress is not None:
+                    self.progress.update(self.task, loss=self.shown_loss())
             done = state.global_step - self.start_step
             elapsed = time.monotonic() - self.start_time
             eta = elapsed / done * (state.max_steps - state.global_step) if done else 0

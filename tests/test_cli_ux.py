@@ -122,3 +122,44 @@ def test_progress_bar_after_resume_shows_the_checkpoints_last_loss_not_nan():
     bar.on_step_end(None, state, None)
     assert shown_loss(bar) == "2.7500"
     bar.on_train_end(None, state, None)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_loss_png_has_a_title_naming_run_model_and_language(tmp_path):
+    import yaml
+
+    from babeltune.config import TrainConfig
+    from babeltune.trainer import callbacks as cb
+    from babeltune.trainer.run import core_callbacks
+
+    config = TrainConfig.model_validate(yaml.safe_load("""
+language: mr
+model: {name: /models/smollm2-135m/, max_seq_length: 64}
+data: {train: tests/data/text/mr.txt}
+training: {per_device_train_batch_size: 2, learning_rate: 2.0e-4, max_steps: 2}
+eval: {evaluation_strategy: "no"}
+"""))
+    title = core_callbacks(config, tmp_path / "mr-run", ["lora_A"], echo=print)["plot"].title
+    assert title == "run mr-run: smollm2-135m on mr"
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.5}\n', encoding="utf-8")
+    png = cb.plot_losses(metrics, tmp_path / "loss.png", title=title)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cb.loss_figure(cb.read_metrics(metrics), title).axes[0].get_title() == title
+
+
+def test_report_legend_does_not_cover_the_max_seq_length_line():
+    from babeltune.advisor.report import histogram_figure
+
+    lengths = [20 + (i * 37) % 100 for i in range(500)]           # 20..119 tokens, flat
+    figure = histogram_figure(lengths, 110, title="t")            # the line near the right edge
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    legend = (figure.legends or [axes.get_legend()])[0].get_window_extent()
+    plot_area = axes.get_window_extent()
+    line_x = axes.transData.transform((110, 0))[0]
+    covers_line = legend.x0 <= line_x <= legend.x1 and legend.y1 > plot_area.y0 and legend.y0 < plot_area.y1
+    assert not covers_line
+    assert not legend.overlaps(plot_area)                          # nothing of the histogram is hidden

@@ -181,7 +181,8 @@ def plugin_callbacks(config: "TrainConfig") -> list:
 def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str], echo: Callable) -> dict[str, Any]:
     callbacks = {
         "progress": cb.progress_callback(echo), "metrics": cb.metrics_callback(output_dir),
-        "plot": cb.loss_plot_callback(output_dir), "complete": completion_marker_callback(),
+        "plot": cb.loss_plot_callback(output_dir, title=cb.loss_plot_title(
+            output_dir, config.model.name, config.language)), "complete": completion_marker_callback(),
         "nan": cb.nan_guard_callback(config.training.max_nonfinite_losses),
         "grad": cb.gradient_check_callback(expected),
     }

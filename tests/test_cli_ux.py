@@ -163,3 +163,69 @@ def test_report_legend_does_not_cover_the_max_seq_length_line():
     covers_line = legend.x0 <= line_x <= legend.x1 and legend.y1 > plot_area.y0 and legend.y0 < plot_area.y1
     assert not covers_line
     assert not legend.overlaps(plot_area)                          # nothing of the histogram is hidden
+
+
+# --------------------------------------------------------------------------- quiet libraries, eval progress
+
+
+def test_quiet_libraries_hides_loading_bar_and_future_warnings_then_restores(tiny_model_dir, capfd):
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from babeltune.console import quiet_libraries
+
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert "Loading weights" in capfd.readouterr().err             # what every run printed before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_libraries():
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+            warnings.warn("`torch_dtype` is deprecated", FutureWarning)
+        warnings.warn("outside", FutureWarning)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert [str(w.message) for w in caught] == ["outside"]         # scoped to the command, then restored
+    assert hf_logging.is_progress_bar_enabled()
+
+
+def test_eval_counts_every_document_in_its_progress(tiny_model_dir, marathi_lines):
+    from babeltune.trainer.evaluate import evaluate_loaded
+
+    counted = {}
+
+    class Recorder:
+        def __init__(self, description, total):
+            self.description, self.total, self.done = description, total, 0
+
+        def __enter__(self):
+            counted[self.description] = self
+            return self
+
+        def advance(self, n):
+            self.done += n
+
+        def __exit__(self, *exc):
+            return None
+
+    model, tokenizer = tiny_pair(tiny_model_dir)
+    texts = marathi_lines[:7] + ["x"]                               # long texts span several windows
+    evaluate_loaded(model, tokenizer, {"mr": texts}, max_length=16, batch_size=3, echo=None, progress=Recorder)
+    assert counted["eval mr"].total == len(texts) == counted["eval mr"].done
+
+
+def test_eval_cli_off_a_terminal_prints_progress_lines(tiny_model_dir):
+    from babeltune.trainer.evaluate_cli import eval_command
+
+    corpus = Path(__file__).parent / "data" / "text" / "mr.txt"
+    result = CliRunner().invoke(eval_command, ["--model", str(tiny_model_dir), "--corpus", f"mr={corpus}",
+                                               "--max-documents", "30", "--max-length", "64"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("eval mr: ")]
+    assert lines[-1] == "eval mr: 30/30" and len(lines) >= 5       # a heartbeat, not minutes of silence
+
+
+def tiny_pair(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)

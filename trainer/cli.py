@@ -91,6 +91,9 @@ def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_
     from babeltune.models.safety import allow_remote_code
 
     click.get_current_context().with_resource(allow_remote_code(trust_remote_code))   # until the command ends
+    from babeltune.console import quiet_libraries
+
+    click.get_current_context().with_resource(quiet_libraries())   # no library tqdm bars or FutureWarnings
     if gpus > 1 and not os.environ.get(distributed.LAUNCHED_ENV):
         distributed.check_gpus(gpus)
         from babeltune.trainer.run import resolve_model_dir

@@ -80,20 +80,22 @@ def eval_command(model_spec, adapter, corpus_options, max_documents, max_length,
     corpora = resolve_corpora(corpus_options)
     if out_file:
         check_writable(out_file, "--out")   # before minutes of loading and scoring
+    from babeltune.console import CountProgress, quiet_libraries
     from babeltune.models.safety import allow_remote_code
     from babeltune.trainer.evaluate import evaluate_corpora
 
-    with allow_remote_code(trust_remote_code):
+    with allow_remote_code(trust_remote_code), quiet_libraries():
         report = evaluate_corpora(model_spec, corpora, adapter=adapter, max_documents=max_documents,
-                                  max_length=max_length, batch_size=batch_size, echo=_echo_stderr)
+                                  max_length=max_length, batch_size=batch_size, echo=_echo_stderr,
+                                  progress=CountProgress)
     if out_file:
         path = report.write_json(out_file)
         _echo_stderr(f"eval: report written to {path}")
     if as_json:
         click.echo(report.to_json(), nl=False)
     else:
-        from rich.console import Console
-        Console().print(report.render_table())
+        from babeltune.console import table_console
+        table_console().print(report.render_table())
 
 
 def _echo_stderr(message: str) -> None:

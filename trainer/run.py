@@ -242,9 +242,9 @@ def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, out
                               max_documents=config.eval.max_eval_documents, max_length=config.model.max_seq_length,
                               batch_size=config.eval.per_device_eval_batch_size, echo=echo)
     path = report.write_json(output_dir / EVAL_REPORT)
-    from rich.console import Console
+    from babeltune.console import table_console
 
-    Console(stderr=True).print(report.render_table())
+    table_console(stderr=True).print(report.render_table())   # off a terminal: wide, numbers never cut
     return Path(path)
 
 

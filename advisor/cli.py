@@ -58,10 +58,9 @@ def check_outputs(out, report) -> None:
 def run_compare(lang, spec, models, tokenizers, *, full, seed, as_json, echo) -> None:
     import json
 
-    from rich.console import Console
-
     from babeltune.advisor.advise import compare
     from babeltune.advisor.render import compare_verdict, render_compare
+    from babeltune.console import table_console
 
     profile, candidates, best = compare(lang, spec, models=list(models), tokenizers=list(tokenizers),
                                         full=full, seed=seed, echo=echo)
@@ -74,7 +73,7 @@ def run_compare(lang, spec, models, tokenizers, *, full, seed, as_json, echo) ->
                                "best": best.spec, "verdict": compare_verdict(candidates, best)},
                               ensure_ascii=False, indent=2))
     else:
-        render_compare(profile, candidates, best, Console())
+        render_compare(profile, candidates, best, table_console())
 
 
 def backend_kernels(backend: str, echo) -> str:
@@ -108,10 +107,10 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
         echo(f"wrote {write_report(advice, report)}")
     if as_json:
         click.echo(json.dumps(advice.to_dict(), ensure_ascii=False, indent=2, default=str))
-    elif not out:
-        from rich.console import Console
+    else:
+        from babeltune.console import table_console
 
-        render_table(advice, Console())
+        render_table(advice, table_console(), header=not out)   # with --out the header lines go to stderr
     if out or as_json:
         from babeltune.advisor.readlog import report_lines
 
@@ -120,6 +119,18 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
         echo(memory_line(advice))
         for note in advice.notes:
             echo(note)
+    echo(next_step_hint(out))
+
+
+def next_step_hint(out) -> str:
+    """What to run next: save the advice, or train on the saved file."""
+    import shlex
+
+    if out:
+        return f"next: babeltune train --config {shlex.quote(str(out))}"
+    return (f"next: save this config with the same command plus --out FILE:\n"
+            f"  {command_line()} --out advised.yaml\n"
+            f"then train it: babeltune train --config advised.yaml")
 
 
 @click.command(cls=RecordingCommand, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})

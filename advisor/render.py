@@ -83,17 +83,17 @@ def render_yaml(advice: Advice, command: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_table(advice: Advice, console) -> None:
-    """Human-readable advice: measurements, notes, memory, then one row per parameter."""
+def render_table(advice: Advice, console, *, header: bool = True) -> None:
+    """Human-readable advice: measurements, notes, memory (unless header=False), then one row per parameter."""
     from rich.table import Table
     from rich.text import Text
 
-    for line in header_lines(advice, command="")[2:]:
+    for line in header_lines(advice, command="")[2:] if header else []:
         console.print(line, markup=False, highlight=False)
     table = Table(title=f"babeltune advice: {getattr(advice.profile, 'name', advice.language)} on {advice.model}",
                   show_lines=False)
     table.add_column("parameter", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     table.add_column("reason (measured)", overflow="fold")
     for name, decision in advice.decisions.items():
         table.add_row(Text(name), Text(yaml_value(decision.value)), Text(decision.reason))   # no markup: [..] is data
@@ -106,7 +106,7 @@ def render_compare(profile, candidates: list[Candidate], best: Candidate, consol
 
     table = Table(title=f"tokenizer fit on {getattr(profile, 'name', '')} ({getattr(profile, 'code', '')})")
     for column in ("candidate", "tokens/char", "95% CI", "tokens/word", "premium vs English", "tokens"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")   # a narrow terminal wraps a number, never cuts it to `3,5…`
     for c in sorted(candidates, key=lambda c: c.measurements.tokens_per_char):
         m = c.measurements
         low, high = m.tokens_per_char_ci95

@@ -12,12 +12,19 @@ REPORT_NAME = "doc_token_lengths.png"
 
 def histogram_png(lengths: list[int], max_seq_length: int, *, title: str) -> bytes:
     """PNG bytes of the length histogram (matplotlib Agg backend: no display needed)."""
+    buffer = io.BytesIO()
+    histogram_figure(lengths, max_seq_length, title=title).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def histogram_figure(lengths: list[int], max_seq_length: int, *, title: str):
+    """The length histogram with max_seq_length marked; the legend sits below the axes, off the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8, 4.5), dpi=100)
+    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
     axes = figure.subplots()
     bins = min(60, max(10, len(set(lengths))))
     axes.hist(lengths, bins=bins, color="#4c72b0", edgecolor="white")
@@ -27,11 +34,9 @@ def histogram_png(lengths: list[int], max_seq_length: int, *, title: str) -> byt
     axes.set_xlabel("document length (tokens)")
     axes.set_ylabel("documents")
     axes.set_title(title)
-    axes.legend(loc="upper right")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    # Inside the axes the legend covered the max_seq_length line, which usually lies at the right.
+    figure.legend(loc="outside lower center", frameon=False)
+    return figure
 
 
 def write_report(advice, folder: str | Path) -> Path:

@@ -39,13 +39,17 @@ class LazyGroup(Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="babeltune")
 def cli():
     """babeltune: fine-tune LLMs for a specific language.
 
     Measure what the tokenizer costs on your language, get a config whose every value carries a
     reason, train it through a pluggable backend, and compare runs in bits per character."""
+    ctx = click.get_current_context()
+    if ctx.invoked_subcommand is None:
+        # Bare `babeltune` asks what the tool does: help is the answer, not a usage error (exit 0).
+        click.echo(ctx.get_help())
 
 
 def main():

@@ -96,8 +96,14 @@ def test_seed_tables_are_covered():
                 names.add(cells[0])
     assert len(names) >= 9
     assert {resolve_language(name).code for name in names} <= set(load_profiles())
-    for path in (SHARED / "corpora" / "ud").glob("*.txt"):
-        assert path.stem.split("-")[0] in load_profiles()
+
+
+def test_shipped_ud_files_have_profiles():
+    """Every whole UD file shipped in tests/data/ud (the reference figures' text) has a language profile."""
+    shipped = sorted((Path(__file__).parent / "data" / "ud").glob("*.txt"))
+    assert len(shipped) >= 10
+    for path in shipped:
+        assert path.stem.split("-")[0] in load_profiles(), path.name
 
 
 def test_codes_agree_with_langcodes():

@@ -44,7 +44,10 @@ def progress_callback(echo: Callable[[str], Any] = print):
             self.progress: Optional[Progress] = None
             self.task = None
             self.start_time = self.start_step = self.start_tokens = 0
-            self.last_loss = float("nan")
+            self.last_loss: Optional[float] = None       # None until a loss is logged: shown as "-"
+
+        def shown_loss(self) -> str:
+            return "-" if self.last_loss is None else f"{self.last_loss:.4f}"
 
         def tokens_per_second(self, state) -> float:
             elapsed = time.monotonic() - self.start_time
@@ -53,23 +56,29 @@ def progress_callback(echo: Callable[[str], Any] = print):
         def on_train_begin(self, args, state, control, **kwargs):
             self.start_time, self.start_step = time.monotonic(), state.global_step
             self.start_tokens = state.num_input_tokens_seen or 0
+            # On resume the checkpoint's log history is already loaded: show its last real loss, not nan.
+            logged = [entry["loss"] for entry in state.log_history or [] if "loss" in entry]
+            self.last_loss = logged[-1] if logged else None
             if self.console.is_terminal:
                 self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                          TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                                          TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
                 self.progress.start()
                 self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
-                                                   loss="-", tps="-")
+                                                   loss=self.shown_loss(), tps="-")
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step, loss=f"{self.last_loss:.4f}",
+                self.progress.update(self.task, completed=state.global_step, loss=self.shown_loss(),
                                      tps=f"{self.tokens_per_second(state):,.0f}")
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             if "loss" in logs:
                 self.last_loss = logs["loss"]
+                # The Trainer logs after on_step_end: refresh now, else the bar lags one log behind.
+                if self.progress is not None:
+                    self.progress.update(self.task, loss=self.shown_loss())
             done = state.global_step - self.start_step
             elapsed = time.monotonic() - self.start_time
             eta = elapsed / done * (state.max_steps - state.global_step) if done else 0
@@ -126,19 +135,35 @@ def metrics_callback(output_dir: str | Path):
     return MetricsJsonl()
 
 
-def plot_losses(metrics_path: Path, png_path: Path) -> Optional[Path]:
+def loss_plot_title(run: str | Path, model: str, language: str) -> str:
+    """`run NAME: MODEL on LANGUAGE`, with a model path shortened to its folder or file name."""
+    return f"run {Path(run).name}: {Path(str(model).rstrip('/')).name or model} on {language}"
+
+
+def plot_losses(metrics_path: Path, png_path: Path, title: Optional[str] = None) -> Optional[Path]:
     """Train and eval loss against step, as a PNG (written via a temp file). None when nothing was logged."""
+    figure = loss_figure(read_metrics(metrics_path), title)
+    if figure is None:
+        return None
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    figure.savefig(tmp)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def loss_figure(records: list[dict], title: Optional[str] = None):
+    """The loss curve as a matplotlib Figure (Agg, nothing global kept); None when no loss was logged."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
     if not train and not evals:
         return None
-    figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
+    figure = Figure(figsize=(7, 4), dpi=100)
+    axes = figure.subplots()
     for points, label, style in ((train, "train loss", "-"), (evals, "eval loss", "o-")):
         if points:
             axes.plot(*zip(*points), style, label=label)
@@ -146,21 +171,22 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Optional[Path]:
     axes.set_ylabel("loss (nats/token)")
     axes.grid(alpha=0.3)
     axes.legend()
+    if title:
+        axes.set_title(title)
     figure.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, png_path)
-    return png_path
+    return figure
 
 
-def loss_plot_callback(output_dir: str | Path):
+def loss_plot_callback(output_dir: str | Path, title: Optional[str] = None):
     folder = Path(output_dir)
 
     class LossPlot(_base()):
+        def __init__(self):
+            self.title = title
+
         def on_train_end(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                plot_losses(folder / METRICS_FILE, folder / LOSS_PLOT)
+                plot_losses(folder / METRICS_FILE, folder / LOSS_PLOT, title=self.title)
 
     return LossPlot()
 

@@ -66,7 +66,17 @@ def show_dry_run(config, backend: Optional[str]) -> None:
     click.echo(yaml.safe_dump(chosen.translate(config), sort_keys=False, allow_unicode=True, default_flow_style=False))
 
 
-@click.command("train", cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+TRAIN_EXAMPLES = """
+\b
+Examples:
+  train --config advised.yaml
+  train --config advised.yaml --backend ia3 --max-steps 200 --output-dir runs/mr-ia3
+  train --config advised.yaml --resume                     # continue from the last complete checkpoint
+  train --config advised.yaml --set training.learning_rate=1e-4 --dry-run
+"""
+
+
+@click.command("train", cls=Command, epilog=TRAIN_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
               help="Config YAML written by `advise`.")
 @click.option("--backend", default=None, help="Training backend (see `babeltune plugins`); overrides backend.name.")
@@ -101,6 +111,9 @@ def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_
     from babeltune.models.safety import allow_remote_code
 
     click.get_current_context().with_resource(allow_remote_code(trust_remote_code))   # until the command ends
+    from babeltune.console import quiet_libraries
+
+    click.get_current_context().with_resource(quiet_libraries())   # no library tqdm bars or FutureWarnings
     if gpus > 1 and not os.environ.get(distributed.LAUNCHED_ENV):
         distributed.check_gpus(gpus)
         from babeltune.trainer.run import resolve_model_dir
@@ -134,6 +147,7 @@ def worker_args(params: dict) -> list[str]:
     args += ["--merge"] if params["merge"] else []
     args += ["--no-eval"] if params["no_eval"] else []
     args += ["--strict"] if params.get("strict") else []
+    args += ["--trust-remote-code"] if params.get("trust_remote_code") else []
     return args
 
 

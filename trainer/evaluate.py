@@ -225,13 +225,14 @@ def _scored_characters(tokenizer, text: str, ids: list[int], prefix: Optional[in
 # --------------------------------------------------------------------------------------------- scoring
 
 def score_texts(model, tokenizer, texts: Iterable[str], *, max_length: int = 1024, batch_size: int = 4,
-                stride: Optional[int] = None) -> LanguageScore:
+                stride: Optional[int] = None, on_documents: Optional[Callable[[int], None]] = None) -> LanguageScore:
     """Score each text on its own under ``model`` and return the summed figures.
 
     Texts are tokenized without special tokens and prefixed with the tokenizer's BOS token; texts longer
     than ``max_length`` tokens go through a sliding window (``stride`` new tokens per window, default half
     a window) so that every token is predicted exactly once. Windows are batched (``batch_size``) with
     right padding and an attention mask; padding never changes the result. Empty texts are skipped.
+    ``on_documents(n)`` is called as each batch completes n more documents (all their windows scored).
     """
     texts = [t for t in texts if t and t.strip()]
     if not texts:
@@ -242,7 +243,9 @@ def score_texts(model, tokenizer, texts: Iterable[str], *, max_length: int = 102
     token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     characters = sum(_scored_characters(tokenizer, t, ids, prefix) for t, ids in zip(texts, token_ids))
     windows = _plan_windows(token_ids, prefix, max_length, stride)
-    nats, tokens = _score_windows(model, windows, batch_size, _padding_id(tokenizer, prefix))
+    if on_documents is not None:
+        on_documents(len(token_ids) - len({w.document for w in windows}))   # no window to score: done at once
+    nats, tokens = _score_windows(model, windows, batch_size, _padding_id(tokenizer, prefix), on_documents)
     return LanguageScore.from_totals(len(texts), characters, tokens, nats)
 
 
@@ -254,9 +257,14 @@ def _padding_id(tokenizer, prefix: Optional[int]) -> int:
     return 0
 
 
-def _score_windows(model, windows: list[_Window], batch_size: int, pad_id: int) -> tuple[float, int]:
+def _score_windows(model, windows: list[_Window], batch_size: int, pad_id: int,
+                   on_documents: Optional[Callable[[int], None]] = None) -> tuple[float, int]:
     """Summed NLL (float64) and number of predicted tokens over all windows."""
+    from collections import Counter
+
     import torch
+
+    windows_left = Counter(w.document for w in windows)
 
     device = next(model.parameters()).device
     vocab = _vocab_size(model)
@@ -269,6 +277,9 @@ def _score_windows(model, windows: list[_Window], batch_size: int, pad_id: int) 
                 nats, tokens = _score_batch(model, batch, pad_id, device)
                 total_nats += nats
                 total_tokens += tokens
+                if on_documents is not None:
+                    windows_left.subtract(w.document for w in batch)
+                    on_documents(sum(1 for w in {w.document for w in batch} if windows_left[w] == 0))
     finally:
         model.train(was_training)
     return total_nats, total_tokens
@@ -327,12 +338,14 @@ def _score_batch(model, batch: list[_Window], pad_id: int, device) -> tuple[floa
 def evaluate_loaded(model, tokenizer, corpora: dict[str, list[str]], *, max_length: int = 1024,
                     batch_size: int = 4, stride: Optional[int] = None, model_name: str = "model",
                     adapter_name: Optional[str] = None, after_tokenizer=None,
-                    echo: Optional[Callable[[str], None]] = _print_to_stderr) -> EvalReport:
+                    echo: Optional[Callable[[str], None]] = _print_to_stderr, progress=None) -> EvalReport:
     """Score in-memory texts per language with an already-loaded model.
 
     With a PEFT model, "before" is scored inside ``model.disable_adapter()`` (the base model) and "after"
     with the adapter active; any other model gets "before" only. ``after_tokenizer`` (default: the same
-    tokenizer) is used for "after" when the adapter was saved with its own tokenizer.
+    tokenizer) is used for "after" when the adapter was saved with its own tokenizer. ``progress``
+    (e.g. babeltune.console.CountProgress) is called as progress(description, total) and used as a
+    context manager whose advance(n) counts scored documents.
     """
     echo = echo or (lambda _message: None)
     is_peft = _is_peft_model(model)
@@ -340,12 +353,17 @@ def evaluate_loaded(model, tokenizer, corpora: dict[str, list[str]], *, max_leng
     report = EvalReport(model=model_name, adapter=adapter_name if is_peft else None, max_length=max_length)
     for language, texts in corpora.items():
         echo(f"eval {language}: scoring {len(texts):,} documents" + (" before and after the adapter" if is_peft else ""))
-        with (model.disable_adapter() if is_peft else nullcontext()):
-            before = score_texts(model, tokenizer, texts, max_length=max_length, batch_size=batch_size, stride=stride)
-        after = None
-        if is_peft:
-            after = score_texts(model, after_tokenizer or tokenizer, texts, max_length=max_length,
-                                batch_size=batch_size, stride=stride)
+        passes = 2 if is_peft else 1
+        counter = progress(f"eval {language}", passes * len(texts)) if progress else nullcontext()
+        with counter as bar:
+            on_documents = bar.advance if bar is not None else None
+            with (model.disable_adapter() if is_peft else nullcontext()):
+                before = score_texts(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                                     stride=stride, on_documents=on_documents)
+            after = None
+            if is_peft:
+                after = score_texts(model, after_tokenizer or tokenizer, texts, max_length=max_length,
+                                    batch_size=batch_size, stride=stride, on_documents=on_documents)
         report.languages[language] = LanguageResult(language, before, after)
     return report
 
@@ -371,7 +389,7 @@ def _cap_max_length(model, max_length: int, echo: Callable[[str], None]) -> int:
 def evaluate_corpora(model_spec: str, corpora: dict[str, Any], *, adapter: Optional[str] = None,
                      max_documents: Optional[int] = None, max_length: int = 1024, batch_size: int = 4,
                      stride: Optional[int] = None, device: Optional[str] = None, model=None, tokenizer=None,
-                     echo: Optional[Callable[[str], None]] = _print_to_stderr) -> EvalReport:
+                     echo: Optional[Callable[[str], None]] = _print_to_stderr, progress=None) -> EvalReport:
     """Read each LANG corpus (a CorpusSpec or a path) with the advisor's reader, load the model (or use
     ``model``/``tokenizer`` when the caller already has them loaded), and score before and, with
     ``adapter`` (a PEFT folder), after. Returns an EvalReport."""
@@ -397,7 +415,7 @@ def evaluate_corpora(model_spec: str, corpora: dict[str, Any], *, adapter: Optio
         model, after_tokenizer = _attach_adapter(model, adapter, tokenizer)
     report = evaluate_loaded(model, tokenizer, documents, max_length=max_length, batch_size=batch_size,
                              stride=stride, model_name=str(model_spec), adapter_name=adapter,
-                             after_tokenizer=after_tokenizer, echo=echo)
+                             after_tokenizer=after_tokenizer, echo=echo, progress=progress)
     for language, result in report.languages.items():
         result.source = sources.get(language)
     report.skipped = skipped

@@ -48,7 +48,16 @@ def _language_code(language: str, option: str) -> str:
         raise BabeltuneError(f"--corpus {option!r}: {reason}") from None
 
 
-@click.command("eval")
+EVAL_EXAMPLES = """
+\b
+Examples:
+  babeltune eval --model smollm2-135m --corpus mr=eval.txt --corpus en=english.txt
+  babeltune eval --model smollm2-135m --adapter runs/mr/adapter --corpus mr=eval.txt --json --out eval.json
+  babeltune eval --model ./my-model --corpus hi=hi.txt --max-documents 200 --max-length 512 --batch-size 8
+"""
+
+
+@click.command("eval", epilog=EVAL_EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_spec", required=True, metavar="M",
               help="Built-in model name, Hugging Face folder or GGUF file.")
 @click.option("--adapter", default=None, metavar="DIR",
@@ -71,20 +80,22 @@ def eval_command(model_spec, adapter, corpus_options, max_documents, max_length,
     corpora = resolve_corpora(corpus_options)
     if out_file:
         check_writable(out_file, "--out")   # before minutes of loading and scoring
+    from babeltune.console import CountProgress, quiet_libraries
     from babeltune.models.safety import allow_remote_code
     from babeltune.trainer.evaluate import evaluate_corpora
 
-    with allow_remote_code(trust_remote_code):
+    with allow_remote_code(trust_remote_code), quiet_libraries():
         report = evaluate_corpora(model_spec, corpora, adapter=adapter, max_documents=max_documents,
-                                  max_length=max_length, batch_size=batch_size, echo=_echo_stderr)
+                                  max_length=max_length, batch_size=batch_size, echo=_echo_stderr,
+                                  progress=CountProgress)
     if out_file:
         path = report.write_json(out_file)
         _echo_stderr(f"eval: report written to {path}")
     if as_json:
         click.echo(report.to_json(), nl=False)
     else:
-        from rich.console import Console
-        Console().print(report.render_table())
+        from babeltune.console import table_console
+        table_console().print(report.render_table())
 
 
 def _echo_stderr(message: str) -> None:

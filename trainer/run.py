@@ -183,7 +183,7 @@ def core_callbacks(config: "TrainConfig", output_dir: Path, expected: list[str],
                    record: Optional[dict] = None) -> dict[str, Any]:
     callbacks = {
         "progress": cb.progress_callback(echo), "metrics": cb.metrics_callback(output_dir),
-        "plot": cb.loss_plot_callback(output_dir),
+        "plot": cb.loss_plot_callback(output_dir, title=cb.loss_plot_title(output_dir, config.model.name, config.language)),
         "complete": completion_marker_callback(config.training.save_total_limit, record),
         "nan": cb.nan_guard_callback(config.training.max_nonfinite_losses),
         "grad": cb.gradient_check_callback(expected),
@@ -244,9 +244,9 @@ def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, out
                               max_documents=config.eval.max_eval_documents, max_length=config.model.max_seq_length,
                               batch_size=config.eval.per_device_eval_batch_size, echo=echo)
     path = report.write_json(output_dir / EVAL_REPORT)
-    from rich.console import Console
+    from babeltune.console import table_console
 
-    Console(stderr=True).print(report.render_table())
+    table_console(stderr=True).print(report.render_table())   # off a terminal: wide, numbers never cut
     return Path(path)
 
 

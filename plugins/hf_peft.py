@@ -120,6 +120,7 @@ def load_prepared_base(config: "TrainConfig", runtime: Runtime) -> tuple[Any, An
 class HfPeftBackend(Backend):
     name = "hf-peft"
     description = "transformers + PEFT LoRA (rsLoRA, DoRA, QLoRA, modules_to_save with their own lr); CPU and GPU"
+    supports_fsdp = True   # train --gpus N --fsdp (bf16 weights; not with QLoRA)
 
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
         tokenizer, base, attn, notes = load_prepared_base(config, runtime)

@@ -13,7 +13,7 @@ from typing import Optional
 import click
 import yaml
 
-from babeltune.errors import handle_errors
+from babeltune.errors import BabeltuneError, handle_errors
 from babeltune.trainer import distributed
 
 RESUME_LAST = "\0last"  # --resume given without a value
@@ -68,12 +68,16 @@ def show_dry_run(config, backend: Optional[str]) -> None:
 @click.option("--no-eval", is_flag=True, help="Skip the held-out bits-per-character evaluation at the end.")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel over N GPUs of this machine (torchrun + DDP; rank 0 writes the outputs).")
+@click.option("--fsdp", is_flag=True, help="With --gpus N: shard the frozen base model over the GPUs (FSDP2) instead "
+              "of a full copy on each; same as --set training.distributed=fsdp.")
 @handle_errors
-def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval, gpus):
+def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_run, no_eval, gpus, fsdp):
     """Train an adapter from a config written by `advise`."""
+    sets = check_fsdp_flag(fsdp, gpus) + tuple(sets)
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
         show_dry_run(config, backend)
+        show_launch_plan(config, gpus, click.get_current_context().params)
         return
     if gpus > 1 and not os.environ.get(distributed.LAUNCHED_ENV):
         distributed.check_gpus(gpus)
@@ -81,7 +85,8 @@ def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_
 
         resolve_model_dir(config.model.name)   # convert a built-in/GGUF model once, before N processes want it
         args = worker_args(click.get_current_context().params)
-        sys.exit(distributed.launch(gpus, args, echo_err))
+        mode = "sharded (FSDP)" if config.training.distributed == "fsdp" else "data-parallel"
+        sys.exit(distributed.launch(gpus, args, echo_err, mode))
     from babeltune.trainer.run import run_training
 
     result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
@@ -103,7 +108,28 @@ def worker_args(params: dict) -> list[str]:
         args += ["--set", item]
     args += ["--merge"] if params["merge"] else []
     args += ["--no-eval"] if params["no_eval"] else []
+    args += ["--fsdp"] if params.get("fsdp") else []
     return args
+
+
+def check_fsdp_flag(fsdp: bool, gpus: int) -> tuple[str, ...]:
+    """--fsdp as its config override; alone on one process it has nothing to shard over."""
+    if not fsdp:
+        return ()
+    if gpus < 2 and distributed.world_size() < 2:
+        raise BabeltuneError("--fsdp: shards the model over several GPUs, but one process was asked for; "
+                             "pass --gpus N (N >= 2), or drop --fsdp")
+    return ("training.distributed=fsdp",)
+
+
+def show_launch_plan(config, gpus: int, params: dict) -> None:
+    """--dry-run with --gpus N: the worker command, its environment and (FSDP) the Trainer's fsdp arguments."""
+    if gpus < 2:
+        return
+    from babeltune.trainer.fsdp import dry_run_plan
+
+    click.echo("# launcher (--gpus): " + ("sharded, FSDP" if config.training.distributed == "fsdp" else "data-parallel, DDP"))
+    click.echo(yaml.safe_dump(dry_run_plan(config, gpus, worker_args(params)), sort_keys=False, default_flow_style=False))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

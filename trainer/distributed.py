@@ -67,12 +67,16 @@ def torchrun_command(gpus: int, train_args: list[str]) -> list[str]:
             "-m", "babeltune.trainer.cli", *train_args]
 
 
-def launch(gpus: int, train_args: list[str], echo: Callable[[str], Any]) -> int:
+def worker_environment() -> dict[str, str]:
+    """What the launcher adds to the workers' environment."""
+    return {LAUNCHED_ENV: "1", "PYTHONUNBUFFERED": "1"}
+
+
+def launch(gpus: int, train_args: list[str], echo: Callable[[str], Any], mode: str = "data-parallel") -> int:
     """Run ``train_args`` on ``gpus`` processes and wait; returns the launcher's exit code."""
     command = torchrun_command(gpus, train_args)
-    echo(f"--gpus {gpus}: data-parallel over {gpus} processes: {' '.join(command[1:])}")
-    env = {**os.environ, LAUNCHED_ENV: "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.call(command, env=env)
+    echo(f"--gpus {gpus}: {mode} over {gpus} processes: {' '.join(command[1:])}")
+    return subprocess.call(command, env={**os.environ, **worker_environment()})
 
 
 def scale_accumulation(config: "TrainConfig", processes: int, echo: Callable[[str], Any]) -> "TrainConfig":

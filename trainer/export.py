@@ -61,14 +61,16 @@ def resolved_config_yaml(config: "TrainConfig") -> str:
     return header + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def save_final(model: Any, tokenizer: Any, config: "TrainConfig", output_dir: str | Path) -> Path:
-    """Adapter weights (safetensors) + adapter_config.json + tokenizer + the resolved config, in output_dir."""
+def save_final(model: Any, tokenizer: Any, config: "TrainConfig", output_dir: str | Path,
+               state_dict: Optional[dict] = None) -> Path:
+    """Adapter weights (safetensors) + adapter_config.json + tokenizer + the resolved config, in output_dir.
+    ``state_dict``: the trainable tensors gathered from a sharded (FSDP) model, saved instead of the model's own."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if not is_peft_model(model):
         raise BabeltuneError(f"backend {config.backend.name}: the trained model is not a PEFT model, so no adapter can "
                              "be saved; the backend must return a peft.PeftModel")
-    model.save_pretrained(str(folder), safe_serialization=True)
+    model.save_pretrained(str(folder), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(str(folder))
     atomic_write_text(folder / RESOLVED_CONFIG, resolved_config_yaml(config))
     if not (folder / ADAPTER_WEIGHTS).is_file():
@@ -119,6 +121,16 @@ def load_saved(folder: Path, model_dir: str, in_memory: Any) -> Any:
         base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     else:
         base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(reference.device)
+    return PeftModel.from_pretrained(base, str(folder)).eval()
+
+
+def load_base_and_adapter(folder: Path, model_dir: str, *, dtype: Any, device: Any, attn: Optional[str] = None) -> Any:
+    """A fresh base model from ``model_dir`` on one device + the saved adapter, as a user loads it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype, **({"attn_implementation": attn} if attn else {})}
+    base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(device)
     return PeftModel.from_pretrained(base, str(folder)).eval()
 
 

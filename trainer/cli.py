@@ -89,6 +89,7 @@ def train(config_path, backend, output_dir, max_steps, resume, sets, merge, dry_
         sys.exit(distributed.launch(gpus, args, echo_err, mode))
     from babeltune.trainer.run import run_training
 
+    distributed.die_with_launcher()   # a torchrun worker must not outlive a killed launcher
     result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
                           echo=distributed.main_process_echo(echo_err), config_file=config_path, evaluate=not no_eval)
     if distributed.is_main_process():

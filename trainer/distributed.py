@@ -67,6 +67,26 @@ def torchrun_command(gpus: int, train_args: list[str]) -> list[str]:
             "-m", "babeltune.trainer.cli", *train_args]
 
 
+def die_with_launcher() -> bool:
+    """In a torchrun worker on Linux: ask the kernel to SIGKILL this process when its launcher dies. torchrun starts
+    each worker in a session of its own, so a `kill -9` of `train --gpus N` (or of torchrun) would otherwise leave
+    the workers training on, holding the GPUs and writing into output_dir while a `--resume` starts beside them.
+    Returns whether it was set."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != launcher:   # the launcher died before the request was in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
 def worker_environment() -> dict[str, str]:
     """What the launcher adds to the workers' environment."""
     return {LAUNCHED_ENV: "1", "PYTHONUNBUFFERED": "1"}

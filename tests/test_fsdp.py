@@ -1,0 +1,232 @@
+"""`train --gpus N --fsdp`: the launcher's plan, the fsdp arguments the HF Trainer gets, the refusals, and real
+2-process FSDP2 runs on CPU (gloo): loss curve equal to the single-process run, one checkpoint set, the adapter
+written once and loadable on one device, and `--resume` after kill -9 of the launcher.
+
+accelerate shards only on accelerators, so the multi-process runs go through tests/fsdp_cpu_worker.py, which flips
+accelerate's CPU state to FSDP and then runs `train` unchanged; without it the run is refused (tested too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from babeltune.config import load_config
+from babeltune.errors import BabeltuneError
+from babeltune.trainer import cli, distributed, fsdp
+from babeltune.trainer.checkpoints import MARKER
+
+from conftest import DATA, TEXT
+
+CONFIG = DATA / "configs" / "tiny-cpt.yaml"
+WORKER = Path(__file__).parent / "fsdp_cpu_worker.py"
+STEPS, SAVE_EVERY = 9, 3   # 9 optimizer steps of 8 sequences stay inside the first epoch (75 rows): no partial batch
+
+
+def settings(model_dir, out) -> list[str]:
+    return [f"model.name={model_dir}", f"training.output_dir={out}", f"data.train={TEXT / 'mr.txt'}",
+            "training.gradient_accumulation_steps=2", f"training.max_steps={STEPS}", f"training.save_steps={SAVE_EVERY}",
+            "eval.evaluation_strategy=no"]
+
+
+def worker_command(model_dir, out, *extra: str, worker: bool = True) -> list[str]:
+    args = ["--config", str(CONFIG), "--no-eval", "--fsdp", *extra]
+    for item in settings(model_dir, out):
+        args += ["--set", item]
+    command = distributed.torchrun_command(2, args)
+    if worker:   # the CPU worker instead of `-m babeltune.trainer.cli`
+        at = command.index("babeltune.trainer.cli")
+        command[at - 1:at + 1] = [str(WORKER)]
+    return command
+
+
+def worker_env() -> dict:
+    return {**os.environ, **distributed.worker_environment(), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def losses(run_dir) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def single_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """The same effective batch (4 x 2 accumulation) on one process: the curve the sharded runs must follow."""
+    from babeltune.trainer.run import run_training
+
+    out = tmp_path_factory.mktemp("fsdp-single")
+    run_training(load_config(CONFIG, settings(tiny_model_dir, out)), evaluate=False, echo=lambda _line: None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher, config and refusals (one process)
+
+
+def test_dry_run_shows_the_torchrun_command_environment_and_fsdp_config(tiny_model_dir):
+    result = CliRunner().invoke(cli.train, ["--config", str(CONFIG), "--set", f"model.name={tiny_model_dir}",
+                                            "--dry-run", "--gpus", "2", "--fsdp"])
+    assert result.exit_code == 0, result.output
+    plan = yaml.safe_load(result.output.split("# launcher (--gpus): sharded, FSDP\n", 1)[1])
+    assert plan["command"][1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    assert plan["command"][6:] == ["babeltune.trainer.cli", "--config", str(CONFIG), "--set",
+                                   f"model.name={tiny_model_dir}", "--fsdp"]
+    assert plan["environment"] == {"BABELTUNE_LAUNCHED": "1", "PYTHONUNBUFFERED": "1"}
+    assert plan["fsdp"] is True and plan["distributed"] == "fsdp"
+    assert plan["fsdp_config"] == {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                   "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"],
+                                   "state_dict_type": "SHARDED_STATE_DICT", "reshard_after_forward": True,
+                                   "cpu_ram_efficient_loading": False}
+    ddp = CliRunner().invoke(cli.train, ["--config", str(CONFIG), "--dry-run", "--gpus", "2"])
+    assert "# launcher (--gpus): data-parallel, DDP" in ddp.output and "fsdp_config" not in ddp.output
+
+
+def test_fsdp_flag_alone_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "babeltune.trainer.cli", "--config", str(CONFIG), "--fsdp"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: --fsdp: shards the model over several GPUs, but one process was asked for; "
+                                   "pass --gpus N (N >= 2), or drop --fsdp")
+
+
+def test_the_trainer_gets_fsdp2_wrapping_each_decoder_layer(tiny_model_dir, monkeypatch, tmp_path):
+    """What the HF Trainer makes of babeltune's fsdp arguments: accelerate's FSDP2 plugin arguments."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    config = load_config(CONFIG, ["training.distributed=fsdp"])
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert fsdp.training_kwargs(config, model) == {}          # one process: nothing to shard
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert fsdp.training_kwargs(load_config(CONFIG), model) == {}   # ddp
+    kwargs = fsdp.training_kwargs(config, model)
+    assert kwargs["fsdp"] is True and kwargs["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    monkeypatch.setenv("WORLD_SIZE", "1")   # TrainingArguments itself needs no process group
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **kwargs)
+    assert args.fsdp_plugin_args["fsdp_version"] == 2
+    assert args.fsdp_plugin_args["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"
+    assert args.fsdp_plugin_args["state_dict_type"] == "SHARDED_STATE_DICT"
+    assert args.fsdp_plugin_args["reshard_after_forward"] is True
+
+
+def test_qlora_and_backends_that_cannot_shard_are_refused(monkeypatch):
+    lines = []
+    with pytest.raises(BabeltuneError, match=r"^training.distributed: fsdp shards bf16 weights, but model.load_in_4bit is true"):
+        fsdp.check_config(load_config(CONFIG, ["training.distributed=fsdp", "model.load_in_4bit=true"]), lines.append)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    fsdp.check_config(load_config(CONFIG, ["training.distributed=fsdp"]), lines.append)
+    assert lines == ["training.distributed: fsdp, but one process: nothing to shard, training on one device "
+                     "(train --gpus N shards over N GPUs)"]
+    from babeltune.trainer.plugins import available_backends
+
+    backends = available_backends()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = load_config(CONFIG, ["training.distributed=fsdp"])
+    fsdp.check_backend(config, backends["hf-peft"])
+    with pytest.raises(BabeltuneError, match=r"backend unsloth cannot shard its model with FSDP; use --backend hf-peft"):
+        fsdp.check_backend(config, backends["unsloth"])
+    fsdp.check_backend(load_config(CONFIG), backends["unsloth"])   # ddp: no objection
+
+
+# ---------------------------------------------------------------------------------------------
+# Real 2-process runs on CPU (gloo)
+
+
+@pytest.mark.slow
+def test_sharded_run_matches_one_process_and_writes_one_checkpoint_set(tiny_model_dir, single_run, tmp_path):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "fsdp"
+    proc = subprocess.run(worker_command(tiny_model_dir, out), env=worker_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(out) == pytest.approx(losses(single_run), abs=2e-3) and len(losses(out)) == STEPS
+    log = proc.stderr
+    assert "fsdp: FSDP2 over 2 processes, one unit per LlamaDecoderLayer" in log
+    assert "2 LlamaDecoderLayer" in log and log.count("reload check:") == 1   # rank 0 alone reports
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["device"]["world_size"] == 2 and manifest["config"]["training"]["distributed"] == "fsdp"
+    plan = manifest["fsdp"]
+    assert plan["units"]["LlamaDecoderLayer"] == 2 and len(plan["local_parameters_per_rank"]) == 2
+    assert sum(plan["local_parameters_per_rank"]) == plan["parameters"]   # every parameter held by exactly one rank
+    assert max(plan["local_parameters_per_rank"]) < plan["parameters"]     # really sharded
+    assert manifest["reload_check"]["notes"] == [fsdp.SHARDED_CHECK_NOTE] and manifest["reload_check"]["max_abs_diff"] == 0
+
+    # one checkpoint set: each checkpoint-N holds one shard per rank, the adapter once, the completion marker
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-9"]
+    last = out / "checkpoint-9"
+    assert sorted(p.name for p in (last / "pytorch_model_fsdp_0").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert (last / "optimizer_0").is_dir() and (last / MARKER).is_file() and (last / "adapter_model.safetensors").is_file()
+
+    # the final adapter loads on one device with PEFT alone and equals the last checkpoint's
+    final, checkpoint = load_file(out / "adapter" / "adapter_model.safetensors"), load_file(last / "adapter_model.safetensors")
+    assert final.keys() == checkpoint.keys() and all(torch.equal(final[k], checkpoint[k]) for k in final)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out / "adapter"))
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.device.type == "cpu" for p in lora_b) and any(float(p.abs().max()) > 0 for p in lora_b)
+
+
+def live_children(pids: list[str]) -> list[str]:
+    alive = []
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_stops_the_workers_and_resume_matches(tiny_model_dir, single_run, tmp_path):
+    out = tmp_path / "killed"
+    launcher = subprocess.Popen(worker_command(tiny_model_dir, out), env=worker_env(), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / f"checkpoint-{SAVE_EVERY}" / MARKER).exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while live_children(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = live_children(workers)
+    for pid in survivors:   # ours: do not leave them running if the check fails
+        os.kill(int(pid), signal.SIGKILL)
+    assert not survivors, "torchrun workers kept training after their launcher was killed"
+    assert not (out / "manifest.json").exists() and not (out / f"checkpoint-{STEPS}").exists()
+
+    resumed = subprocess.run(worker_command(tiny_model_dir, out, "--resume"), env=worker_env(), capture_output=True,
+                             text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(out)[-1] == pytest.approx(losses(single_run)[-1], abs=2e-3)
+    assert losses(out) == pytest.approx(losses(single_run), abs=2e-3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert Path(manifest["resumed_from"]).name in {f"checkpoint-{SAVE_EVERY}", f"checkpoint-{2 * SAVE_EVERY}"}
+    assert manifest["result"]["steps"] == STEPS
+
+
+@pytest.mark.slow
+def test_fsdp_on_cpu_without_the_worker_switch_is_refused(tiny_model_dir, tmp_path):
+    """accelerate drops the FSDP plugin on CPU (MULTI_CPU): the run must stop instead of training unsharded."""
+    out = tmp_path / "refused"
+    proc = subprocess.run(worker_command(tiny_model_dir, out, worker=False), env=worker_env(), capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode != 0
+    assert ("error: training.distributed: fsdp, but accelerate did not enable FSDP here (it shards only on "
+            "GPUs/accelerators; on CPU it would run data parallel)") in proc.stderr
+    assert not list(out.glob("checkpoint-*"))

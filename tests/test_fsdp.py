@@ -201,14 +201,14 @@ def test_kill_9_of_the_launcher_stops_the_workers_and_resume_matches(tiny_model_
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait()
     assert len(workers) == 2
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 3   # the kernel kills them at once; orphans would train on for seconds
     while live_children(workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     survivors = live_children(workers)
     for pid in survivors:   # ours: do not leave them running if the check fails
         os.kill(int(pid), signal.SIGKILL)
     assert not survivors, "torchrun workers kept training after their launcher was killed"
-    assert not (out / "manifest.json").exists() and not (out / f"checkpoint-{STEPS}").exists()
+    assert not (out / "manifest.json").exists() and not (out / f"checkpoint-{STEPS}").exists()   # nobody finished it
 
     resumed = subprocess.run(worker_command(tiny_model_dir, out, "--resume"), env=worker_env(), capture_output=True,
                              text=True, timeout=400)

@@ -35,6 +35,7 @@ CONFIG_KEYS = {
     "save_steps": "training.save_steps", "evaluation_strategy": "eval.evaluation_strategy",
     "eval_steps": "eval.eval_steps", "save_strategy": "eval.save_strategy",
     "early_stopping_patience": "eval.early_stopping_patience",
+    "distributed": "training.distributed",
 }
 
 
@@ -207,7 +208,7 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
 
 def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optional[str] = None,
            gpu_memory: Optional[str | float] = None, goal: str = "cpt", full: bool = False, seed: int = 0,
-           echo: Callable[[str], None] = lambda line: None) -> Advice:
+           echo: Callable[[str], None] = lambda line: None, gpus: int = 1) -> Advice:
     """Measure ``corpus`` (a CorpusSpec) for language ``lang`` and decide every training parameter."""
     from babeltune.advisor.language import resolve_language
     from babeltune.advisor.rules import RuleContext, apply_rules
@@ -227,8 +228,12 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     if warning:
         notes.append(warning)
     facts = model_facts(model)
-    ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal)
+    ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal,
+                      gpus=gpus)
     decisions = apply_rules(ctx)
+    if gpus > 1:
+        notes.append(f"--gpus {gpus}: memory is per GPU; start it with `train --config FILE --gpus {gpus}` "
+                     f"({'FSDP, the model sharded' if decisions['distributed'].value == 'fsdp' else 'DDP, a copy per GPU'})")
     config, reasons = build_config(decisions, language=profile.code, model=model, tokenizer=tokenizer,
                                    corpus=corpus, goal=goal)
     validate_config(config, source="advised config")

@@ -230,3 +230,74 @@ def test_fsdp_on_cpu_without_the_worker_switch_is_refused(tiny_model_dir, tmp_pa
     assert ("error: training.distributed: fsdp, but accelerate did not enable FSDP here (it shards only on "
             "GPUs/accelerators; on CPU it would run data parallel)") in proc.stderr
     assert not list(out.glob("checkpoint-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# advise --gpus N: DDP or FSDP from the memory model
+
+
+def test_memory_model_divides_weights_and_adapter_state_and_adds_the_gathered_layers():
+    from advisor_fixtures import LLAMA2_7B
+    from babeltune.advisor.memory import GIB, estimate_memory, linear_parameters
+
+    common = dict(batch_size=2, seq_len=1024, lora_r=16, target_modules="all-linear", load_in_4bit=False,
+                  gradient_checkpointing=True)
+    copy, sharded = estimate_memory(LLAMA2_7B, **common), estimate_memory(LLAMA2_7B, **common, shards=4)
+    assert sharded.parts["weights"] == pytest.approx(copy.parts["weights"] / 4)
+    assert sharded.parts["trainable"] == pytest.approx(copy.parts["trainable"] / 4)
+    for part in ("activations", "logits", "overhead"):
+        assert sharded.parts[part] == pytest.approx(copy.parts[part])
+    # two decoder layers (running + prefetched) and the 32000 x 4096 lm_head, in bf16
+    layer = linear_parameters(LLAMA2_7B) / 32
+    assert sharded.parts["gathered"] == pytest.approx(2 * (2 * layer + 32000 * 4096) / GIB)
+    assert "gathered" not in copy.parts and sharded.inputs["shards"] == 4
+    with_embeddings = estimate_memory(LLAMA2_7B, **common, shards=4, modules_to_save=["embed_tokens"])
+    assert with_embeddings.parts["gathered"] - sharded.parts["gathered"] == pytest.approx(32000 * 4096 * 6 / GIB)
+
+
+@pytest.mark.parametrize("gpu, gpus, distributed, four_bit", [
+    (24, 2, "ddp", False),    # bf16 fits one 24 GB GPU: a copy per GPU
+    (12, 2, "fsdp", False),   # 13.6 GiB on one GPU > 10.8 budget; sharded over 2 fits
+    (8, 2, "ddp", True),      # not even sharded over 2: QLoRA on each GPU
+    (12, 1, "ddp", True),     # one GPU: as before
+])
+def test_advisor_picks_ddp_or_fsdp_from_the_memory_model(gpu, gpus, distributed, four_bit):
+    from advisor_fixtures import LLAMA2_7B, MARATHI, measurements
+    from babeltune.advisor.rules import RuleContext, apply_rules
+
+    ctx = RuleContext(measurements=measurements(), facts=LLAMA2_7B, profile=MARATHI, gpu_memory_gib=gpu, gpus=gpus)
+    decisions = apply_rules(ctx)
+    assert decisions["distributed"].value == distributed and decisions["load_in_4bit"].value is four_bit
+    assert ctx.estimate().total_gib <= gpu * 0.9
+    assert ctx.estimate().inputs["shards"] == (gpus if distributed == "fsdp" else 1)
+    reason = decisions["distributed"].reason
+    if distributed == "fsdp":
+        assert reason.startswith("bf16 needs 13.") and f"sharded over {gpus} GPUs (FSDP)" in reason and "per GPU" in reason
+    elif gpus > 1:
+        assert "GiB" in reason and ("full copy (DDP)" in reason or "4-bit weights on every GPU" in reason)
+
+
+def test_advise_writes_the_decision_into_the_config(tmp_path, tiny_model_dir):
+    """A folder with the tiny tokenizer and a Llama-2-7B config.json (advise reads no weights)."""
+    import shutil
+
+    from transformers import LlamaConfig
+
+    from babeltune.advisor.cli import advise
+
+    model = tmp_path / "llama-7b-shape"
+    model.mkdir()
+    for item in tiny_model_dir.glob("tokenizer*"):
+        shutil.copy(item, model)
+    LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, max_position_embeddings=4096, tie_word_embeddings=False).save_pretrained(model)
+    out = tmp_path / "advised.yaml"
+    result = CliRunner().invoke(advise, ["--lang", "mr", "--corpus", str(TEXT / "mr.txt"), "--model", str(model),
+                                         "--gpu-memory", "12GB", "--gpus", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "  distributed: fsdp\n" in text and "  load_in_4bit: false\n" in text
+    reason = text.split("  distributed: fsdp")[0].rsplit("\n", 2)[-2]
+    assert reason.startswith("  # bf16 needs ") and "sharded over 2 GPUs (FSDP)" in reason
+    assert "train --config FILE --gpus 2" in text
+    assert load_config(out).training.distributed == "fsdp"

@@ -163,7 +163,8 @@ def test_sharded_run_matches_one_process_and_writes_one_checkpoint_set(tiny_mode
     assert plan["units"]["LlamaDecoderLayer"] == 2 and len(plan["local_parameters_per_rank"]) == 2
     assert sum(plan["local_parameters_per_rank"]) == plan["parameters"]   # every parameter held by exactly one rank
     assert max(plan["local_parameters_per_rank"]) < plan["parameters"]     # really sharded
-    assert manifest["reload_check"]["notes"] == [fsdp.SHARDED_CHECK_NOTE] and manifest["reload_check"]["max_abs_diff"] == 0
+    assert manifest["reload_check"]["notes"] == [fsdp.SHARDED_CHECK_NOTE, "rank 0 freed the sharded model before the reload"]
+    assert manifest["reload_check"]["max_abs_diff"] == 0
 
     # one checkpoint set: each checkpoint-N holds one shard per rank, the adapter once, the completion marker
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6", "checkpoint-9"]
@@ -301,3 +302,15 @@ def test_advise_writes_the_decision_into_the_config(tmp_path, tiny_model_dir):
     assert reason.startswith("  # bf16 needs ") and "sharded over 2 GPUs (FSDP)" in reason
     assert "train --config FILE --gpus 2" in text
     assert load_config(out).training.distributed == "fsdp"
+
+
+def test_liger_stays_off_under_fsdp(monkeypatch):
+    from babeltune.plugins.hf_peft import apply_liger
+    from babeltune.trainer.backend import Runtime
+
+    gpu = Runtime(device="cuda", precision="bf16", model_dir="unused", world_size=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    auto = load_config(CONFIG, ["training.distributed=fsdp"])
+    assert apply_liger(None, auto, gpu).startswith("liger-kernel: off (training.distributed is fsdp: its fused loss")
+    with pytest.raises(BabeltuneError, match=r"backend.options.liger: true, but training.distributed is fsdp"):
+        apply_liger(None, load_config(CONFIG, ["training.distributed=fsdp", "backend.options.liger=true"]), gpu)

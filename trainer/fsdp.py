@@ -224,16 +224,77 @@ def save_adapter(model: Any, state_dict: dict[str, Any], tokenizer: Any, config:
     return export.save_final(model, tokenizer, config, folder, state_dict=state_dict)
 
 
-def check_saved_adapter(model: Any, gathered: dict[str, Any], folder: Path, model_dir: str, tokenizer: Any,
-                        texts: list[str], *, precision: str, max_length: int, device: Any):
+def release_trained_model(session: Any) -> bool:
+    """Rank 0, after the adapter is saved: drop every reference babeltune and the Trainer hold to the sharded model
+    and its optimizer, so its GPU memory is free for the reload check (a model sharded because it does not fit one
+    GPU leaves little room beside its shard). Returns whether the model object was really collected."""
+    import gc
+    import weakref
+
+    import torch
+
+    trainer = session.trainer
+    alive = weakref.ref(trainer.model)
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    for name in ("model", "optimizer", "lr_scheduler"):
+        setattr(trainer.callback_handler, name, None)
+    for name in ("_models", "_optimizers", "_schedulers"):
+        getattr(trainer.accelerator, name, []).clear()
+    session.loaded.model = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return alive() is None
+
+
+def reload_device(runtime: Any, weights_bytes: int) -> tuple[Any, Optional[str]]:
+    """Where rank 0 reloads the saved adapter on a fresh base model: its GPU when the weights fit in the memory
+    free there (with a fifth spare for the probe and the evaluation), else the CPU, with the note that says why."""
+    import torch
+
+    if runtime.device != "cuda":
+        return torch.device("cpu"), None
+    device = torch.device(f"cuda:{runtime.local_rank}")
+    free, _total = torch.cuda.mem_get_info(device)
+    if free >= weights_bytes * 1.2:
+        return device, None
+    return torch.device("cpu"), (f"reload check on the CPU: the base weights ({weights_bytes / 2**30:.1f} GiB) do not fit "
+                                 f"the {free / 2**30:.1f} GiB free on {device}")
+
+
+def finish_on_main_process(session: Any, precision: str) -> tuple[Path, Any, Any]:
+    """Rank 0 of a sharded run: save the gathered adapter, free the sharded model, reload the saved folder with
+    PeftModel.from_pretrained on one device and check it. Returns (adapter folder, ReloadCheck, reloaded model)."""
+    from babeltune.trainer.run import ADAPTER_DIR
+
+    config, loaded, runtime = session.config, session.loaded, session.runtime
+    adapter_dir = save_adapter(session.trainer.model, session.gathered, loaded.tokenizer, config,
+                               session.output_dir / ADAPTER_DIR)
+    base = session.trainer.model.get_base_model()
+    dtype = next(p.dtype for p in base.parameters() if not p.requires_grad and p.is_floating_point())
+    weights_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+    attn = getattr(base.config, "_attn_implementation", None)
+    del base
+    freed = release_trained_model(session)
+    device, note = reload_device(runtime, weights_bytes)
+    check, reloaded = check_saved_adapter(session.gathered, adapter_dir, runtime.model_dir, loaded.tokenizer,
+                                          session.data.eval_texts, precision=precision,
+                                          max_length=config.model.max_seq_length, device=device, dtype=dtype, attn=attn)
+    check.notes.append("rank 0 freed the sharded model before the reload" if freed else
+                       "rank 0 could not free the sharded model before the reload (still referenced)")
+    if note:
+        check.notes.append(note)
+    return adapter_dir, check, reloaded
+
+
+def check_saved_adapter(gathered: dict[str, Any], folder: Path, model_dir: str, tokenizer: Any, texts: list[str], *,
+                        precision: str, max_length: int, device: Any, dtype: Any, attn: Optional[str]):
     """Rank 0: load the saved folder as a user would (``PeftModel.from_pretrained`` on a fresh base model on one
     device), compare every trainable tensor with the gathered trained one, and measure the adapter's effect on the
     logits (adapter on vs off). Returns (ReloadCheck, reloaded model)."""
     from babeltune.trainer import export
 
-    base_dtype = next(t for t in model.get_base_model().state_dict().values() if t.is_floating_point()).dtype
-    reloaded = export.load_base_and_adapter(folder, model_dir, dtype=base_dtype, device=device,
-                                            attn=getattr(getattr(model, "config", None), "_attn_implementation", None))
+    reloaded = export.load_base_and_adapter(folder, model_dir, dtype=dtype, device=device, attn=attn)
     saved = dict(reloaded.named_parameters())
     missing = sorted(set(gathered) - set(saved))
     if missing:

@@ -349,16 +349,12 @@ def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, 
     from babeltune.trainer import export
 
     config, loaded, output_dir, echo = session.config, session.loaded, session.output_dir, session.echo
-    model = session.trainer.model
     session.trainer.optimizer = None  # free optimizer state before the reload check loads a second copy
     precision = "4bit" if config.model.load_in_4bit else session.runtime.precision
     if session.gathered is not None:   # FSDP: the trained tensors were gathered from every rank
-        adapter_dir = fsdp.save_adapter(model, session.gathered, loaded.tokenizer, config, output_dir / ADAPTER_DIR)
-        check, reloaded = fsdp.check_saved_adapter(model, session.gathered, adapter_dir, session.runtime.model_dir,
-                                                   loaded.tokenizer, session.data.eval_texts, precision=precision,
-                                                   max_length=config.model.max_seq_length,
-                                                   device=session.trainer.args.device)
+        adapter_dir, check, reloaded = fsdp.finish_on_main_process(session, precision)
     else:
+        model = session.trainer.model
         adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir / ADAPTER_DIR)
         check, reloaded = export.reload_check(model, adapter_dir, session.runtime.model_dir, loaded.tokenizer,
                                               session.data.eval_texts, precision=precision,

@@ -137,6 +137,10 @@ def test_qlora_and_backends_that_cannot_shard_are_refused(monkeypatch):
     with pytest.raises(BabeltuneError, match=r"backend unsloth cannot shard its model with FSDP; use --backend hf-peft"):
         fsdp.check_backend(config, backends["unsloth"])
     fsdp.check_backend(load_config(CONFIG), backends["unsloth"])   # ddp: no objection
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")   # `accelerate launch` with an FSDP config, config left at ddp
+    with pytest.raises(BabeltuneError, match=r"^training.distributed: ddp, but accelerate launch asked for FSDP"):
+        fsdp.check_config(load_config(CONFIG), lines.append)
+    fsdp.check_config(config, lines.append)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,3 +318,16 @@ def test_liger_stays_off_under_fsdp(monkeypatch):
     assert apply_liger(None, auto, gpu).startswith("liger-kernel: off (training.distributed is fsdp: its fused loss")
     with pytest.raises(BabeltuneError, match=r"backend.options.liger: true, but training.distributed is fsdp"):
         apply_liger(None, load_config(CONFIG, ["training.distributed=fsdp", "backend.options.liger=true"]), gpu)
+
+
+def test_bench_refuses_in_one_line_without_two_gpus(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine can run the bench")
+    out = tmp_path / "fsdp.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "fsdp.py"), "--gpus", "2",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and not out.exists() and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: bench/fsdp.py: needs --gpus N >= 2 CUDA GPUs, ")
+    assert len(proc.stderr.strip().splitlines()) == 1

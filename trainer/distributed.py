@@ -115,3 +115,18 @@ def scale_accumulation(config: "TrainConfig", processes: int, echo: Callable[[st
          f"so the effective batch grows from {per_device * steps} to {per_device * steps * processes} sequences "
          "(consider a lower learning rate or an accumulation that divides evenly)")
     return config
+
+
+def peak_memory_per_rank() -> Optional[list[float]]:
+    """Each rank's peak GPU memory reserved by PyTorch during training (GiB, without the CUDA context), gathered to
+    every rank; None on CPU. A collective under torchrun: every rank calls it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    peak = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+    if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        peaks: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(peaks, peak)
+        return peaks
+    return [peak]

@@ -52,7 +52,12 @@ def active(config: "TrainConfig") -> bool:
 def check_config(config: "TrainConfig", echo: Callable[[str], Any]) -> None:
     """What FSDP cannot shard in these releases, as one error line naming the key; a note when there is one
     process (nothing to shard: the run trains as on one GPU)."""
+    from babeltune.plugins.common import fsdp_enabled
+
     if not requested(config):
+        if fsdp_enabled() and distributed.world_size() > 1:   # `accelerate launch` with an FSDP config file
+            raise BabeltuneError("training.distributed: ddp, but accelerate launch asked for FSDP (ACCELERATE_USE_FSDP); "
+                                 "add --set training.distributed=fsdp, or run train --gpus N --fsdp")
         return
     if config.model.load_in_4bit:
         raise BabeltuneError("training.distributed: fsdp shards bf16 weights, but model.load_in_4bit is true (bitsandbytes "
@@ -255,7 +260,9 @@ def reload_device(runtime: Any, weights_bytes: int) -> tuple[Any, Optional[str]]
     if runtime.device != "cuda":
         return torch.device("cpu"), None
     device = torch.device(f"cuda:{runtime.local_rank}")
-    free, _total = torch.cuda.mem_get_info(device)
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _device: 1.0)(device)
+    free = min(free, fraction * total - torch.cuda.memory_reserved(device))   # a memory cap counts too
     if free >= weights_bytes * 1.2:
         return device, None
     return torch.device("cpu"), (f"reload check on the CPU: the base weights ({weights_bytes / 2**30:.1f} GiB) do not fit "

@@ -297,6 +297,7 @@ class Session:
     trainer: Any = None
     gathered: Optional[dict] = None      # FSDP: the full trainable tensors, on rank 0
     sharding: Any = None                 # FSDP: the callback that recorded the sharding plan
+    peak_memory: Optional[list] = None   # GPU: each rank's peak reserved memory during training (GiB)
 
 
 def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
@@ -383,6 +384,7 @@ def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
         "eval_report": str(outputs["eval_report"]) if outputs["eval_report"] else None,
         "merged_dir": str(outputs["merged_dir"]) if outputs["merged_dir"] else None,
         "fsdp": session.sharding.plan if session.sharding is not None else None,
+        "gpu_peak_reserved_gib_per_rank": session.peak_memory,
     }
 
 
@@ -401,6 +403,7 @@ def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = 
     load_phase(session, backend)
     train_phase(session)
     state = session.trainer.state
+    session.peak_memory = distributed.peak_memory_per_rank()   # before the reload check adds its own
     if getattr(session.trainer, "is_fsdp_enabled", False):   # a collective: every rank gathers, rank 0 keeps the tensors
         session.gathered = fsdp.gather_trainable(session.trainer.model)
     if not session.trainer.is_world_process_zero():  # distributed: rank 0 saves, checks and evaluates

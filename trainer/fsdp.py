@@ -15,8 +15,8 @@ PyTorch FSDP2 (``fully_shard``) through accelerate's FSDP plugin instead of DDP:
   ``pytorch_model_fsdp_0/`` and ``optimizer_0/`` into the one ``checkpoint-N`` folder) and resume on the same number
   of GPUs;
 - the final adapter: every rank takes part in gathering the trainable tensors, rank 0 alone writes them with
-  ``PeftModel.save_pretrained`` and checks them by loading the folder with ``PeftModel.from_pretrained`` on one
-  device (``check_saved_adapter``).
+  ``PeftModel.save_pretrained``, frees the sharded model and checks the folder by loading it with
+  ``PeftModel.from_pretrained`` on one device (``finish_on_main_process``).
 
 accelerate runs FSDP only on accelerators (on CPU its state stays MULTI_CPU, i.e. DDP), so ``check_trainer`` refuses
 a run whose Trainer did not really shard instead of letting it train unsharded.
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from babeltune.config import TrainConfig
 
 STATE_DICT_TYPE = "SHARDED_STATE_DICT"
-UNSUPPORTED_BACKEND = "{name} cannot shard its model with FSDP"
 # The note the reload check carries under FSDP (the sharded model cannot run a forward pass on rank 0 alone).
 SHARDED_CHECK_NOTE = ("FSDP: the saved adapter's tensors compared with the trained ones gathered from all ranks; "
                       "the adapter's effect measured on the reloaded model")
@@ -69,7 +68,7 @@ def check_config(config: "TrainConfig", echo: Callable[[str], Any]) -> None:
 
 
 def check_backend(config: "TrainConfig", backend: Any) -> None:
-    if active(config) and not getattr(backend, "supports_fsdp", False):
+    if active(config) and not backend.supports_fsdp:
         raise BabeltuneError(f"training.distributed: fsdp, but backend {backend.name} cannot shard its model with FSDP; "
                              "use --backend hf-peft, or training.distributed: ddp")
 

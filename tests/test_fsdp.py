@@ -331,3 +331,27 @@ def test_bench_refuses_in_one_line_without_two_gpus(tmp_path):
     assert proc.returncode == 2 and not out.exists() and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: bench/fsdp.py: needs --gpus N >= 2 CUDA GPUs, ")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_fsdp_on_two_gpus_matches_ddp(tiny_model_dir, tmp_path):
+    """The GPU path the CPU runs cannot reach (NCCL, bf16 mixed precision under FSDP2, CUDA placement): through the
+    real CLI, `--gpus 2 --fsdp` follows `--gpus 2` (DDP) on the same global batch."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    runs = {}
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        out = tmp_path / name
+        args = ["--config", str(CONFIG), "--gpus", "2", "--no-eval", *extra]
+        for item in settings(tiny_model_dir, out):
+            args += ["--set", item]
+        proc = subprocess.run([sys.executable, "-m", "babeltune.trainer.cli", *args], capture_output=True, text=True,
+                              cwd=tmp_path, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = losses(out)
+    assert runs["fsdp"] == pytest.approx(runs["ddp"], abs=1e-2)   # bf16: FSDP2 reduces gradients in bf16
+    manifest = json.loads((tmp_path / "fsdp" / "manifest.json").read_text())
+    assert manifest["device"]["device"] == "cuda" and manifest["fsdp"]["units"]["LlamaDecoderLayer"] == 2
+    assert len(manifest["gpu_peak_reserved_gib_per_rank"]) == 2

@@ -201,13 +201,14 @@ def reload_adapter(model_dir: str, adapter_dir: str) -> dict:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to("cuda:0")
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"   # the CPU only to check this helper without a GPU
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(device)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     saved = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     loaded = {n.replace(".default", ""): p for n, p in model.named_parameters() if "lora_" in n}
     worst = max(float((loaded[k].float().cpu() - v.float()).abs().max()) for k, v in saved.items() if k in loaded)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    ids = tokenizer("मराठी भाषा", return_tensors="pt").to("cuda:0")
+    ids = tokenizer("मराठी भाषा", return_tensors="pt").to(device)
     with torch.no_grad():
         adapted = model(**ids).logits.float()
         with model.disable_adapter():

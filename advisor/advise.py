@@ -36,6 +36,7 @@ CONFIG_KEYS = {
     "save_steps": "training.save_steps", "evaluation_strategy": "eval.evaluation_strategy",
     "eval_steps": "eval.eval_steps", "save_strategy": "eval.save_strategy",
     "early_stopping_patience": "eval.early_stopping_patience",
+    "distributed": "training.distributed",
 }
 
 
@@ -211,10 +212,10 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
 def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optional[str] = None,
            gpu_memory: Optional[str | float] = None, goal: str = "cpt", full: bool = False, seed: int = 0,
            backend: str = "hf-peft", kernels: str = "plain",
-           echo: Callable[[str], None] = lambda line: None) -> Advice:
+           echo: Callable[[str], None] = lambda line: None, gpus: int = 1) -> Advice:
     """Measure ``corpus`` (a CorpusSpec) for language ``lang`` and decide every training parameter.
     ``backend`` is written to the config; memory is sized for ``kernels``, the kernels it trains with
-    (the CLI asks the backend: babeltune.trainer.plugins.kernels_for)."""
+    (the CLI asks the backend: babeltune.trainer.plugins.kernels_for), on each of ``gpus`` GPUs."""
     from babeltune.advisor.language import resolve_language
     from babeltune.advisor.rules import RuleContext, apply_rules
     from babeltune.config import validate_config
@@ -234,8 +235,11 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
         notes.append(warning)
     facts = model_facts(model)
     ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal,
-                      kernels=kernels)
+                      kernels=kernels, gpus=gpus)
     decisions = apply_rules(ctx)
+    if gpus > 1:
+        notes.append(f"--gpus {gpus}: memory is per GPU; start it with `train --config FILE --gpus {gpus}` "
+                     f"({'FSDP, the model sharded' if decisions['distributed'].value == 'fsdp' else 'DDP, a copy per GPU'})")
     config, reasons = build_config(decisions, language=profile.code, model=model, tokenizer=tokenizer,
                                    corpus=corpus, goal=goal, backend=backend, kernels=kernels)
     validate_config(config, source="advised config")

@@ -139,6 +139,9 @@ def next_step_hint(out) -> str:
 @click.option("--model", "models", multiple=True, help="Built-in name, Hugging Face folder or GGUF file (default: the installed built-in that fits best).")
 @click.option("--tokenizer", "tokenizers", multiple=True, help="Tokenizer override: tiktoken name, SentencePiece .model, tokenizer.json or a named tokenizer.")
 @click.option("--gpu-memory", default=None, help="GPU memory, e.g. 24GB (default: 24 GB).")
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs of one machine the run will use (train --gpus N): with several, a copy per GPU (DDP) or the "
+                   "model sharded over them (FSDP), whichever the memory model says fits.")
 @click.option("--goal", type=click.Choice(["cpt", "sft"]), default="cpt", show_default=True, help="cpt = continued pretraining on raw text; sft = instruction tuning.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the explained YAML config here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (measurements, parameters, memory).")
@@ -155,7 +158,7 @@ def next_step_hint(out) -> str:
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow Python code that a model/tokenizer folder names in auto_map to run (off: such folders are refused).")
 @handle_errors
-def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, report, compare, full, strict,
+def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, out, as_json, report, compare, full, strict,
            doc_split, text_field, text_column, seed, backend, trust_remote_code):
     """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
     reason that cites the measured number."""
@@ -175,7 +178,7 @@ def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, rep
     kernels = backend_kernels(backend, echo)
     advice = run_advise(lang, spec, model=models[0] if models else None,
                         tokenizer=tokenizers[0] if tokenizers else None, gpu_memory=gpu_memory, goal=goal,
-                        full=full, seed=seed, backend=backend, kernels=kernels, echo=echo)
+                        full=full, seed=seed, backend=backend, kernels=kernels, echo=echo, gpus=gpus)
     write_outputs(advice, out=out, as_json=as_json, report=report, echo=echo)
 
 

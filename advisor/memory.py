@@ -47,6 +47,14 @@ overhead
     and freed every step). Measured reserved minus allocated: 0.06-0.48 GiB with liger, 0.67-1.06 GiB
     in the logits-heavy plain runs.
 
+Sharded (FSDP, ``shards`` = N GPUs; PyTorch FSDP2 through accelerate, Zhao et al. 2023; ZeRO-3, Rajbhandari et al.
+2020): weights and trainable (with their gradients and optimizer state) are divided by N; a further part
+``gathered`` holds what is all-gathered in full at the peak: ``FSDP_GATHERED_LAYERS`` decoder layers (the one
+running and the one prefetched) and the embedding/lm_head unit (vocab x hidden), which accelerate keeps gathered
+from the forward to the backward pass, in the compute dtype; a trained embedding copy (modules_to_save) adds its
+gathered weight and its unsharded fp32 gradient. Activations and logits are per GPU as without sharding. Not yet
+checked against a measurement (bench/fsdp.py measures each rank's peak on a machine with >= 2 GPUs).
+
 Calibration (``python bench/memory_calibration.py report bench/results/memory_calibration.json``): peak
 reserved + CUDA context after 3 AdamW steps of a babeltune ``train`` run (each in a fresh process), random
 weights in the SmolLM2-135M and Llama-3.2-1B shapes (``bench/gpu_bench.py``, vocabulary 49152), LoRA r16 on
@@ -117,6 +125,7 @@ OPTIMIZER_STATE_BYTES = {
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 KERNEL_SETS = ("plain", "liger", "unsloth")
 BUDGET_SHARE = 0.90                 # advise keeps the estimate under this share of GPU memory
+FSDP_GATHERED_LAYERS = 2            # decoder layers gathered in full at once under FSDP (running + prefetched)
 
 
 @dataclass
@@ -215,12 +224,21 @@ def logit_bytes(facts: ModelFacts, tokens: int, kernels: str, fused_head: bool) 
     return chunk_tokens * facts.vocab_size * (4 + 4) + tokens * facts.hidden_size * 4
 
 
+def gathered_bytes(facts: ModelFacts, precision: str, modules_to_save: Sequence[str]) -> float:
+    """FSDP: what is all-gathered in full on each GPU at the peak (module docstring)."""
+    elem = DTYPE_BYTES.get(precision, 2)
+    layer = linear_parameters(facts) / max(facts.layers, 1)
+    trained_embeddings = embedding_parameters(facts, modules_to_save)
+    return elem * (FSDP_GATHERED_LAYERS * layer + facts.vocab_size * facts.hidden_size) + trained_embeddings * (elem + 4)
+
+
 def estimate_memory(facts: ModelFacts, *, batch_size: int, seq_len: int, lora_r: int,
                     target_modules: Union[Sequence[str], str], load_in_4bit: bool, gradient_checkpointing: bool,
                     modules_to_save: Sequence[str] = (), optimizer: str = "adamw_torch", precision: str = "bf16",
-                    lora_dropout: float = 0.0, kernels: str = "plain") -> MemoryEstimate:
-    """Estimated peak GPU memory of one training micro-step (see the module docstring for the formulas).
-    ``kernels``: "plain" (transformers + PEFT), "liger" (liger-kernel fused ops) or "unsloth"."""
+                    lora_dropout: float = 0.0, kernels: str = "plain", shards: int = 1) -> MemoryEstimate:
+    """Estimated peak GPU memory of one training micro-step on each GPU (see the module docstring for the formulas).
+    ``kernels``: "plain" (transformers + PEFT), "liger" (liger-kernel fused ops) or "unsloth".
+    ``shards``: GPUs the model is sharded over with FSDP (1 = a full copy on each GPU, as with DDP)."""
     if kernels not in KERNEL_SETS:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_SETS)}, not {kernels!r}")
     targets = resolve_targets(facts, target_modules)
@@ -237,12 +255,15 @@ def estimate_memory(facts: ModelFacts, *, batch_size: int, seq_len: int, lora_r:
     else:
         activations = tokens * facts.layers * per_layer
     fused_head = "lm_head" not in modules_to_save   # a trained lm_head needs the plain loss
+    shards = max(1, int(shards))
     parts_bytes = {
-        "weights": weight_bytes(facts, load_in_4bit, precision, kernels),
-        "trainable": trainable * per_trainable,
+        "weights": weight_bytes(facts, load_in_4bit, precision, kernels) / shards,
+        "trainable": trainable * per_trainable / shards,
         "activations": activations,
         "logits": logit_bytes(facts, tokens, kernels, fused_head),
     }
+    if shards > 1:
+        parts_bytes["gathered"] = gathered_bytes(facts, precision, modules_to_save)
     # the caching allocator reserves more than the tensors it hands out: a base pool plus fragmentation that
     # grows with the memory allocated and freed every step (activations, logits)
     reserve = ALLOCATOR_BASE_GIB * GIB + ALLOCATOR_FRAGMENTATION * (parts_bytes["activations"] + parts_bytes["logits"])
@@ -251,7 +272,8 @@ def estimate_memory(facts: ModelFacts, *, batch_size: int, seq_len: int, lora_r:
     parts = {name: value / GIB for name, value in parts_bytes.items()}
     inputs = dict(batch_size=batch_size, seq_len=seq_len, lora_r=lora_r, load_in_4bit=load_in_4bit,
                   gradient_checkpointing=gradient_checkpointing, modules_to_save=list(modules_to_save),
-                  optimizer=optimizer, precision=precision, kernels=kernels, trainable_parameters=trainable)
+                  optimizer=optimizer, precision=precision, kernels=kernels, trainable_parameters=trainable,
+                  shards=shards)
     return MemoryEstimate(total_gib=sum(parts.values()), parts=parts, inputs=inputs)
 
 

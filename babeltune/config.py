@@ -151,6 +151,8 @@ class TrainingConfig(Section):
     save_total_limit: int = Field(3, ge=1, le=MAX_COUNT, description="Checkpoints kept on disk.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="Mixed precision; auto = bf16 where supported, fp32 on CPU.")
     max_nonfinite_losses: int = Field(3, ge=1, le=MAX_COUNT, description="NaN guard: stop after this many optimizer steps with a non-finite loss (the last good checkpoint is kept).")
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With train --gpus N: ddp = a full copy of the model on every GPU; fsdp = the frozen base weights sharded over the GPUs (PyTorch FSDP2), for models that do not fit one GPU.")
 
     @model_validator(mode="after")
     def _one_length(self):

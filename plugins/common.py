@@ -163,6 +163,13 @@ def fsdp_enabled() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
 
 
+def sharded_run(config: "TrainConfig") -> bool:
+    """`train --gpus N --fsdp` / training.distributed: fsdp with several processes."""
+    from babeltune.trainer import fsdp
+
+    return fsdp.active(config)
+
+
 def load_base_model(config: "TrainConfig", runtime: "Runtime", attn_implementation: str):
     """The frozen base model from ``runtime.model_dir`` in the run's dtype, on the run's device."""
     from transformers import AutoModelForCausalLM
@@ -176,7 +183,7 @@ def load_base_model(config: "TrainConfig", runtime: "Runtime", attn_implementati
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": runtime.local_rank}
     model = AutoModelForCausalLM.from_pretrained(runtime.model_dir, **kwargs)
-    if quant is None and runtime.device == "cuda" and not fsdp_enabled():
+    if quant is None and runtime.device == "cuda" and not (fsdp_enabled() or sharded_run(config)):
         model.to(f"cuda:{runtime.local_rank}")   # under FSDP accelerate shards the CPU copy onto the GPUs
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
     return model

@@ -96,9 +96,11 @@ def apply_liger(model, config: "TrainConfig", runtime: Runtime, setting: LigerSe
     if setting is False:
         return None
     installed = importlib.util.find_spec("liger_kernel") is not None
-    if runtime.device != "cuda" or not installed:
-        why = "its kernels need a GPU" if runtime.device != "cuda" else \
-            "liger-kernel is not installed (pip install 'babeltune[fast]')"
+    if runtime.device != "cuda" or not installed or common.sharded_run(config):
+        why = ("its kernels need a GPU" if runtime.device != "cuda" else
+               "training.distributed is fsdp: its fused loss reads the lm_head weight directly, outside FSDP's "
+               "gathering (not verified sharded)" if common.sharded_run(config) else
+               "liger-kernel is not installed (pip install 'babeltune[fast]')")
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: true, but {why}; set liger: auto or false")
         return f"liger-kernel: off ({why})"
@@ -144,6 +146,7 @@ class HfPeftBackend(Backend):
     @property
     def kernels(self) -> Kernels:   # type: ignore[override]
         return auto_kernels()
+    supports_fsdp = True   # train --gpus N --fsdp (bf16 weights; not with QLoRA)
 
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
         tokenizer, base, attn, notes = load_prepared_base(config, runtime, self.parse_options(config).liger)

@@ -71,6 +71,8 @@ class Backend(abc.ABC):
         if problems:
             raise BabeltuneError(*problems)
         return options
+    supports_fsdp: bool = False         # may shard its model under `train --gpus N --fsdp` (the model must stay a
+                                        # plain transformers + PEFT module that FSDP2 can wrap); False is refused
 
     def availability(self) -> tuple[bool, str]:
         """(usable on this machine, why not). Must not import heavy packages when they are missing."""

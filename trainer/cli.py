@@ -15,7 +15,7 @@ import click
 import yaml
 
 from babeltune.cli_errors import Command
-from babeltune.errors import handle_errors
+from babeltune.errors import BabeltuneError, handle_errors
 from babeltune.trainer import distributed
 
 RESUME_LAST = "\0last"  # --resume given without a value
@@ -94,6 +94,8 @@ Examples:
 @click.option("--no-eval", is_flag=True, help="Skip the held-out bits-per-character evaluation at the end.")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel over N GPUs of this machine (torchrun + DDP; rank 0 writes the outputs).")
+@click.option("--fsdp", is_flag=True, help="With --gpus N: shard the frozen base model over the GPUs (FSDP2) instead "
+              "of a full copy on each; same as --set training.distributed=fsdp.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow Python code that the model folder names in auto_map to run (off: such folders are refused); "
                    "recorded in manifest.json.")
@@ -101,12 +103,13 @@ Examples:
               "malformed CSV row instead of skipping it (skips are always reported and counted in the manifest).")
 @handle_errors
 def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_config_change, sets, merge, dry_run,
-          no_eval, gpus, trust_remote_code, strict):
+          no_eval, gpus, fsdp, trust_remote_code, strict):
     """Train an adapter from a config written by `advise`."""
-    sets = sets + (("data.strict=true",) if strict else ())   # recorded in the resolved config and manifest
+    sets = check_fsdp_flag(fsdp, gpus) + tuple(sets) + (("data.strict=true",) if strict else ())   # recorded in the resolved config
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
         show_dry_run(config, backend)
+        show_launch_plan(config, gpus, click.get_current_context().params)
         return
     from babeltune.models.safety import allow_remote_code
 
@@ -120,9 +123,11 @@ def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_
 
         resolve_model_dir(config.model.name)   # convert a built-in/GGUF model once, before N processes want it
         args = worker_args(click.get_current_context().params)
-        sys.exit(distributed.launch(gpus, args, echo_err))
+        mode = "sharded (FSDP)" if config.training.distributed == "fsdp" else "data-parallel"
+        sys.exit(distributed.launch(gpus, args, echo_err, mode))
     from babeltune.trainer.run import run_training
 
+    distributed.die_with_launcher()   # a torchrun worker must not outlive a killed launcher
     result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
                           echo=distributed.main_process_echo(echo_err), config_file=config_path, evaluate=not no_eval,
                           allow_config_change=allow_config_change, overwrite=overwrite,
@@ -148,6 +153,7 @@ def worker_args(params: dict) -> list[str]:
     args += ["--no-eval"] if params["no_eval"] else []
     args += ["--strict"] if params.get("strict") else []
     args += ["--trust-remote-code"] if params.get("trust_remote_code") else []
+    args += ["--fsdp"] if params.get("fsdp") else []
     return args
 
 
@@ -163,6 +169,26 @@ def resume_command(ctx: click.Context) -> str:
     """The exact command that continues this run (said when Ctrl-C/SIGTERM stops it)."""
     params = {**ctx.params, "resume": RESUME_LAST, "overwrite": False, "allow_config_change": False}
     return shlex.join(command_prefix(ctx) + worker_args(params))
+
+
+def check_fsdp_flag(fsdp: bool, gpus: int) -> tuple[str, ...]:
+    """--fsdp as its config override; alone on one process it has nothing to shard over."""
+    if not fsdp:
+        return ()
+    if gpus < 2 and distributed.world_size() < 2:
+        raise BabeltuneError("--fsdp: shards the model over several GPUs, but one process was asked for; "
+                             "pass --gpus N (N >= 2), or drop --fsdp")
+    return ("training.distributed=fsdp",)
+
+
+def show_launch_plan(config, gpus: int, params: dict) -> None:
+    """--dry-run with --gpus N: the worker command, its environment and (FSDP) the Trainer's fsdp arguments."""
+    if gpus < 2:
+        return
+    from babeltune.trainer.fsdp import dry_run_plan
+
+    click.echo("# launcher (--gpus): " + ("sharded, FSDP" if config.training.distributed == "fsdp" else "data-parallel, DDP"))
+    click.echo(yaml.safe_dump(dry_run_plan(config, gpus, worker_args(params)), sort_keys=False, default_flow_style=False))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

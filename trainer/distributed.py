@@ -67,12 +67,36 @@ def torchrun_command(gpus: int, train_args: list[str]) -> list[str]:
             "-m", "babeltune.trainer.cli", *train_args]
 
 
-def launch(gpus: int, train_args: list[str], echo: Callable[[str], Any]) -> int:
+def die_with_launcher() -> bool:
+    """In a torchrun worker on Linux: ask the kernel to SIGKILL this process when its launcher dies. torchrun starts
+    each worker in a session of its own, so a `kill -9` of `train --gpus N` (or of torchrun) would otherwise leave
+    the workers training on, holding the GPUs and writing into output_dir while a `--resume` starts beside them.
+    Returns whether it was set."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    launcher = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != launcher:   # the launcher died before the request was in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def worker_environment() -> dict[str, str]:
+    """What the launcher adds to the workers' environment."""
+    return {LAUNCHED_ENV: "1", "PYTHONUNBUFFERED": "1"}
+
+
+def launch(gpus: int, train_args: list[str], echo: Callable[[str], Any], mode: str = "data-parallel") -> int:
     """Run ``train_args`` on ``gpus`` processes and wait; returns the launcher's exit code."""
     command = torchrun_command(gpus, train_args)
-    echo(f"--gpus {gpus}: data-parallel over {gpus} processes: {' '.join(command[1:])}")
-    env = {**os.environ, LAUNCHED_ENV: "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.call(command, env=env)
+    echo(f"--gpus {gpus}: {mode} over {gpus} processes: {' '.join(command[1:])}")
+    return subprocess.call(command, env={**os.environ, **worker_environment()})
 
 
 def scale_accumulation(config: "TrainConfig", processes: int, echo: Callable[[str], Any]) -> "TrainConfig":
@@ -91,3 +115,18 @@ def scale_accumulation(config: "TrainConfig", processes: int, echo: Callable[[st
          f"so the effective batch grows from {per_device * steps} to {per_device * steps * processes} sequences "
          "(consider a lower learning rate or an accumulation that divides evenly)")
     return config
+
+
+def peak_memory_per_rank() -> Optional[list[float]]:
+    """Each rank's peak GPU memory reserved by PyTorch during training (GiB, without the CUDA context), gathered to
+    every rank; None on CPU. A collective under torchrun: every rank calls it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    peak = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+    if world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        peaks: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(peaks, peak)
+        return peaks
+    return [peak]

@@ -67,17 +67,18 @@ def resolved_config_yaml(config: "TrainConfig") -> str:
 
 
 def save_final(model: Any, tokenizer: Any, config: "TrainConfig", output_dir: str | Path, *,
-               model_dir: Optional[str] = None) -> Path:
+               model_dir: Optional[str] = None, state_dict: Optional[dict] = None) -> Path:
     """Adapter weights (safetensors) + adapter_config.json + tokenizer + the resolved config (+ the base model's
     identity when ``model_dir`` is given) in ``output_dir``, all or nothing: written into a staging folder beside
-    it and renamed into place, so an interrupted save leaves the previous adapter (or none), never half of one."""
+    it and renamed into place, so an interrupted save leaves the previous adapter (or none), never half of one.
+    ``state_dict``: the trainable tensors gathered from a sharded (FSDP) model, saved instead of the model's own."""
     folder = Path(output_dir)
     if not is_peft_model(model):
         raise BabeltuneError(f"backend {config.backend.name}: the trained model is not a PEFT model, so no adapter can "
                              "be saved; the backend must return a peft.PeftModel")
 
     def write(staging: Path) -> None:
-        model.save_pretrained(str(staging), safe_serialization=True)
+        model.save_pretrained(str(staging), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(str(staging))
         atomic_write_text(staging / RESOLVED_CONFIG, resolved_config_yaml(config))
         if model_dir is not None:
@@ -180,6 +181,16 @@ def load_saved(folder: Path, model_dir: str, in_memory: Any) -> Any:
         base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     else:
         base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(reference.device)
+    return PeftModel.from_pretrained(base, str(folder)).eval()
+
+
+def load_base_and_adapter(folder: Path, model_dir: str, *, dtype: Any, device: Any, attn: Optional[str] = None) -> Any:
+    """A fresh base model from ``model_dir`` on one device + the saved adapter, as a user loads it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype, **({"attn_implementation": attn} if attn else {})}
+    base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(device)
     return PeftModel.from_pretrained(base, str(folder)).eval()
 
 

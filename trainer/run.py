@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from babeltune.errors import BabeltuneError, check_writable
 from babeltune.trainer import callbacks as cb
-from babeltune.trainer import distributed, resume_config
+from babeltune.trainer import distributed, fsdp, resume_config
 from babeltune.trainer.backend import Backend, Runtime
 from babeltune.trainer.lean import lean_trainer_class
 from babeltune.trainer.checkpoints import (check_trainable_names, completion_marker_callback, list_checkpoints,
@@ -121,7 +121,8 @@ def warmup_kwargs(config: "TrainConfig", known: set) -> dict:
     return {}
 
 
-def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path, has_eval: bool):
+def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path, has_eval: bool,
+                       extra: Optional[dict] = None):
     from transformers import TrainingArguments
 
     tr, ev = config.training, config.eval
@@ -146,6 +147,7 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
     )
     known = set(inspect.signature(TrainingArguments.__init__).parameters)
     kwargs.update(warmup_kwargs(config, known))
+    kwargs.update(extra or {})   # e.g. fsdp / fsdp_config for a sharded run
     if "activation_checkpointing" in known:  # the newer name; the old one warns
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
         kwargs["activation_checkpointing_kwargs"] = kwargs.pop("gradient_checkpointing_kwargs")
@@ -200,7 +202,10 @@ def make_trainer(backend: Backend, loaded, data: "PreparedData", args, callbacks
     from transformers import PrinterCallback, Trainer
 
     trainer_cls = trainer_class_stopping_at_max_steps(lean_trainer_class(backend.trainer_class() or Trainer))
-    optimizer = build_optimizer(backend, loaded.model, config, args)
+    if fsdp.active(config):   # the Trainer must build the optimizer itself, before sharding swaps the parameters
+        trainer_cls, optimizer = fsdp.with_backend_optimizer(trainer_cls, backend, config), None
+    else:
+        optimizer = build_optimizer(backend, loaded.model, config, args)
     trainer = trainer_cls(model=loaded.model, args=args, data_collator=data.collator, train_dataset=data.train,
                           eval_dataset=data.eval, processing_class=loaded.tokenizer, callbacks=callbacks,
                           optimizers=(optimizer, None))
@@ -271,6 +276,9 @@ class Session:
     loaded: Any = None
     data: Any = None
     trainer: Any = None
+    gathered: Optional[dict] = None      # FSDP: the full trainable tensors, on rank 0
+    sharding: Any = None                 # FSDP: the callback that recorded the sharding plan
+    peak_memory: Optional[list] = None   # GPU: each rank's peak reserved memory during training (GiB)
 
 
 def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
@@ -282,6 +290,7 @@ def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
     echo(f"device {session.runtime.device}, precision {session.runtime.precision}, model {session.runtime.model_dir}")
     seed_everything(config.training.seed)
     session.backend = pick_backend(backend, config, echo)
+    fsdp.check_backend(config, session.backend)
     session.loaded = session.backend.load(config, session.runtime)
     for note in session.loaded.notes:
         echo(f"{session.backend.name}: {note}")
@@ -311,14 +320,22 @@ def train_phase(session: Session) -> None:
 
     config, output_dir, loaded = session.config, session.output_dir, session.loaded
     output_dir.mkdir(parents=True, exist_ok=True)
-    args = training_arguments(config, session.runtime, output_dir, has_eval=session.data.eval is not None)
+    args = training_arguments(config, session.runtime, output_dir, has_eval=session.data.eval is not None,
+                              extra=fsdp.training_kwargs(config, loaded.model))
     keep_to_one_gpu(args, session.echo)
     stop = interrupt.GracefulStop()
     graceful = distributed.world_size() == 1
     callbacks = {**({"stop": interrupt.stop_callback(stop)} if graceful else {}),   # before the marker and NaN guard
                  **core_callbacks(config, output_dir, loaded.expected_trainable, session.echo, session.record)}
+    if fsdp.active(config):   # first: the completion marker must come after the checkpoint's adapter
+        callbacks = {"fsdp_adapter": fsdp.checkpoint_adapter_callback(),
+                     "fsdp_plan": fsdp.sharding_plan_callback(session.echo), **callbacks}
+        session.sharding = callbacks["fsdp_plan"]
     extra = plugin_callbacks(config)
     session.trainer = make_trainer(session.backend, loaded, session.data, args, list(callbacks.values()) + extra, config)
+    sharded = fsdp.check_trainer(config, session.trainer)
+    if sharded:
+        session.echo(sharded)
     with stop if graceful else contextlib.nullcontext():
         try:
             session.trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
@@ -340,14 +357,19 @@ def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, 
     from babeltune.trainer import export
 
     config, loaded, output_dir, echo = session.config, session.loaded, session.output_dir, session.echo
-    model = session.trainer.model
     session.trainer.optimizer = None  # free optimizer state before the reload check loads a second copy
-    adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir / ADAPTER_DIR,
-                                    model_dir=session.runtime.model_dir)
     precision = "4bit" if config.model.load_in_4bit else session.runtime.precision
-    check, reloaded = export.reload_check(model, adapter_dir, session.runtime.model_dir, loaded.tokenizer,
-                                          session.data.eval_texts, precision=precision, max_length=config.model.max_seq_length)
-    echo(f"reload check: saved adapter matches the trained model (relative logit difference {check.relative_diff:.1e}; "
+    if session.gathered is not None:   # FSDP: the trained tensors were gathered from every rank
+        adapter_dir, check, reloaded = fsdp.finish_on_main_process(session, precision)
+    else:
+        model = session.trainer.model
+        adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir / ADAPTER_DIR,
+                                        model_dir=session.runtime.model_dir)
+        check, reloaded = export.reload_check(model, adapter_dir, session.runtime.model_dir, loaded.tokenizer,
+                                              session.data.eval_texts, precision=precision,
+                                              max_length=config.model.max_seq_length)
+    compared = "tensor" if session.gathered is not None else "logit"
+    echo(f"reload check: saved adapter matches the trained model (relative {compared} difference {check.relative_diff:.1e}; "
          f"adapter effect {check.adapter_effect:.1e})")
     heldout = write_heldout(session.data.eval_texts, output_dir)
     # scored with the adapter as reloaded from disk: what a user of the output folder gets
@@ -371,6 +393,8 @@ def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
         "reload_check": outputs["reload_check"].to_dict(),
         "eval_report": str(outputs["eval_report"]) if outputs["eval_report"] else None,
         "merged_dir": str(outputs["merged_dir"]) if outputs["merged_dir"] else None,
+        "fsdp": session.sharding.plan if session.sharding is not None else None,
+        "gpu_peak_reserved_gib_per_rank": session.peak_memory,
     }
 
 
@@ -407,9 +431,13 @@ def run_session(session: Session, backend: Union[str, Backend, None], *, merge: 
     from babeltune.trainer import manifest
 
     config, echo = session.config, session.echo
+    fsdp.check_config(config, echo)
     load_phase(session, backend)
     train_phase(session)
     state = session.trainer.state
+    session.peak_memory = distributed.peak_memory_per_rank()   # before the reload check adds its own
+    if getattr(session.trainer, "is_fsdp_enabled", False):   # a collective: every rank gathers, rank 0 keeps the tensors
+        session.gathered = fsdp.gather_trainable(session.trainer.model)
     if not session.trainer.is_world_process_zero():  # distributed: rank 0 saves, checks and evaluates
         return RunResult(session.output_dir, last_logged_loss(state.log_history), state.global_step, None,
                          session.output_dir, session.output_dir / manifest.MANIFEST, resumed_from=session.checkpoint)

@@ -4,7 +4,7 @@ Where to find a rule:
   adapter.py     r, use_rslora, lora_alpha, lora_dropout, target_modules, bias
   sequence.py    max_seq_length, packing, flash_attention
   embeddings.py  modules_to_save, embedding_learning_rate
-  hardware.py    load_in_4bit, optimizer, gradient_checkpointing, per_device_train_batch_size,
+  hardware.py    distributed, load_in_4bit, optimizer, gradient_checkpointing, per_device_train_batch_size,
                  gradient_accumulation_steps   (through the memory model, babeltune.advisor.memory)
   schedule.py    batch_size, num_train_epochs, max_steps, learning_rate, weight_decay,
                  lr_scheduler_type, warmup_ratio
@@ -35,6 +35,7 @@ RULE_ORDER: list[tuple[str, Rule]] = [
     ("packing", sequence.rule_packing),
     ("flash_attention", sequence.rule_flash_attention),
     ("modules_to_save", embeddings.rule_modules_to_save),
+    ("distributed", hardware.rule_distributed),
     ("load_in_4bit", hardware.rule_load_in_4bit),
     ("optimizer", hardware.rule_optimizer),
     ("batch_size", schedule.rule_batch_size),

@@ -24,6 +24,8 @@ CHEN_CKPT = "Chen et al. 2016, Training Deep Nets with Sublinear Memory Cost"
 FLASH = "Dao 2023, FlashAttention-2"
 LOSHCHILOV = "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization"
 HF_TRAINER = "Hugging Face Trainer documentation"
+FSDP = "Zhao et al. 2023, PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel"
+ZERO = "Rajbhandari et al. 2020, ZeRO: Memory Optimizations Toward Training Trillion Parameter Models"
 
 MIN_SEQ_LEN = 64
 LARGE_CORPUS_TOKENS = 100_000_000
@@ -44,6 +46,7 @@ class RuleContext:
     precision: str = "bf16"
     kernels: str = "plain"               # the kernels of the backend that will train (memory.KERNEL_SETS)
     decisions: dict[str, Decision] = field(default_factory=dict)
+    gpus: int = 1                        # GPUs of one machine the run will use (advise --gpus N)
 
     def value(self, name: str) -> Any:
         """Value of an earlier decision (KeyError names the rule order problem)."""
@@ -80,6 +83,7 @@ class RuleContext:
             modules_to_save=self.decided("modules_to_save", []),
             optimizer=self.decided("optimizer", "adamw_torch"),
             lora_dropout=self.decided("lora_dropout", 0.0),
+            shards=self.gpus if self.decided("distributed", "ddp") == "fsdp" else 1,
         )
         settings.update(overrides)
         return estimate_memory(self.facts, precision=self.precision, kernels=self.kernels, **settings)

@@ -22,8 +22,10 @@ def seq_multiple(length: float) -> int:
 
 
 def smallest_config_fits(ctx: RuleContext, seq_len: int) -> bool:
-    return ctx.fits(seq_len=seq_len, batch_size=1, gradient_checkpointing=True, load_in_4bit=True,
-                    optimizer="paged_adamw_8bit", modules_to_save=[])
+    """4-bit on one GPU, or (--gpus N) bf16 sharded over N GPUs."""
+    smallest = dict(seq_len=seq_len, batch_size=1, gradient_checkpointing=True, modules_to_save=[])
+    return ctx.fits(**smallest, load_in_4bit=True, optimizer="paged_adamw_8bit") or (
+        ctx.gpus > 1 and ctx.fits(**smallest, load_in_4bit=False, optimizer="adamw_torch", shards=ctx.gpus))
 
 
 def raise_nothing_fits(ctx: RuleContext) -> None:

@@ -38,6 +38,8 @@ class Measurements:
     premium_vs_english: Optional[float] = None  # tokens on parallel reference text in LANG / in English
     premium_reference: Optional[str] = None
     skipped: list[SkippedFile] = field(default_factory=list)
+    # exact/near duplicate documents and the unique characters left without them (babeltune.advisor.duplicates)
+    duplicates: dict[str, Any] = field(default_factory=dict)
     doc_token_lengths: list[int] = field(default_factory=list, repr=False)  # sampled, for histograms/truncation
 
     def to_dict(self) -> dict:

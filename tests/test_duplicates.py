@@ -119,3 +119,55 @@ def test_hash_counts_merge_keeps_the_lower_rate():
     assert a.shift > 0 and b.shift == 0
     b.merge(a)
     assert b.shift == a.shift and np.all(b.hashes < np.uint64(1 << (64 - b.shift)))
+
+
+# --------------------------------------------------------------------------- train: data.dedup
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def train_config(**data):
+    from babeltune.config import TrainConfig
+
+    return TrainConfig.model_validate({
+        "language": "mr", "model": {"name": "tiny", "max_seq_length": 64},
+        "data": {"train": str(TWEETS), **data},
+        "training": {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_steps": 2},
+        "eval": {"evaluation_strategy": "no"}})
+
+
+@pytest.mark.parametrize("mode, removed", [("off", 0), ("exact", 27), ("near", 38)])
+def test_train_removes_what_advise_counted(hf_tokenizer, mode, removed):
+    from babeltune.trainer.data import prepare_data
+
+    prepared = prepare_data(train_config(dedup=mode), hf_tokenizer)
+    docs = list(iter_documents(CorpusSpec(str(TWEETS))))
+    assert prepared.stats["dedup_removed"] == removed
+    assert prepared.stats["train_documents"] + prepared.stats["eval_documents"] == len(docs) - removed
+    if mode != "off":
+        assert f"removed {removed:,} of {len(docs):,} training documents" in " ".join(prepared.notes)
+    if mode == "near":       # what is left holds each near key once, so none is on both sides of the split
+        held_out = {duplicates.near_key(d) for d in prepared.eval_texts}
+        assert len(held_out) == len(prepared.eval_texts)
+        left = len({duplicates.near_key(d) for d in docs})
+        assert prepared.stats["train_documents"] + prepared.stats["eval_documents"] == left
+
+
+def test_train_dedups_sft_records(hf_tokenizer, tmp_path):
+    from babeltune.trainer.data import prepare_data
+
+    records = (DATA / "sft" / "mr_pairs.jsonl").read_text("utf-8").splitlines()
+    corpus = tmp_path / "pairs.jsonl"
+    corpus.write_text("\n".join(records + records[:5]) + "\n", "utf-8")
+    prepared = prepare_data(train_config(train=str(corpus), mode="sft", dedup="exact"), hf_tokenizer)
+    assert prepared.stats["dedup_removed"] == 5
+    assert prepared.stats["train_documents"] + prepared.stats["eval_documents"] == len(records)
+
+
+def test_dedup_key_in_yaml_accepts_false_as_off():
+    assert train_config(dedup=False).data.dedup == "off"

@@ -22,7 +22,7 @@ MIN_LANGID_AGREEMENT = 0.5   # below this share of sampled documents in --lang, 
 # Decision name -> dotted TrainConfig key (batch_size is the product of two keys: comment only).
 CONFIG_KEYS = {
     "max_seq_length": "model.max_seq_length", "load_in_4bit": "model.load_in_4bit",
-    "flash_attention": "model.attn_implementation", "packing": "data.packing",
+    "flash_attention": "model.attn_implementation", "packing": "data.packing", "dedup": "data.dedup",
     "r": "adapter.r", "lora_alpha": "adapter.lora_alpha", "lora_dropout": "adapter.lora_dropout",
     "target_modules": "adapter.target_modules", "bias": "adapter.bias", "use_rslora": "adapter.use_rslora",
     "modules_to_save": "adapter.modules_to_save", "embedding_learning_rate": "adapter.embedding_learning_rate",

@@ -221,6 +221,21 @@ def reference_premium(tokenizer: "TextTokenizer", profile: Optional["LangProfile
     return round(own / base, 4) if base else None
 
 
+def reference_char_ratio(profile: Optional["LangProfile"]) -> Optional[float]:
+    """Characters of the profile's parallel reference text per character of the same text in English: how
+    much text the language needs to say the same thing (tokenizer-free); None without reference text."""
+    if getattr(profile, "reference", None) is None:
+        return None
+    try:
+        from babeltune.advisor.profiles import english_reference_lines, reference_lines
+    except ImportError:
+        return None
+    lines, english = reference_lines(profile), english_reference_lines()
+    if not lines or not english:
+        return None
+    return round(sum(map(len, lines)) / sum(map(len, english)), 4)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -280,6 +295,7 @@ def _assemble(spec, tokenizer, profile, counts: Counts, files, skipped, sample_d
         langid=language_id(sample_docs, getattr(profile, "langid_code", None)),
         premium_vs_english=premium,
         premium_reference=getattr(profile, "reference", None) if premium is not None else None,
+        reference_chars_vs_english=reference_char_ratio(profile),
         skipped=skipped,
         doc_token_lengths=list(map(int, kept)),
     )

@@ -37,6 +37,7 @@ class Measurements:
     langid: dict[str, Any] = field(default_factory=dict)                 # expected, top, agreement, sample, distribution
     premium_vs_english: Optional[float] = None  # tokens on parallel reference text in LANG / in English
     premium_reference: Optional[str] = None
+    reference_chars_vs_english: Optional[float] = None  # characters of the parallel reference text / English's
     skipped: list[SkippedFile] = field(default_factory=list)
     # exact/near duplicate documents and the unique characters left without them (babeltune.advisor.duplicates)
     duplicates: dict[str, Any] = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 max_seq_length follows the document lengths measured in the model's own tokens (never a
 per-language constant): a language the tokenizer fits badly has longer documents in tokens for
-the same text, so it gets a longer sequence, not a shorter one as the seeds' folklore says.
+the same text, so it gets a longer sequence, not a shorter one as some guides say.
 """
 
 from __future__ import annotations

@@ -1,0 +1,104 @@
+"""Judgement of `advise` on real text (issue 18, section 2): each test reproduces a reason that did not hold on
+shipped samples (MahaSent tweets, UD sentences, the profiles' parallel reference text) and checks the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from babeltune.advisor.advise import advise
+from babeltune.advisor.corpus import CorpusSpec
+
+pytest.importorskip("babeltune.models.facts", reason="model facts (models helper) not installed yet")
+
+DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).parent.parent
+TWEETS = DATA / "dedup" / "mahasent_tweets.txt"          # 1,828 MahaSent tweets with their real repeats
+MARATHI_TWEETS = ROOT / "examples" / "data" / "marathi" / "train.txt"
+UD_MARATHI = DATA / "text" / "mr.txt"
+SIZE_RULES = ("r", "lora_dropout", "num_train_epochs", "weight_decay")
+
+
+@pytest.fixture(scope="module")
+def byte_tokenizer(tmp_path_factory) -> Path:
+    """A byte-level tokenizer.json without merges: one token per UTF-8 byte (2.65 tokens/char on Marathi)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tokenizer.train_from_iterator(["a"], trainers.BpeTrainer(vocab_size=len(alphabet), initial_alphabet=alphabet,
+                                                             show_progress=False))
+    path = tmp_path_factory.mktemp("bytes") / "tokenizer.json"
+    tokenizer.save(str(path))
+    return path
+
+
+def run_advise(corpus: Path, model: Path, **kwargs):
+    return advise("mr", CorpusSpec(str(corpus)), model=str(model), gpu_memory=24, **kwargs)
+
+
+def values(advice, names=SIZE_RULES) -> dict:
+    return {name: advice.decisions[name].value for name in names}
+
+
+# --------------------------------------------------------------------------- item 7: information, not tokens
+
+
+def test_size_rules_follow_the_text_not_the_tokenizer(tiny_model_dir, byte_tokenizer):
+    # The same 1,828 tweets: ~80k tokens under the model's BPE, ~270k one-byte tokens. Rank, dropout and
+    # epochs used to follow the tokens (r 4 vs 8); the text holds the same information either way.
+    own = run_advise(TWEETS, tiny_model_dir)
+    cut_fine = run_advise(TWEETS, tiny_model_dir, tokenizer=str(byte_tokenizer))
+    assert cut_fine.measurements.tokens > 3 * own.measurements.tokens
+    assert own.measurements.characters == cut_fine.measurements.characters
+    assert values(own) == values(cut_fine)
+    for name in ("r", "lora_dropout", "num_train_epochs"):
+        assert "characters of unique text" in own.decisions[name].reason, name
+        assert own.decisions[name].reason.split(";")[0] == cut_fine.decisions[name].reason.split(";")[0] or \
+            name == "num_train_epochs"
+
+
+# --------------------------------------------------------------------------- item 3: duplicates
+
+
+def test_repeated_text_is_not_more_data(tiny_model_dir, tmp_path):
+    # UD Marathi (200 sentences) once, and the same file 100 times over: the same information.
+    repeated = tmp_path / "mr_x100.txt"
+    repeated.write_text(UD_MARATHI.read_text("utf-8") * 100, "utf-8")
+    once, hundred = run_advise(UD_MARATHI, tiny_model_dir), run_advise(repeated, tiny_model_dir)
+    assert hundred.measurements.characters == 100 * once.measurements.characters
+    assert values(once) == values(hundred)
+    dedup = hundred.decisions["dedup"]
+    assert dedup.value == "exact" and hundred.config["data"]["dedup"] == "exact"
+    docs = hundred.measurements.documents
+    assert f"{docs - 198:,} of {docs:,} documents" in dedup.reason       # 198 distinct sentences in the file
+    assert "most repeated x200" in dedup.reason          # one sentence is in the file twice
+    # steps follow what train keeps after dedup: the same as one copy
+    assert hundred.decisions["max_steps"].reason == once.decisions["max_steps"].reason
+
+
+def test_tweets_with_near_copies_get_near_dedup_and_the_count(tiny_model_dir):
+    advice = run_advise(TWEETS, tiny_model_dir)
+    dedup = advice.decisions["dedup"]
+    assert dedup.value == "near"
+    assert "27 of 1,828 documents (1.5%) repeat another exactly and 38 (2.1%)" in dedup.reason
+    assert advice.measurements.duplicates["near_unique_characters"] < advice.measurements.characters
+
+
+def test_embeddings_need_unique_text(tiny_model_dir, tmp_path, monkeypatch):
+    # A bad fit and a corpus whose *repeats* pass the token floor: the embeddings stay frozen.
+    from babeltune.advisor.rules import embeddings
+
+    repeated = tmp_path / "mr_x100.txt"
+    repeated.write_text(UD_MARATHI.read_text("utf-8") * 100, "utf-8")
+    advice = run_advise(repeated, tiny_model_dir)
+    m = advice.measurements
+    monkeypatch.setattr(embeddings, "MIN_EMBEDDING_TOKENS", m.tokens // 2)   # repeats pass it, unique text does not
+    monkeypatch.setattr(embeddings, "BAD_PREMIUM", 0.1)
+    monkeypatch.setattr(embeddings, "BAD_TOKENS_PER_CHAR", {True: 0.01, False: 0.01})
+    again = run_advise(repeated, tiny_model_dir)
+    assert again.decisions["modules_to_save"].value == []
+    assert "tokens of unique text <" in again.decisions["modules_to_save"].reason

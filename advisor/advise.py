@@ -223,9 +223,12 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     model, measurements, candidates, model_notes = resolve_models(model, tokenizer, corpus, profile, full=full,
                                                                   seed=seed, echo=echo)
     notes = model_notes + notes
-    warning = check_language(measurements, profile, lang)
-    if warning:
-        notes.append(warning)
+    from babeltune.advisor.mojibake import warning_line
+
+    for warning in (check_language(measurements, profile, lang),
+                    warning_line(measurements.mojibake, measurements.documents)):
+        if warning:
+            notes.append(warning)
     facts = model_facts(model)
     ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal)
     decisions = apply_rules(ctx)

@@ -21,6 +21,7 @@ import regex
 
 from babeltune.advisor.corpus import CorpusSpec, bad_file_error, corpus_files, documents_in_file, empty_corpus_error
 from babeltune.advisor.duplicates import DuplicateCounter, summarise
+from babeltune.advisor.mojibake import find_mojibake
 from babeltune.advisor.scripts import mostly_space_delimited, script_mix
 from babeltune.advisor.textscan import Counts, DocumentReader, SampleFolder, SamplePool, ScanResult, scan_files
 from babeltune.advisor.types import Measurements, SkippedFile
@@ -297,6 +298,7 @@ def _assemble(spec, tokenizer, profile, counts: Counts, files, skipped, sample_d
         premium_reference=getattr(profile, "reference", None) if premium is not None else None,
         reference_chars_vs_english=reference_char_ratio(profile),
         skipped=skipped,
+        mojibake=find_mojibake(sample_docs, sampled=len(sample_docs) < counts.documents),
         doc_token_lengths=list(map(int, kept)),
     )
 

@@ -41,6 +41,8 @@ class Measurements:
     skipped: list[SkippedFile] = field(default_factory=list)
     # exact/near duplicate documents and the unique characters left without them (babeltune.advisor.duplicates)
     duplicates: dict[str, Any] = field(default_factory=dict)
+    # documents holding encoding damage, found on the sample (babeltune.advisor.mojibake)
+    mojibake: dict[str, Any] = field(default_factory=dict)
     doc_token_lengths: list[int] = field(default_factory=list, repr=False)  # sampled, for histograms/truncation
 
     def to_dict(self) -> dict:

@@ -102,3 +102,43 @@ def test_embeddings_need_unique_text(tiny_model_dir, tmp_path, monkeypatch):
     again = run_advise(repeated, tiny_model_dir)
     assert again.decisions["modules_to_save"].value == []
     assert "tokens of unique text <" in again.decisions["modules_to_save"].reason
+
+
+# --------------------------------------------------------------------------- item 9: encoding damage
+
+
+def damage(lines: list[str]) -> list[str]:
+    """Every 10th tweet read as Windows-1251 (Cyrillic garbage), every 10th+5 as Latin-1, saved again."""
+    out = []
+    for index, line in enumerate(lines):
+        if index % 10 == 0:
+            line = line.encode("utf-8").decode("cp1251", errors="replace")
+        elif index % 10 == 5:
+            line = line.encode("utf-8").decode("latin-1")
+        out.append(line)
+    return out
+
+
+def test_mojibake_is_counted_and_warned_with_an_example(tiny_model_dir, tmp_path):
+    lines = MARATHI_TWEETS.read_text("utf-8").splitlines()
+    corpus = tmp_path / "damaged.txt"
+    corpus.write_text("\n".join(damage(lines)) + "\n", "utf-8")
+    advice = run_advise(corpus, tiny_model_dir)
+    found = advice.measurements.mojibake
+    assert found["documents"] == 600 and found["checked"] == 3000 and found["sampled"] is False
+    assert found["meant_scripts"] == {"Devanagari": found["meant_scripts"]["Devanagari"]}
+    assert set(found["code_pages"]) >= {"cp1251", "latin-1"}
+    warning = next(note for note in advice.notes if "mojibake" in note)
+    assert warning.startswith("warning: encoding damage (mojibake) in 600 of 3,000 documents (20.0%)")
+    example = found["examples"][0]
+    assert example["repaired"] in "\n".join(lines) and example["damaged"] in corpus.read_text("utf-8")
+
+
+@pytest.mark.parametrize("path", sorted((DATA / "ud_sample").glob("*.txt")) + sorted((DATA / "text").glob("*.txt"))
+                         + sorted((ROOT / "lang_profiles" / "reference").glob("*.txt")) + [MARATHI_TWEETS, TWEETS],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_clean_text_in_any_script_is_not_called_damaged(path):
+    from babeltune.advisor.mojibake import find_mojibake
+
+    docs = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
+    assert find_mojibake(docs, sampled=False)["documents"] == 0

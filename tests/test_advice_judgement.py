@@ -142,3 +142,36 @@ def test_clean_text_in_any_script_is_not_called_damaged(path):
 
     docs = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
     assert find_mojibake(docs, sampled=False)["documents"] == 0
+
+
+# --------------------------------------------------------------------------- item 2: what blocks packing does
+
+
+def crossing_share(tokenizer, docs: list[str], block: int) -> float:
+    """Documents that the trainer's blocks packing actually cuts, in file order (trainer.data code)."""
+    from babeltune.trainer.data import tokenize_documents
+
+    ends, position = [], 0
+    for ids in tokenize_documents(tokenizer, docs):
+        ends.append((position, position + len(ids)))
+        position += len(ids)
+    return sum(1 for start, end in ends if (start // block + 1) * block < end) / len(ends)
+
+
+def test_cpt_length_reason_says_what_blocks_packing_does(tiny_model_dir):
+    import re
+
+    from transformers import AutoTokenizer
+
+    from babeltune.advisor.corpus import iter_documents
+
+    advice = run_advise(MARATHI_TWEETS, tiny_model_dir)
+    length, reason = advice.decisions["max_seq_length"].value, advice.decisions["max_seq_length"].reason
+    assert advice.decisions["packing"].value == "blocks"
+    reported = int(re.search(r"(\d+)% of documents cross a cut", reason).group(1)) / 100
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    docs = list(iter_documents(CorpusSpec(str(MARATHI_TWEETS))))
+    assert reported == pytest.approx(crossing_share(tokenizer, docs, length), abs=0.03)
+    # covering p95 alone would have cut a third or more of the tweets, not the "0.7%" once reported
+    p95_length = int(re.search(r"at (\d+), which covers p95", reason).group(1))
+    assert crossing_share(tokenizer, docs, p95_length) > 0.3

@@ -99,15 +99,16 @@ def parse_gpu_memory(text: Optional[str]) -> Optional[float]:
     return value / 1024 if (match.group(2) or "g").startswith("m") else value
 
 
-def measure_candidate(spec: str, kind: str, corpus, profile, *, full: bool, seed: int) -> Candidate:
+def measure_candidate(spec: str, kind: str, corpus, profile, *, full: bool, seed: int, reader=None) -> Candidate:
     from babeltune.advisor.measure import measure_corpus
     from babeltune.models.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(spec)
-    return Candidate(spec, kind, measure_corpus(corpus, tokenizer, profile, full=full, seed=seed))
+    return Candidate(spec, kind, measure_corpus(corpus, tokenizer, profile, full=full, seed=seed, reader=reader))
 
 
-def pick_builtin(corpus, profile, *, full: bool, seed: int, echo: Callable[[str], None]) -> tuple[Candidate, list[Candidate], str]:
+def pick_builtin(corpus, profile, *, full: bool, seed: int, echo: Callable[[str], None],
+                 reader=None) -> tuple[Candidate, list[Candidate], str]:
     """Measure under every installed built-in's tokenizer; the fewest tokens per character wins."""
     from babeltune.models.builtins import BUILTINS, installed_builtins
 
@@ -118,7 +119,7 @@ def pick_builtin(corpus, profile, *, full: bool, seed: int, echo: Callable[[str]
     candidates = []
     for name in names:
         echo(f"measuring {corpus.path} under {name}'s tokenizer ...")
-        candidates.append(measure_candidate(name, "model", corpus, profile, full=full, seed=seed))
+        candidates.append(measure_candidate(name, "model", corpus, profile, full=full, seed=seed, reader=reader))
     best = min(candidates, key=lambda c: c.measurements.tokens_per_char)
     figures = ", ".join(f"{c.spec} {c.measurements.tokens_per_char:.3f}" for c in candidates)
     note = (f"no --model given: measured {len(candidates)} installed built-in(s) in tokens/char ({figures}); "
@@ -144,20 +145,22 @@ def check_language(measurements: Measurements, profile, lang_arg: str) -> Option
 
 
 def resolve_models(model: Optional[str], tokenizer: Optional[str], corpus, profile, *, full: bool, seed: int,
-                   echo: Callable[[str], None]) -> tuple[str, Measurements, list[Candidate], list[str]]:
+                   echo: Callable[[str], None], reader=None) -> tuple[str, Measurements, list[Candidate], list[str]]:
     """Which model to advise for, and the measurements under the tokenizer that will train it."""
     notes: list[str] = []
     candidates: list[Candidate] = []
     if model is None:
-        best, candidates, note = pick_builtin(corpus, profile, full=full, seed=seed, echo=echo)
+        best, candidates, note = pick_builtin(corpus, profile, full=full, seed=seed, echo=echo, reader=reader)
         model, notes = best.spec, [note]
         measurements = best.measurements
     elif tokenizer is None:
         echo(f"measuring {corpus.path} under {model}'s tokenizer ...")
-        measurements = measure_candidate(model, "model", corpus, profile, full=full, seed=seed).measurements
+        measurements = measure_candidate(model, "model", corpus, profile, full=full, seed=seed,
+                                         reader=reader).measurements
     if tokenizer is not None:
         echo(f"measuring {corpus.path} under tokenizer {tokenizer} ...")
-        measurements = measure_candidate(tokenizer, "tokenizer", corpus, profile, full=full, seed=seed).measurements
+        measurements = measure_candidate(tokenizer, "tokenizer", corpus, profile, full=full, seed=seed,
+                                         reader=reader).measurements
         trains = ("training uses it too" if config_tokenizer(tokenizer)
                   else "training still uses the model's own tokenizer (only folders/tokenizer.json can train)")
         notes.append(f"--tokenizer {tokenizer}: measured with it instead of {model}'s own tokenizer; {trains}")
@@ -214,14 +217,20 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     from babeltune.config import validate_config
     from babeltune.models.facts import model_facts
 
+    from babeltune.advisor.sft import check_goal, sft_documents
+
     profile = resolve_language(lang)
     gpu_gib = gpu_memory if isinstance(gpu_memory, (int, float)) else parse_gpu_memory(gpu_memory)
+    check_goal(corpus, goal)             # the data must fit the goal before anything is measured
     notes = []
     if gpu_gib is None:
         gpu_gib = DEFAULT_GPU_GIB
         notes.append(f"no --gpu-memory given: advising for a common {DEFAULT_GPU_GIB:g} GB GPU")
-    model, measurements, candidates, model_notes = resolve_models(model, tokenizer, corpus, profile, full=full,
-                                                                  seed=seed, echo=echo)
+    model, measurements, candidates, model_notes = resolve_models(
+        model, tokenizer, corpus, profile, full=full, seed=seed, echo=echo,
+        reader=sft_documents if goal == "sft" else None)
+    if goal == "sft":
+        measure_sft_examples(measurements, corpus, model, tokenizer, seed=seed, echo=echo)
     notes = model_notes + notes
     from babeltune.advisor.mojibake import warning_line
 
@@ -239,6 +248,17 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
                   gpu_memory_gib=float(gpu_gib), corpus=corpus, measurements=measurements, facts=facts,
                   decisions=decisions, config=config, config_reasons=reasons, memory=ctx.estimate(),
                   notes=notes, candidates=candidates)
+
+
+def measure_sft_examples(measurements: Measurements, corpus, model: str, tokenizer: Optional[str], *, seed: int,
+                         echo: Callable[[str], None]) -> None:
+    """sft: example lengths as `train` renders them (chat template, BOS/EOS), for max_seq_length."""
+    from babeltune.advisor.sft import measure_examples
+    from babeltune.models.tokenizers import load_tokenizer
+
+    echo(f"rendering {corpus.path} examples as train feeds them ...")
+    lengths = measure_examples(corpus, model, tokenizer, load_tokenizer(tokenizer or model), seed=seed)
+    measurements.example_lengths, measurements.sft_examples = lengths, lengths.to_dict()
 
 
 def compare(lang: str, corpus, *, models: list[str], tokenizers: list[str], full: bool = False, seed: int = 0,

@@ -274,6 +274,13 @@ def iter_records(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
         raise empty_corpus_error(spec, skipped)
 
 
+def records_in_file(path: Path, spec: CorpusSpec) -> Iterator[dict]:
+    """Rows of one (already checked) file, as iter_records yields them."""
+    if path.suffix.lower() == ".txt":
+        return ({"text": doc} for doc in _txt_documents(path, spec.doc_split))
+    return _file_rows(path, spec)[1]
+
+
 def _file_rows(path: Path, spec: CorpusSpec) -> tuple[Optional[str], Iterator[dict]]:
     """(text column or None for JSONL, rows) of one structured file; the column is checked up front."""
     suffix = path.suffix.lower()

@@ -44,10 +44,18 @@ class Measurements:
     # documents holding encoding damage, found on the sample (babeltune.advisor.mojibake)
     mojibake: dict[str, Any] = field(default_factory=dict)
     doc_token_lengths: list[int] = field(default_factory=list, repr=False)  # sampled, for histograms/truncation
+    # sft: examples rendered as train feeds them (babeltune.advisor.sft.ExampleLengths), and its summary
+    example_lengths: Any = field(default=None, repr=False)
+    sft_examples: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        lengths, self.example_lengths = self.example_lengths, None
+        try:
+            out = asdict(self)
+        finally:
+            self.example_lengths = lengths
         out.pop("doc_token_lengths")
+        out.pop("example_lengths")
         out["tokens_per_char_ci95"] = list(self.tokens_per_char_ci95)
         return out
 

@@ -175,3 +175,100 @@ def test_cpt_length_reason_says_what_blocks_packing_does(tiny_model_dir):
     # covering p95 alone would have cut a third or more of the tweets, not the "0.7%" once reported
     p95_length = int(re.search(r"at (\d+), which covers p95", reason).group(1))
     assert crossing_share(tokenizer, docs, p95_length) > 0.3
+
+
+# --------------------------------------------------------------------------- item 1: sft data and lengths
+
+PAIRS = DATA / "sft" / "mr_pairs.jsonl"
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from babeltune.advisor.cli import advise as advise_command
+
+    return CliRunner().invoke(advise_command, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_sft_goal_on_plain_text_is_one_error_line_and_no_config(tiny_model_dir, tmp_path):
+    out = tmp_path / "sft.yaml"
+    result = cli("--lang", "mr", "--corpus", MARATHI_TWEETS, "--model", tiny_model_dir, "--goal", "sft", "--out", out)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --goal sft: ") and "plain text (.txt)" in lines[-1] and "--goal cpt" in lines[-1]
+    assert not any(line.startswith("measuring") for line in lines)        # checked before measuring
+    assert not out.exists()
+
+
+def test_instruction_records_with_goal_cpt_say_which_switch(tiny_model_dir):
+    result = cli("--lang", "mr", "--corpus", PAIRS, "--model", tiny_model_dir)
+    assert result.exit_code == 2
+    assert "--goal cpt:" in result.stderr and "pass --goal sft" in result.stderr
+
+
+def test_sft_records_without_the_fields_name_them(tiny_model_dir, tmp_path):
+    corpus = tmp_path / "odd.jsonl"
+    corpus.write_text(PAIRS.read_text("utf-8").replace('"response"', '"answer"'), "utf-8")
+    result = cli("--lang", "mr", "--corpus", corpus, "--model", tiny_model_dir, "--goal", "sft")
+    assert result.exit_code == 2 and "record 1 has no 'instruction' and 'response'" in result.stderr
+    assert "(fields: instruction, answer)" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with a ChatML chat template, so train renders sft records through it."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("chat") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text("utf-8"))
+    config["chat_template"] = CHATML
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), "utf-8")
+    return folder
+
+
+def trainer_truncation(config, tokenizer, records: list[dict], length: int) -> tuple[float, float]:
+    """What train does at ``length``: share of examples that lose response tokens, and that lose all."""
+    from babeltune.trainer.data import encode_sft, record_segments
+
+    lost = dropped = 0
+    for number, record in enumerate(records, start=1):
+        segments = record_segments(tokenizer, record, config, f"record {number}")
+        full, cut = encode_sft(tokenizer, segments, 1 << 30), encode_sft(tokenizer, segments, length)
+        lost += cut is None or len(cut["labels"]) < len(full["labels"])
+        dropped += cut is None
+    return lost / len(records), dropped / len(records)
+
+
+def test_sft_lengths_are_measured_on_what_train_feeds(chat_model_dir, tmp_path):
+    import json
+
+    import yaml
+
+    from babeltune.config import load_config
+    from babeltune.models.tokenizers import hf_tokenizer
+
+    out = tmp_path / "sft.yaml"
+    result = cli("--lang", "mr", "--corpus", PAIRS, "--model", chat_model_dir, "--goal", "sft", "--out", out)
+    assert result.exit_code == 0, result.output
+    config = load_config(out)
+    assert config.data.mode == "sft" and config.data.packing == "off"
+    reason = next(line for line in out.read_text("utf-8").splitlines() if "tokens per example as train feeds it" in line)
+    assert "chat template" in reason
+    advice = advise("mr", CorpusSpec(str(PAIRS)), model=str(chat_model_dir), goal="sft", gpu_memory=24)
+    examples = advice.measurements.example_lengths
+    records = [json.loads(line) for line in PAIRS.read_text("utf-8").splitlines()]
+    tokenizer = hf_tokenizer(chat_model_dir)
+    plain = advice.measurements
+    for length in (64, 96, 128, config.model.max_seq_length):
+        truncated, dropped = trainer_truncation(config, tokenizer, records, length)
+        cut = examples.at(length)
+        assert (cut["truncated"], cut["dropped"]) == (truncated, dropped), length
+        if length == 96:
+            # the plain text of the records (what was measured before) understates what train truncates
+            assert plain.truncated_share(length) < truncated
+    assert f"at {config.model.max_seq_length}: {examples.at(config.model.max_seq_length)['truncated']:.1%} of examples" in reason
+    assert yaml.safe_load(out.read_text("utf-8"))["model"]["max_seq_length"] >= examples.to_dict()["tokens_percentiles"]["p99"]

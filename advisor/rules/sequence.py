@@ -67,10 +67,22 @@ def grow_for_context(lengths: list[int], length: int, limit: int) -> int:
     return length
 
 
+def rendered_examples(ctx: RuleContext):
+    """sft: the example lengths measured as train feeds them (advisor/sft.py), when they were measured."""
+    examples = getattr(ctx.measurements, "example_lengths", None)
+    return examples if ctx.goal == "sft" and examples is not None and examples.totals else None
+
+
+def length_percentiles(ctx: RuleContext) -> dict:
+    examples = rendered_examples(ctx)
+    return ctx.measurements.sft_examples["tokens_percentiles"] if examples else ctx.measurements.doc_tokens_percentiles
+
+
 def rule_max_seq_length(ctx: RuleContext) -> Decision:
     m = ctx.measurements
     key = COVERAGE[ctx.goal]
-    percentile = m.doc_tokens_percentiles.get(key) or m.doc_tokens_percentiles.get("max") or MIN_SEQ_LEN
+    percentiles = length_percentiles(ctx)
+    percentile = percentiles.get(key) or percentiles.get("max") or MIN_SEQ_LEN
     covering = max(MIN_SEQ_LEN, seq_multiple(percentile))
     limit, limit_why = min(ctx.facts.context_length, MAX_ADVISED_SEQ_LEN), (
         f"context length {ctx.facts.context_length}" if ctx.facts.context_length <= MAX_ADVISED_SEQ_LEN
@@ -82,11 +94,23 @@ def rule_max_seq_length(ctx: RuleContext) -> Decision:
             raise_nothing_fits(ctx)
         length = max(MIN_SEQ_LEN, seq_multiple(length // 2))
         capped = f"; cut to fit {ctx.gpu_memory_gib:g} GB"
+    examples = rendered_examples(ctx)
+    if examples is not None:
+        return Decision(length, sft_note(examples, key, percentile, length, capped), [PETROV, QLORA])
     head = f"{key} = {percentile} tokens at {tokens_per_char_note(m)}{capped}"
     if ctx.goal == "cpt":
         return Decision(length, f"{head}; {blocks_note(m.doc_token_lengths, length, covering)}", [PETROV])
     share = m.truncated_share(length)
     return Decision(length, f"{head}; {share:.1%} of documents truncated at {length}", [PETROV])
+
+
+def sft_note(examples, key: str, percentile: int, length: int, capped: str) -> str:
+    """What truncation at ``length`` does to the examples as train renders them."""
+    cut = examples.at(length)
+    sampled = f", {len(examples.totals):,} of {examples.records:,} records sampled" if examples.sampled else ""
+    return (f"{key} = {percentile} tokens per example as train feeds it ({examples.rendering}{sampled}){capped}; "
+            f"at {length}: {cut['truncated']:.1%} of examples lose response tokens ({cut['lost_tokens']:.1%} of all "
+            f"response tokens) and {cut['dropped']:.1%} lose all of them (train drops those)")
 
 
 def blocks_note(lengths: list[int], length: int, covering: int) -> str:
@@ -105,8 +129,11 @@ def rule_packing(ctx: RuleContext) -> Decision:
     m, length = ctx.measurements, ctx.value("max_seq_length")
     padding_waste = max(0.0, 1 - m.doc_tokens_mean / length) if length else 0.0
     if ctx.goal == "sft":
+        examples = rendered_examples(ctx)
+        mean = ctx.measurements.sft_examples["tokens_mean"] if examples else m.doc_tokens_mean
+        padding_waste = max(0.0, 1 - mean / length) if length else 0.0
         return Decision("off", (
-            f"sft: one example per row keeps prompt/response masking exact; mean {m.doc_tokens_mean:.0f} tokens "
+            f"sft: one example per row keeps prompt/response masking exact; mean {mean:.0f} tokens "
             f"per example pads ~{padding_waste:.0%} of each {length}-token row"), [QLORA])
     crossed, _ = block_cuts(m.doc_token_lengths, length)
     return Decision("blocks", (

@@ -16,6 +16,7 @@ from babeltune.advisor.types import Decision, Measurements
 from babeltune.errors import BabeltuneError
 
 DEFAULT_GPU_GIB = 24.0
+MIN_BUILTIN_GAIN = 1.2       # name an installed built-in only when it needs at least this many times fewer tokens
 DEFAULT_TRAINING_SEED = 3407
 MIN_LANGID_AGREEMENT = 0.5   # below this share of sampled documents in --lang, the corpus is "mostly another language"
 
@@ -127,6 +128,38 @@ def pick_builtin(corpus, profile, *, full: bool, seed: int, echo: Callable[[str]
     return best, candidates, note
 
 
+def better_builtin_note(model: str, tokenizer: Optional[str], measurements: Measurements, profile) -> Optional[str]:
+    """With --model given and a bad tokenizer fit: the installed built-in that needs the fewest tokens for the
+    same sampled documents, when it needs >= MIN_BUILTIN_GAIN times fewer."""
+    from babeltune.advisor.rules.embeddings import measured_fit
+    from babeltune.models.builtins import installed_builtins
+    from babeltune.models.tokenizers import load_tokenizer
+
+    bad, fit_note = measured_fit(measurements, profile)
+    docs = measurements.sample_documents
+    if not bad or not docs:
+        return None
+    chars = sum(map(len, docs))
+    own = sum(map(len, load_tokenizer(config_tokenizer(tokenizer) or model).encode_batch(docs))) / chars
+    best = None
+    for name in installed_builtins():
+        if name == model:
+            continue
+        try:
+            rate = sum(map(len, load_tokenizer(name).encode_batch(docs))) / chars
+        except BabeltuneError:
+            continue
+        if best is None or rate < best[1]:
+            best = (name, rate)
+    if best is None or own / best[1] < MIN_BUILTIN_GAIN:
+        return None
+    name, rate = best
+    return (f"{model} fits this text badly: {fit_note}; the installed built-in {name} needs {own / rate:.1f}x fewer "
+            f"tokens for the same text ({rate:.3f} vs {own:.3f} tokens/char on {len(docs):,} sampled documents), "
+            f"so {own / rate:.1f}x more text per optimizer step; compare with `advise --compare --model {model} "
+            f"--model {name}` or advise for --model {name}")
+
+
 def check_language(measurements: Measurements, profile, lang_arg: str) -> Optional[str]:
     """Error when the sampled documents are mostly another language; a warning line when agreement is low."""
     info = measurements.langid or {}
@@ -231,6 +264,10 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
         reader=sft_documents if goal == "sft" else None)
     if goal == "sft":
         measure_sft_examples(measurements, corpus, model, tokenizer, seed=seed, echo=echo)
+    if not candidates:                   # --model given: would an installed built-in fit much better?
+        better = better_builtin_note(model, tokenizer, measurements, profile)
+        if better:
+            notes.append(better)
     notes = model_notes + notes
     from babeltune.advisor.mojibake import warning_line
 

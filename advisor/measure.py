@@ -299,6 +299,7 @@ def _assemble(spec, tokenizer, profile, counts: Counts, files, skipped, sample_d
         reference_chars_vs_english=reference_char_ratio(profile),
         skipped=skipped,
         mojibake=find_mojibake(sample_docs, sampled=len(sample_docs) < counts.documents),
+        sample_documents=sample_docs[:MIN_SAMPLE_DOCS],
         doc_token_lengths=list(map(int, kept)),
     )
 

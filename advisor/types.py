@@ -47,6 +47,7 @@ class Measurements:
     # sft: examples rendered as train feeds them (babeltune.advisor.sft.ExampleLengths), and its summary
     example_lengths: Any = field(default=None, repr=False)
     sft_examples: dict[str, Any] = field(default_factory=dict)
+    sample_documents: list[str] = field(default_factory=list, repr=False)   # a uniform sample, for comparisons
 
     def to_dict(self) -> dict:
         lengths, self.example_lengths = self.example_lengths, None
@@ -54,8 +55,8 @@ class Measurements:
             out = asdict(self)
         finally:
             self.example_lengths = lengths
-        out.pop("doc_token_lengths")
-        out.pop("example_lengths")
+        for internal in ("doc_token_lengths", "example_lengths", "sample_documents"):
+            out.pop(internal)
         out["tokens_per_char_ci95"] = list(self.tokens_per_char_ci95)
         return out
 

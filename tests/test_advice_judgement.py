@@ -272,3 +272,33 @@ def test_sft_lengths_are_measured_on_what_train_feeds(chat_model_dir, tmp_path):
             assert plain.truncated_share(length) < truncated
     assert f"at {config.model.max_seq_length}: {examples.at(config.model.max_seq_length)['truncated']:.1%} of examples" in reason
     assert yaml.safe_load(out.read_text("utf-8"))["model"]["max_seq_length"] >= examples.to_dict()["tokens_percentiles"]["p99"]
+
+
+# --------------------------------------------------------------------------- item 6: a better installed model
+
+
+def installed(*names: str) -> bool:
+    from babeltune.models.builtins import installed_builtins
+
+    return set(names) <= set(installed_builtins())
+
+
+@pytest.mark.skipif(not installed("smollm2-135m", "gemma-3-270m"), reason="built-in models not installed")
+def test_bad_fit_with_model_given_names_the_installed_model_that_needs_fewer_tokens(babeltune_cache):
+    import re
+
+    from babeltune.models.tokenizers import load_tokenizer
+
+    advice = advise("mr", CorpusSpec(str(MARATHI_TWEETS)), model="smollm2-135m", gpu_memory=24)
+    note = next(n for n in advice.notes if "installed built-in" in n)
+    assert note.startswith("smollm2-135m fits this text badly: 1.1")
+    ratio, theirs, ours = re.search(r"needs (\d+\.\d)x fewer tokens for the same text \((\d\.\d+) vs (\d\.\d+)", note).groups()
+    assert "gemma-3-270m" in note and float(ratio) >= 3
+    docs = advice.measurements.sample_documents
+    chars = sum(map(len, docs))
+    gemma = sum(map(len, load_tokenizer("gemma-3-270m").encode_batch(docs))) / chars
+    assert float(theirs) == pytest.approx(gemma, abs=5e-4)
+    assert float(ratio) == pytest.approx(float(ours) / float(theirs), abs=0.05)
+    # the model that fits says nothing of the kind
+    fitting = advise("mr", CorpusSpec(str(MARATHI_TWEETS)), model="gemma-3-270m", gpu_memory=24)
+    assert not any("installed built-in" in n for n in fitting.notes)

@@ -24,10 +24,14 @@ EMBEDDING_LR_DIVISOR = 10           # Unsloth CPT recipe: 5e-5 for adapters, 5e-
 
 def tokenizer_fit(ctx: RuleContext) -> tuple[bool, str]:
     """(fits badly?, the measured figure that says so)."""
-    m = ctx.measurements
+    return measured_fit(ctx.measurements, ctx.profile)
+
+
+def measured_fit(m, profile) -> tuple[bool, str]:
+    """The one test of tokenizer fit every reason and note uses: (fits badly?, the measured figure)."""
     if m.premium_vs_english is not None:
         return m.premium_vs_english >= BAD_PREMIUM, f"premium vs English = {m.premium_vs_english:.2f}x (bad >= {BAD_PREMIUM:g}x)"
-    spaced = bool(getattr(ctx.profile, "space_delimited", True))
+    spaced = bool(getattr(profile, "space_delimited", True))
     limit = BAD_TOKENS_PER_CHAR[spaced]
     return m.tokens_per_char >= limit, f"{m.tokens_per_char:.3f} tokens/char (bad >= {limit:g} for this script)"
 

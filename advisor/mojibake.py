@@ -28,6 +28,11 @@ _CP1252_EXTRA = "€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š�
 _CP1251_EXTRA = "ЂЃ‚ѓ„…†‡€‰Љ‹ЊЌЋЏђ‘’“”•–—™љ›њќћџЎўЈҐЁЄЇІіґёєјЅѕї№"
 _RUN = regex.compile("[\u0080-\u00ff\u0410-\u044f" + regex.escape(_CP1252_EXTRA + _CP1251_EXTRA) + "]{2,}")
 _LETTER = regex.compile(r"\p{L}")
+# A UTF-8 lead byte shown by the code page, followed by a continuation byte shown by it: every damaged run
+# holds one, most genuine text none (one C-level scan per document before any repair is tried).
+_CONTINUATION_1252 = "\u0080-\u00bf" + regex.escape(_CP1252_EXTRA)
+_CONTINUATION_1251 = regex.escape("ЂЃ‚ѓ„…†‡€‰Љ‹ЊЌЋЏђ‘’“”•–—™љ›њќћџ\u00a0ЎўЈ¤Ґ¦§Ё©Є«¬\u00ad®Ї°±Ііґµ¶·ё№є»јЅѕї")
+_SUSPECT = regex.compile(f"[\u00c2-\u00f4][{_CONTINUATION_1252}]|[\u0412-\u0444][{_CONTINUATION_1251}]")
 
 
 def repair_run(run: str) -> Optional[tuple[str, str]]:
@@ -48,6 +53,8 @@ def damaged_runs(document: str) -> list[tuple[str, str, str]]:
     """(damaged run, repair, code page) for every damaged run of one document."""
     found = []
     for match in _RUN.finditer(document):
+        if not _SUSPECT.search(match.group()):
+            continue
         repaired = repair_run(match.group())
         if repaired is not None:
             found.append((match.group(), *repaired))
@@ -66,7 +73,7 @@ def find_mojibake(documents: list[str], *, sampled: bool) -> dict:
     """Count the documents holding damaged runs; up to EXAMPLES examples (damaged -> repaired)."""
     damaged, code_pages, scripts, examples = 0, Counter(), Counter(), []
     for document in documents:
-        if not _RUN.search(document):         # the usual case: one C-level scan per document
+        if not _SUSPECT.search(document):     # the usual case: one C-level scan per document
             continue
         runs = damaged_runs(document)
         if not runs:

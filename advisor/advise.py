@@ -16,6 +16,7 @@ from babeltune.advisor.types import Decision, Measurements
 from babeltune.errors import BabeltuneError
 
 DEFAULT_GPU_GIB = 24.0
+MIN_BUILTIN_GAIN = 1.2       # name an installed built-in only when it needs at least this many times fewer tokens
 DEFAULT_TRAINING_SEED = 3407
 KERNEL_NAMES = {"plain": "transformers + PEFT", "liger": "liger-kernel's fused ops", "unsloth": "Unsloth's kernels"}
 MIN_LANGID_AGREEMENT = 0.5   # below this share of sampled documents in --lang, the corpus is "mostly another language"
@@ -23,7 +24,7 @@ MIN_LANGID_AGREEMENT = 0.5   # below this share of sampled documents in --lang, 
 # Decision name -> dotted TrainConfig key (batch_size is the product of two keys: comment only).
 CONFIG_KEYS = {
     "max_seq_length": "model.max_seq_length", "load_in_4bit": "model.load_in_4bit",
-    "flash_attention": "model.attn_implementation", "packing": "data.packing",
+    "flash_attention": "model.attn_implementation", "packing": "data.packing", "dedup": "data.dedup",
     "r": "adapter.r", "lora_alpha": "adapter.lora_alpha", "lora_dropout": "adapter.lora_dropout",
     "target_modules": "adapter.target_modules", "bias": "adapter.bias", "use_rslora": "adapter.use_rslora",
     "modules_to_save": "adapter.modules_to_save", "embedding_learning_rate": "adapter.embedding_learning_rate",
@@ -101,15 +102,16 @@ def parse_gpu_memory(text: Optional[str]) -> Optional[float]:
     return value / 1024 if (match.group(2) or "g").startswith("m") else value
 
 
-def measure_candidate(spec: str, kind: str, corpus, profile, *, full: bool, seed: int) -> Candidate:
+def measure_candidate(spec: str, kind: str, corpus, profile, *, full: bool, seed: int, reader=None) -> Candidate:
     from babeltune.advisor.measure import measure_corpus
     from babeltune.models.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(spec)
-    return Candidate(spec, kind, measure_corpus(corpus, tokenizer, profile, full=full, seed=seed))
+    return Candidate(spec, kind, measure_corpus(corpus, tokenizer, profile, full=full, seed=seed, reader=reader))
 
 
-def pick_builtin(corpus, profile, *, full: bool, seed: int, echo: Callable[[str], None]) -> tuple[Candidate, list[Candidate], str]:
+def pick_builtin(corpus, profile, *, full: bool, seed: int, echo: Callable[[str], None],
+                 reader=None) -> tuple[Candidate, list[Candidate], str]:
     """Measure under every installed built-in's tokenizer; the fewest tokens per character wins."""
     from babeltune.models.builtins import BUILTINS, installed_builtins
 
@@ -120,12 +122,44 @@ def pick_builtin(corpus, profile, *, full: bool, seed: int, echo: Callable[[str]
     candidates = []
     for name in names:
         echo(f"measuring {corpus.path} under {name}'s tokenizer ...")
-        candidates.append(measure_candidate(name, "model", corpus, profile, full=full, seed=seed))
+        candidates.append(measure_candidate(name, "model", corpus, profile, full=full, seed=seed, reader=reader))
     best = min(candidates, key=lambda c: c.measurements.tokens_per_char)
     figures = ", ".join(f"{c.spec} {c.measurements.tokens_per_char:.3f}" for c in candidates)
     note = (f"no --model given: measured {len(candidates)} installed built-in(s) in tokens/char ({figures}); "
             f"picked {best.spec}, the fewest tokens per character")
     return best, candidates, note
+
+
+def better_builtin_note(model: str, tokenizer: Optional[str], measurements: Measurements, profile) -> Optional[str]:
+    """With --model given and a bad tokenizer fit: the installed built-in that needs the fewest tokens for the
+    same sampled documents, when it needs >= MIN_BUILTIN_GAIN times fewer."""
+    from babeltune.advisor.rules.embeddings import measured_fit
+    from babeltune.models.builtins import installed_builtins
+    from babeltune.models.tokenizers import load_tokenizer
+
+    bad, fit_note = measured_fit(measurements, profile)
+    docs = measurements.sample_documents
+    if not bad or not docs:
+        return None
+    chars = sum(map(len, docs))
+    own = sum(map(len, load_tokenizer(config_tokenizer(tokenizer) or model).encode_batch(docs))) / chars
+    best = None
+    for name in installed_builtins():
+        if name == model:
+            continue
+        try:
+            rate = sum(map(len, load_tokenizer(name).encode_batch(docs))) / chars
+        except BabeltuneError:
+            continue
+        if best is None or rate < best[1]:
+            best = (name, rate)
+    if best is None or own / best[1] < MIN_BUILTIN_GAIN:
+        return None
+    name, rate = best
+    return (f"{model} fits this text badly: {fit_note}; the installed built-in {name} needs {own / rate:.1f}x fewer "
+            f"tokens for the same text ({rate:.3f} vs {own:.3f} tokens/char on {len(docs):,} sampled documents), "
+            f"so {own / rate:.1f}x more text per optimizer step; compare with `advise --compare --model {model} "
+            f"--model {name}` or advise for --model {name}")
 
 
 def check_language(measurements: Measurements, profile, lang_arg: str) -> Optional[str]:
@@ -146,20 +180,22 @@ def check_language(measurements: Measurements, profile, lang_arg: str) -> Option
 
 
 def resolve_models(model: Optional[str], tokenizer: Optional[str], corpus, profile, *, full: bool, seed: int,
-                   echo: Callable[[str], None]) -> tuple[str, Measurements, list[Candidate], list[str]]:
+                   echo: Callable[[str], None], reader=None) -> tuple[str, Measurements, list[Candidate], list[str]]:
     """Which model to advise for, and the measurements under the tokenizer that will train it."""
     notes: list[str] = []
     candidates: list[Candidate] = []
     if model is None:
-        best, candidates, note = pick_builtin(corpus, profile, full=full, seed=seed, echo=echo)
+        best, candidates, note = pick_builtin(corpus, profile, full=full, seed=seed, echo=echo, reader=reader)
         model, notes = best.spec, [note]
         measurements = best.measurements
     elif tokenizer is None:
         echo(f"measuring {corpus.path} under {model}'s tokenizer ...")
-        measurements = measure_candidate(model, "model", corpus, profile, full=full, seed=seed).measurements
+        measurements = measure_candidate(model, "model", corpus, profile, full=full, seed=seed,
+                                         reader=reader).measurements
     if tokenizer is not None:
         echo(f"measuring {corpus.path} under tokenizer {tokenizer} ...")
-        measurements = measure_candidate(tokenizer, "tokenizer", corpus, profile, full=full, seed=seed).measurements
+        measurements = measure_candidate(tokenizer, "tokenizer", corpus, profile, full=full, seed=seed,
+                                         reader=reader).measurements
         trains = ("training uses it too" if config_tokenizer(tokenizer)
                   else "training still uses the model's own tokenizer (only folders/tokenizer.json can train)")
         notes.append(f"--tokenizer {tokenizer}: measured with it instead of {model}'s own tokenizer; {trains}")
@@ -221,18 +257,31 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     from babeltune.config import validate_config
     from babeltune.models.facts import model_facts
 
+    from babeltune.advisor.sft import check_goal, sft_documents
+
     profile = resolve_language(lang, note=echo)
     gpu_gib = gpu_memory if isinstance(gpu_memory, (int, float)) else parse_gpu_memory(gpu_memory)
+    check_goal(corpus, goal)             # the data must fit the goal before anything is measured
     notes = []
     if gpu_gib is None:
         gpu_gib = DEFAULT_GPU_GIB
         notes.append(f"no --gpu-memory given: advising for a common {DEFAULT_GPU_GIB:g} GB GPU")
-    model, measurements, candidates, model_notes = resolve_models(model, tokenizer, corpus, profile, full=full,
-                                                                  seed=seed, echo=echo)
+    model, measurements, candidates, model_notes = resolve_models(
+        model, tokenizer, corpus, profile, full=full, seed=seed, echo=echo,
+        reader=sft_documents if goal == "sft" else None)
+    if goal == "sft":
+        measure_sft_examples(measurements, corpus, model, tokenizer, seed=seed, echo=echo)
+    if not candidates:                   # --model given: would an installed built-in fit much better?
+        better = better_builtin_note(model, tokenizer, measurements, profile)
+        if better:
+            notes.append(better)
     notes = model_notes + notes
-    warning = check_language(measurements, profile, lang)
-    if warning:
-        notes.append(warning)
+    from babeltune.advisor.mojibake import warning_line
+
+    for warning in (check_language(measurements, profile, lang),
+                    warning_line(measurements.mojibake, measurements.documents)):
+        if warning:
+            notes.append(warning)
     facts = model_facts(model)
     ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal,
                       kernels=kernels, gpus=gpus)
@@ -247,6 +296,17 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
                   gpu_memory_gib=float(gpu_gib), corpus=corpus, measurements=measurements, facts=facts,
                   decisions=decisions, config=config, config_reasons=reasons, memory=ctx.estimate(),
                   notes=notes, candidates=candidates)
+
+
+def measure_sft_examples(measurements: Measurements, corpus, model: str, tokenizer: Optional[str], *, seed: int,
+                         echo: Callable[[str], None]) -> None:
+    """sft: example lengths as `train` renders them (chat template, BOS/EOS), for max_seq_length."""
+    from babeltune.advisor.sft import measure_examples
+    from babeltune.models.tokenizers import load_tokenizer
+
+    echo(f"rendering {corpus.path} examples as train feeds them ...")
+    lengths = measure_examples(corpus, model, tokenizer, load_tokenizer(tokenizer or model), seed=seed)
+    measurements.example_lengths, measurements.sft_examples = lengths, lengths.to_dict()
 
 
 def compare(lang: str, corpus, *, models: list[str], tokenizers: list[str], full: bool = False, seed: int = 0,

@@ -363,6 +363,11 @@ def iter_records(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) 
         raise empty_corpus_error(spec, skipped)
 
 
+def records_in_file(path: Path, spec: CorpusSpec, tally: Optional[ReadTally] = None) -> Iterator[dict]:
+    """Rows of one (already checked) file, as iter_records yields them."""
+    return _rows_in_file(path, spec, tally if tally is not None else ReadTally(strict=spec.strict))
+
+
 def _rows_in_file(path: Path, spec: CorpusSpec, tally: ReadTally) -> Iterator[dict]:
     if path.suffix.lower() == ".txt":
         yield from ({"text": doc} for doc in _txt_documents(path, spec.doc_split, tally))

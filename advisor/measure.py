@@ -22,8 +22,10 @@ import regex
 from babeltune.advisor.corpus import (CorpusSpec, bad_file_error, check_listing, corpus_files, documents_in_file,
                                       empty_corpus_error)
 from babeltune.advisor.readlog import ReadTally, batches
+from babeltune.advisor.duplicates import DuplicateCounter, summarise
+from babeltune.advisor.mojibake import find_mojibake
 from babeltune.advisor.scripts import mostly_space_delimited, script_mix
-from babeltune.advisor.textscan import Counts, SampleFolder, SamplePool, ScanResult, scan_files
+from babeltune.advisor.textscan import Counts, DocumentReader, SampleFolder, SamplePool, ScanResult, scan_files
 from babeltune.advisor.types import Measurements, SkippedFile
 
 if TYPE_CHECKING:
@@ -48,13 +50,29 @@ _WORD_PART = regex.compile(r"[\p{L}\p{M}]+")
 # --------------------------------------------------------------------------- counting pass
 
 
+@dataclass
+class CorpusScan:
+    counts: Counts
+    pool: SamplePool
+    files: list[Path]
+    duplicates: DuplicateCounter
+
+
 def count_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile]) -> tuple[Counts, SamplePool, list[Path]]:
     """One pass over the corpus: exact counts, the random sample, and the files that were read."""
+    scan = scan_corpus(spec, seed, skipped)
+    return scan.counts, scan.pool, scan.files
+
+
+def scan_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile],
+                reader: Optional[DocumentReader] = None) -> CorpusScan:
+    """One pass over the corpus: exact counts, the random sample, duplicate counts and the files read."""
     files = corpus_files(spec, skipped)
     check_listing(spec, skipped)
     totals, sample, good, reports = Counts(), SampleFolder(), [], []     # reports: (file index, entries)
+    duplicates = DuplicateCounter()
     group: list[ScanResult] = []
-    for result in chain(scan_files(files, spec, seed), [None]):     # a file's results arrive together
+    for result in chain(scan_files(files, spec, seed, reader=reader), [None]):   # a file's results arrive together
         if group and (result is None or result.file_index != group[0].file_index):
             problem = _first_problem(group)
             if problem is None:
@@ -62,6 +80,7 @@ def count_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile]) -> tup
                 for part in group:
                     totals.add(part.counts)
                     tally.merge(part.tally)      # ranges in file order: line numbers placed in the file
+                    duplicates.merge(part.duplicates)
                 sample.add([part.pool for part in group])
                 good.append(group[0].file_index)
                 reports.append((group[0].file_index, tally.entries(str(files[group[0].file_index]))))
@@ -76,7 +95,7 @@ def count_corpus(spec: CorpusSpec, seed: int, skipped: list[SkippedFile]) -> tup
     skipped.extend(skip for _, entries in sorted(reports, key=lambda item: item[0]) for skip in entries)
     if totals.documents == 0:
         raise empty_corpus_error(spec, skipped)
-    return totals, sample.result(), [files[i] for i in sorted(good)]
+    return CorpusScan(totals, sample.result(), [files[i] for i in sorted(good)], duplicates)
 
 
 def _first_problem(results: list[ScanResult]) -> Optional[tuple[str, Optional[int]]]:
@@ -127,10 +146,11 @@ def tokenize_sample(docs: list[str], tokenizer: "TextTokenizer", counts: Counts)
     return sample
 
 
-def tokenize_all(files: list[Path], spec: CorpusSpec, tokenizer: "TextTokenizer") -> TokenSample:
+def tokenize_all(files: list[Path], spec: CorpusSpec, tokenizer: "TextTokenizer",
+                 reader: DocumentReader = documents_in_file) -> TokenSample:
     """Exact: every document of every readable file, streamed in batches."""
     sample = TokenSample()
-    documents = (doc for path in files for doc in documents_in_file(path, spec))
+    documents = (doc for path in files for doc in reader(path, spec, ReadTally(strict=spec.strict)))
     for batch in batches(documents, TOKENIZE_BATCH):
         sample.extend(batch, tokenizer)
     return sample
@@ -205,26 +225,45 @@ def reference_premium(tokenizer: "TextTokenizer", profile: Optional["LangProfile
     return round(own / base, 4) if base else None
 
 
+def reference_char_ratio(profile: Optional["LangProfile"]) -> Optional[float]:
+    """Characters of the profile's parallel reference text per character of the same text in English: how
+    much text the language needs to say the same thing (tokenizer-free); None without reference text."""
+    if getattr(profile, "reference", None) is None:
+        return None
+    try:
+        from babeltune.advisor.profiles import english_reference_lines, reference_lines
+    except ImportError:
+        return None
+    lines, english = reference_lines(profile), english_reference_lines()
+    if not lines or not english:
+        return None
+    return round(sum(map(len, lines)) / sum(map(len, english)), 4)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
 def measure_corpus(spec: CorpusSpec, tokenizer: "TextTokenizer", profile: Optional["LangProfile"] = None,
-                   *, full: bool = False, seed: int = 0) -> Measurements:
+                   *, full: bool = False, seed: int = 0, reader: Optional[DocumentReader] = None) -> Measurements:
     """Measure ``spec`` under ``tokenizer``. Exact counts always; tokens exact for small corpora and with
-    ``full``, else estimated from a random document sample to ±1% (95% interval reported)."""
+    ``full``, else estimated from a random document sample to ±1% (95% interval reported). ``reader``
+    replaces how a file's documents are read (sft: the text of each record)."""
     skipped: list[SkippedFile] = []
-    counts, pool, files = count_corpus(spec, seed, skipped)
+    scan = scan_corpus(spec, seed, skipped, reader)
+    counts, pool, files = scan.counts, scan.pool, scan.files
     sample_docs = pool.ordered_documents()
     exact = full or counts.characters <= EXACT_BELOW_CHARS
     if exact and not (pool.complete and len(sample_docs) == counts.documents):
-        tokens = tokenize_all(files, spec, tokenizer)
+        tokens = tokenize_all(files, spec, tokenizer, reader or documents_in_file)
     elif exact:
         tokens = TokenSample()
         for batch in batches(sample_docs, TOKENIZE_BATCH):
             tokens.extend(batch, tokenizer)
     else:
         tokens = tokenize_sample(sample_docs, tokenizer, counts)
-    return _assemble(spec, tokenizer, profile, counts, files, skipped, sample_docs, tokens, seed)
+    measured = _assemble(spec, tokenizer, profile, counts, files, skipped, sample_docs, tokens, seed)
+    measured.duplicates = summarise(scan.duplicates, counts.documents, counts.characters, sample_docs)
+    return measured
 
 
 def _assemble(spec, tokenizer, profile, counts: Counts, files, skipped, sample_docs, tokens: TokenSample,
@@ -260,7 +299,10 @@ def _assemble(spec, tokenizer, profile, counts: Counts, files, skipped, sample_d
         langid=language_id(sample_docs, getattr(profile, "langid_code", None)),
         premium_vs_english=premium,
         premium_reference=getattr(profile, "reference", None) if premium is not None else None,
+        reference_chars_vs_english=reference_char_ratio(profile),
         skipped=skipped,
+        mojibake=find_mojibake(sample_docs, sampled=len(sample_docs) < counts.documents),
+        sample_documents=sample_docs[:MIN_SAMPLE_DOCS],
         doc_token_lengths=list(map(int, kept)),
     )
 

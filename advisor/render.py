@@ -33,6 +33,15 @@ def measurement_lines(advice: Advice) -> list[str]:
         f"(95% CI {low:.3f}-{high:.3f})" + (f"; {m.tokens_per_word:.2f} tokens/word" if m.tokens_per_word else ""),
         "document tokens: " + ", ".join(f"{k} {v:,}" for k, v in pct.items()),
     ]
+    if m.sft_examples:
+        ex = m.sft_examples
+        lines.append("example tokens as train feeds them: " + ", ".join(f"{k} {v:,}" for k, v in ex["tokens_percentiles"].items())
+                     + f" ({ex['rendering']}; {ex['examples_measured']:,} of {ex['records']:,} records)")
+    if m.duplicates:
+        d = m.duplicates
+        about = f" (estimated: sampled 1/{round(1 / d['sampling_rate']):,} of texts)" if d.get("sampled") else ""
+        lines.append(f"duplicates: {d['exact_duplicate_documents']:,} exact and {d['near_duplicate_documents']:,} near "
+                     f"of {m.documents:,} documents; {d['unique_characters']:,} characters of unique text{about}")
     if m.premium_vs_english is not None:
         lines.append(f"premium vs English: {m.premium_vs_english:.2f}x on {m.premium_reference or 'parallel reference text'}")
     lines += report_lines(m.skipped)     # one line per file: what was skipped or cut, counted

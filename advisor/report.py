@@ -41,7 +41,8 @@ def histogram_figure(lengths: list[int], max_seq_length: int, *, title: str):
 
 def write_report(advice, folder: str | Path) -> Path:
     """Write the histogram into ``folder`` (temp file + rename: no half-written PNG)."""
-    lengths = advice.measurements.doc_token_lengths
+    examples = advice.measurements.example_lengths      # sft: lengths as train feeds them
+    lengths = list(examples.totals) if examples is not None and examples.totals else advice.measurements.doc_token_lengths
     if not lengths:
         raise BabeltuneError("--report: the measurement kept no document lengths to plot; rerun without --report")
     seq = advice.decisions["max_seq_length"].value

@@ -5,7 +5,8 @@ One-document-per-line .txt files are cut into newline-aligned byte ranges and sc
 chunks (in parallel processes for big corpora): UTF-8 validation and character counts come from one
 ``bytes.decode``, whitespace from one ``bytes.translate`` into byte classes, words from numpy on those
 classes. Other formats go document by document. The counts equal what a brute-force loop over
-``iter_documents`` computes (``len(doc)``, ``len(doc.encode())``, ``len(doc.split())``).
+``iter_documents`` computes (``len(doc)``, ``len(doc.encode())``, ``len(doc.split())``). The same pass feeds
+every document to a bounded duplicate counter (``babeltune.advisor.duplicates``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
 from babeltune.advisor.corpus import CorpusSpec, FileProblem, check_file, documents_in_file, iter_text_chunks
 from babeltune.advisor.readlog import ReadTally
 from babeltune.advisor.textread import open_regular
+from babeltune.advisor.duplicates import DuplicateCounter
+
+# documents of one file (default: documents_in_file; the tally counts what reading skips or cuts)
+DocumentReader = Callable[[Path, CorpusSpec, ReadTally], Iterator[str]]
 
 POOL_DOCS = 60_000              # most sampled documents kept; ~38k suffice even for very mixed corpora
 POOL_CHARS = 64_000_000         # and at most this much text, so memory stays bounded for long documents
@@ -147,30 +152,35 @@ class ScanResult:
     pool: SamplePool
     problem: Optional[tuple[str, Optional[int]]] = None    # (reason, byte offset): the whole file is skipped
     tally: ReadTally = field(default_factory=ReadTally)     # lines skipped, documents cut (line numbers in the range)
+    duplicates: Optional[DuplicateCounter] = None
 
 
 def scan_line_range(task: ScanTask) -> ScanResult:
     """Counts and sample of one newline-aligned byte range of a one-document-per-line file."""
     rng = np.random.default_rng(task.seed)
     counts, pool, tally = Counts(), SamplePool(capacity=task.capacity), ReadTally(strict=task.strict)
+    duplicates = DuplicateCounter()
     try:
         for _, raw, text in iter_text_chunks(Path(task.path), start=task.start, end=task.end, tally=tally):
-            _scan_piece(raw, text, counts, pool, rng)
+            _scan_piece(raw, text, counts, pool, rng, duplicates)
     except FileProblem as problem:
         return ScanResult(task.file_index, counts, SamplePool(), (problem.reason, problem.offset))
     except OSError as exc:
         return ScanResult(task.file_index, counts, SamplePool(), (f"read error: {exc.strerror or exc}", None))
-    return ScanResult(task.file_index, counts, pool, tally=tally)
+    return ScanResult(task.file_index, counts, pool, tally=tally, duplicates=duplicates)
 
 
-def _scan_piece(raw: bytes, text: str, counts: Counts, pool: SamplePool, rng: np.random.Generator) -> None:
+def _scan_piece(raw: bytes, text: str, counts: Counts, pool: SamplePool, rng: np.random.Generator,
+                duplicates: DuplicateCounter) -> None:
     data = np.frombuffer(raw, dtype=np.uint8)
     if _has_non_ascii_space(raw, text, data):
         lines = list(map(str.strip, text.split("\n")))
         _count_lines(lines, counts)
+        duplicates.add_documents([line for line in lines if line])
         entries = [(key, lines[i]) for i, key in pool.offer(rng, len(lines)) if lines[i]]
     else:
         newlines = _count_bytes(raw, text, counts)
+        duplicates.add_line_piece(raw, text, newlines, _ASCII_SPACES)
         entries = _pick_raw_lines(raw, newlines, pool.offer(rng, len(newlines) + 1))
     if entries:
         pool.extend([k for k, _ in entries], [d for _, d in entries])
@@ -246,29 +256,33 @@ def _pick_raw_lines(raw: bytes, newlines: np.ndarray, picked: list[tuple[int, fl
 # --------------------------------------------------------------------------- other formats
 
 
-def scan_documents(path: Path, spec: CorpusSpec, file_index: int, seed: int) -> ScanResult:
+def scan_documents(path: Path, spec: CorpusSpec, file_index: int, seed: int,
+                   reader: DocumentReader = documents_in_file) -> ScanResult:
     """Counts and sample of any other file, document by document (keys drawn per batch)."""
     problem = check_file(path)
     if problem is not None:
         return ScanResult(file_index, Counts(), SamplePool(), (problem.reason, problem.offset))
     rng = np.random.default_rng((seed, file_index, 0))
     counts, pool, batch, tally = Counts(), SamplePool(), [], ReadTally(strict=spec.strict)
+    duplicates = DuplicateCounter()
     try:
-        for doc in documents_in_file(path, spec, tally):
+        for doc in reader(path, spec, tally):
             batch.append(doc)
             if len(batch) >= 4096:
-                _count_batch(batch, counts, pool, rng)
+                _count_batch(batch, counts, pool, rng, duplicates)
                 batch = []
     except FileProblem as problem:
         return ScanResult(file_index, Counts(), SamplePool(), (problem.reason, problem.offset))
     except OSError as exc:
         return ScanResult(file_index, Counts(), SamplePool(), (f"read error: {exc.strerror or exc}", None))
-    _count_batch(batch, counts, pool, rng)
-    return ScanResult(file_index, counts, pool, tally=tally)
+    _count_batch(batch, counts, pool, rng, duplicates)
+    return ScanResult(file_index, counts, pool, tally=tally, duplicates=duplicates)
 
 
-def _count_batch(batch: list[str], counts: Counts, pool: SamplePool, rng: np.random.Generator) -> None:
+def _count_batch(batch: list[str], counts: Counts, pool: SamplePool, rng: np.random.Generator,
+                 duplicates: DuplicateCounter) -> None:
     _count_lines(batch, counts)
+    duplicates.add_documents(batch)
     entries = [(key, batch[i]) for i, key in pool.offer(rng, len(batch))]
     if entries:
         pool.extend([k for k, _ in entries], [d for _, d in entries])
@@ -308,10 +322,12 @@ def _next_newline(handle, position: int) -> Optional[int]:
         position += len(block)
 
 
-def scan_files(files: list[Path], spec: CorpusSpec, seed: int, workers: Optional[int] = None) -> Iterator[ScanResult]:
+def scan_files(files: list[Path], spec: CorpusSpec, seed: int, workers: Optional[int] = None,
+               reader: Optional[DocumentReader] = None) -> Iterator[ScanResult]:
     """Scan every file, yielding results file by file (a file's ranges consecutively, in order); line
-    files in newline-aligned ranges, in parallel processes when large."""
-    line_mode = spec.doc_split == "line"
+    files in newline-aligned ranges, in parallel processes when large. ``reader`` replaces how documents
+    are read from a file (every file then goes document by document)."""
+    line_mode = spec.doc_split == "line" and reader is None
     tasks = []
     for index, path in enumerate(files):
         if line_mode and path.suffix.lower() == ".txt":
@@ -326,7 +342,7 @@ def scan_files(files: list[Path], spec: CorpusSpec, seed: int, workers: Optional
                 tasks.append(ScanTask(index, str(path), start, end, (seed, index, part), spec.strict,
                                       (end or size) - start))
         else:
-            yield scan_documents(path, spec, index, seed)
+            yield scan_documents(path, spec, index, seed, reader or documents_in_file)
     line_bytes = sum(task.size for task in tasks)
     for task in tasks:
         # Each range keeps its share of the final sample (with room to spare), not a full sample:

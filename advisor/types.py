@@ -62,12 +62,26 @@ class Measurements:
     langid: dict[str, Any] = field(default_factory=dict)                 # expected, top, agreement, sample, distribution
     premium_vs_english: Optional[float] = None  # tokens on parallel reference text in LANG / in English
     premium_reference: Optional[str] = None
+    reference_chars_vs_english: Optional[float] = None  # characters of the parallel reference text / English's
     skipped: list[SkippedFile] = field(default_factory=list)
+    # exact/near duplicate documents and the unique characters left without them (babeltune.advisor.duplicates)
+    duplicates: dict[str, Any] = field(default_factory=dict)
+    # documents holding encoding damage, found on the sample (babeltune.advisor.mojibake)
+    mojibake: dict[str, Any] = field(default_factory=dict)
     doc_token_lengths: list[int] = field(default_factory=list, repr=False)  # sampled, for histograms/truncation
+    # sft: examples rendered as train feeds them (babeltune.advisor.sft.ExampleLengths), and its summary
+    example_lengths: Any = field(default=None, repr=False)
+    sft_examples: dict[str, Any] = field(default_factory=dict)
+    sample_documents: list[str] = field(default_factory=list, repr=False)   # a uniform sample, for comparisons
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("doc_token_lengths")
+        lengths, self.example_lengths = self.example_lengths, None
+        try:
+            out = asdict(self)
+        finally:
+            self.example_lengths = lengths
+        for internal in ("doc_token_lengths", "example_lengths", "sample_documents"):
+            out.pop(internal)
         out["tokens_per_char_ci95"] = list(self.tokens_per_char_ci95)
         return out
 

@@ -106,7 +106,10 @@ class DataConfig(Section):
     packing: Literal["off", "blocks", "padding_free"] = Field(
         "blocks", description="off = one document per row (padded); blocks = concatenate with EOS and cut into max_seq_length blocks; padding_free = whole documents packed into rows with restarting position ids, attention kept within each document (flash-attention varlen, or transformers' packed-sequence mask with sdpa/eager).")
 
+    dedup: Literal["off", "exact", "near"] = Field(
+        "off", description="Remove repeated training documents before the held-out split: exact = identical text; near = identical after dropping URLs, @mentions, ASCII case, spaces and punctuation. The first copy is kept; how many were removed is logged and written to the manifest. `advise` decides it from the duplicates it counted.")
     _packing_off = field_validator("packing", mode="before")(_yaml_false_as("off"))
+    _dedup_off = field_validator("dedup", mode="before")(_yaml_false_as("off"))
 
 
 class AdapterConfig(Section):

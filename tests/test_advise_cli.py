@@ -87,21 +87,31 @@ def test_out_writes_commented_yaml_that_train_loads(tmp_path, tiny_model_dir):
 
 
 def test_jsonl_corpus_and_sft_goal_reach_the_config(tmp_path, tiny_model_dir):
+    # raw text in a JSONL field trains as cpt; sft needs instruction/response records (a .txt or a "body"
+    # field under --goal sft is an error now: train would reject that config, see test_advice_judgement.py)
     lines = [line for line in MARATHI.read_text(encoding="utf-8").splitlines() if line.strip()]
     corpus = tmp_path / "mr.jsonl"
     corpus.write_text("".join(json.dumps({"body": line}, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
-    out = tmp_path / "sft.yaml"
-    result = run("--lang", "mar", "--corpus", corpus, "--text-field", "body", "--goal", "sft", "--model",
-                 tiny_model_dir, "--out", out)
+    out = tmp_path / "cpt.yaml"
+    result = run("--lang", "mar", "--corpus", corpus, "--text-field", "body", "--model", tiny_model_dir, "--out", out)
     assert result.exit_code == 0, result.output
     config = load_config(out)
-    assert (config.data.mode, config.data.text_field, config.data.packing) == ("sft", "body", "off")
-    assert config.adapter.modules_to_save == []
+    assert (config.data.mode, config.data.text_field, config.data.packing) == ("cpt", "body", "blocks")
     assert f"{len(lines):,} documents" in out.read_text(encoding="utf-8")
+    pairs = Path(__file__).parent / "data" / "sft" / "mr_pairs.jsonl"
+    out = tmp_path / "sft.yaml"
+    result = run("--lang", "mar", "--corpus", pairs, "--goal", "sft", "--model", tiny_model_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    config = load_config(out)
+    assert (config.data.mode, config.data.packing) == ("sft", "off")
+    assert config.adapter.modules_to_save == []
+    records = len(pairs.read_text(encoding="utf-8").splitlines())
+    assert f"{records:,} documents" in out.read_text(encoding="utf-8")
 
 
 def test_table_output_without_out_or_json(tiny_model_dir):
-    result = run("--lang", "मराठी", "--corpus", MARATHI, "--model", tiny_model_dir, "--goal", "sft")
+    pairs = Path(__file__).parent / "data" / "sft" / "mr_pairs.jsonl"
+    result = run("--lang", "मराठी", "--corpus", pairs, "--model", tiny_model_dir, "--goal", "sft")
     assert result.exit_code == 0, result.output
     assert "learning_rate" in result.stdout and "q_proj" in result.stdout and "memory estimate" in result.stdout
 

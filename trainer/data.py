@@ -105,6 +105,39 @@ def reading_report(skipped: list, notes: list[str], stats: dict[str, Any]) -> No
 
 
 # ---------------------------------------------------------------------------------------------
+# Duplicates (data.dedup)
+
+
+def dedup_key(config: "TrainConfig") -> Optional[Callable[[Any], bytes]]:
+    """The identity of a document (cpt) or record (sft) under data.dedup; None when off. The near key is the
+    advisor's (babeltune.advisor.duplicates), so `train` removes what `advise` counted."""
+    mode = config.data.dedup
+    if mode == "off":
+        return None
+    from babeltune.advisor.duplicates import exact_key, near_key
+
+    if config.data.mode == "sft":
+        if mode == "exact":
+            return lambda record: exact_key(record_text(record))
+        return lambda record: near_key(record_plain_text(record, config))
+    return exact_key if mode == "exact" else near_key
+
+
+def remove_duplicates(items: list, key: Optional[Callable[[Any], bytes]]) -> tuple[list, int]:
+    """(first copy of every item, number of later copies removed), order kept."""
+    if key is None:
+        return items, 0
+    seen: set[bytes] = set()
+    kept = []
+    for item in items:
+        identity = key(item)
+        if identity not in seen:
+            seen.add(identity)
+            kept.append(item)
+    return kept, len(items) - len(kept)
+
+
+# ---------------------------------------------------------------------------------------------
 # Held-out split
 
 
@@ -402,13 +435,19 @@ def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False
     key = record_text if sft else (lambda text: text)
     skipped: list = []
     train_items = read(config, config.data.train, skipped)
+    read_count = len(train_items)
+    train_items, removed = remove_duplicates(train_items, dedup_key(config))
+    if config.data.dedup != "off":
+        notes.append(f"data.dedup {config.data.dedup}: removed {removed:,} of {read_count:,} training "
+                     f"{'records' if sft else 'documents'} ({removed / read_count:.1%}) as repeats of an earlier one")
     if config.data.eval:
         eval_items, source = read(config, config.data.eval, skipped), f"data.eval ({config.data.eval})"
     else:
         train_items, eval_items = split_heldout(train_items, key, config.data.eval_fraction)
         source = f"hash split of data.train (eval_fraction {config.data.eval_fraction})"
     eval_items = eval_items[:config.eval.max_eval_documents]
-    stats = {"train_documents": len(train_items), "eval_documents": len(eval_items), "packing": packing}
+    stats = {"train_documents": len(train_items), "eval_documents": len(eval_items), "packing": packing,
+             "dedup": config.data.dedup, "dedup_removed": removed}
     reading_report(skipped, notes, stats)
     if sft:
         train_rows, dropped = sft_rows(tokenizer, train_items, config, config.data.train)

@@ -1,6 +1,7 @@
 """Advisor rules: one function per parameter, ``rule_<name>(ctx) -> Decision``.
 
 Where to find a rule:
+  data.py        dedup
   adapter.py     r, use_rslora, lora_alpha, lora_dropout, target_modules, bias
   sequence.py    max_seq_length, packing, flash_attention
   embeddings.py  modules_to_save, embedding_learning_rate
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from babeltune.advisor.rules import adapter, embeddings, evaluation, hardware, schedule, sequence
+from babeltune.advisor.rules import adapter, data, embeddings, evaluation, hardware, schedule, sequence
 from babeltune.advisor.rules.context import RuleContext
 from babeltune.advisor.types import Decision
 
 Rule = Callable[[RuleContext], Decision]
 
 RULE_ORDER: list[tuple[str, Rule]] = [
+    ("dedup", data.rule_dedup),
     ("r", adapter.rule_r),
     ("use_rslora", adapter.rule_use_rslora),
     ("lora_alpha", adapter.rule_lora_alpha),

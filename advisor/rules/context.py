@@ -11,6 +11,7 @@ from babeltune.advisor.types import Decision, Measurements
 from babeltune.models.types import ModelFacts
 
 # Citations, spelled once so every rule cites them the same way.
+HU_LORA = "Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models"
 QLORA = "QLoRA (Dettmers et al. 2023)"
 RSLORA = "rsLoRA (Kalajdzievski 2023)"
 BIDERMAN = "Biderman et al. 2024, LoRA Learns Less and Forgets Less"
@@ -27,9 +28,16 @@ HF_TRAINER = "Hugging Face Trainer documentation"
 FSDP = "Zhao et al. 2023, PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel"
 ZERO = "Rajbhandari et al. 2020, ZeRO: Memory Optimizations Toward Training Trillion Parameter Models"
 
+LEE_DEDUP = "Lee et al. 2022, Deduplicating Training Data Makes Language Models Better"
+COMMON_GUIDES = "common LoRA guides (e.g. Unsloth's and Hugging Face PEFT's fine-tuning guides)"
+
 MIN_SEQ_LEN = 64
-LARGE_CORPUS_TOKENS = 100_000_000
-SMALL_CORPUS_TOKENS = 10_000_000
+# Corpus size buckets are in characters of unique text (English-equivalent, see RuleContext.text_size), never
+# in tokens: a tokenizer that cuts the same text into more pieces does not make it more information. English
+# runs ~4.6 characters per token under common tokenizers (0.211-0.218 tokens/char on UD English for cl100k,
+# Qwen, SmolLM2 and Gemma-3), so these are the former 100M / 10M token buckets x 5, rounded.
+LARGE_CORPUS_CHARS = 500_000_000
+SMALL_CORPUS_CHARS = 50_000_000
 
 Goal = Literal["cpt", "sft"]
 
@@ -57,6 +65,59 @@ class RuleContext:
     @property
     def tokens(self) -> int:
         return self.measurements.tokens
+
+    @property
+    def unique_characters(self) -> int:
+        """Characters left once repeats are removed: near duplicates too when dedup is near. Size rules use
+        this even where dedup is off: a repeated text adds no information."""
+        m, found = self.measurements, self.measurements.duplicates
+        if not found:
+            return m.characters
+        key = "near_unique_characters" if self.decided("dedup", "exact") == "near" else "unique_characters"
+        return int(found.get(key, m.characters))
+
+    @property
+    def unique_share(self) -> float:
+        return self.unique_characters / self.measurements.characters if self.measurements.characters else 1.0
+
+    @property
+    def unique_tokens(self) -> int:
+        """Tokens of the unique text (the corpus's tokens/char applied to it)."""
+        return round(self.tokens * self.unique_share)
+
+    @property
+    def train_tokens(self) -> int:
+        """Tokens per epoch after the advised dedup (the tokens/char of the corpus applied to what is left)."""
+        removes = self.decided("dedup", "off") != "off"
+        return round(self.tokens * self.unique_share) if removes else self.tokens
+
+    @property
+    def train_documents(self) -> int:
+        m, found = self.measurements, self.measurements.duplicates
+        mode = self.decided("dedup", "off")
+        if mode == "off" or not found:
+            return m.documents
+        return max(1, m.documents - int(found.get(f"{mode}_duplicate_documents", 0)))
+
+    @property
+    def text_size(self) -> float:
+        """Unique characters in English-equivalent characters: divided by how many characters the language's
+        parallel reference text takes per English character (Chinese 0.32, Korean 0.49, most alphabets
+        0.85-1.15), where the profile has one; else the characters themselves. Tokenizer-free."""
+        ratio = self.measurements.reference_chars_vs_english
+        return self.unique_characters / ratio if ratio else float(self.unique_characters)
+
+    def size_note(self) -> str:
+        """The corpus size every size rule cites, spelled the same way in each reason."""
+        m, unique = self.measurements, self.unique_characters
+        note = f"{fmt_tokens(unique)} characters of unique text"
+        if unique < m.characters:
+            note += f" (of {fmt_tokens(m.characters)})"
+        ratio = m.reference_chars_vs_english
+        if ratio and abs(ratio - 1) >= 0.05:
+            note += (f" = {fmt_tokens(self.text_size)} English-equivalent ({self.language_name} takes "
+                     f"{ratio:.2f}x English's characters on parallel text)")
+        return note
 
     @property
     def budget_gib(self) -> float:

@@ -3,7 +3,8 @@
 Unsloth's continued-pretraining recipe trains the embeddings and the output head when a model learns
 a new language. That only pays off when (a) the tokenizer fits the language badly, so the model's
 token embeddings for it are poorly trained, and (b) the corpus is large enough to move
-vocab x hidden parameters without overfitting. Both are measured here.
+vocab x hidden parameters without overfitting: at least one token of *unique* text per trained weight (a
+corpus repeated 1,000 times is no larger). Both are measured here.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ EMBEDDING_LR_DIVISOR = 10           # Unsloth CPT recipe: 5e-5 for adapters, 5e-
 
 def tokenizer_fit(ctx: RuleContext) -> tuple[bool, str]:
     """(fits badly?, the measured figure that says so)."""
-    m = ctx.measurements
+    return measured_fit(ctx.measurements, ctx.profile)
+
+
+def measured_fit(m, profile) -> tuple[bool, str]:
+    """The one test of tokenizer fit every reason and note uses: (fits badly?, the measured figure)."""
     if m.premium_vs_english is not None:
         return m.premium_vs_english >= BAD_PREMIUM, f"premium vs English = {m.premium_vs_english:.2f}x (bad >= {BAD_PREMIUM:g}x)"
-    spaced = bool(getattr(ctx.profile, "space_delimited", True))
+    spaced = bool(getattr(profile, "space_delimited", True))
     limit = BAD_TOKENS_PER_CHAR[spaced]
     return m.tokens_per_char >= limit, f"{m.tokens_per_char:.3f} tokens/char (bad >= {limit:g} for this script)"
 
@@ -36,20 +41,23 @@ def rule_modules_to_save(ctx: RuleContext) -> Decision:
     params = embedding_parameters(ctx.facts, EMBEDDING_MODULES)
     needed = max(MIN_EMBEDDING_TOKENS, params)
     evidence = [UNSLOTH_CPT, PETROV, HOFFMANN]
+    tokens = ctx.unique_tokens
     if ctx.goal != "cpt":
-        return Decision([], f"sft teaches behaviour, not vocabulary; {fit_note}", evidence)
+        first = ("; the tokenizer fits badly, so continued pretraining on raw text (--goal cpt) first would teach "
+                 "the language's tokens" if bad_fit else "")
+        return Decision([], f"sft teaches behaviour, not vocabulary; {fit_note}{first}", evidence)
     if not bad_fit:
         return Decision([], f"{fit_note}: the tokenizer fits, so its embeddings need no retraining", evidence)
-    if ctx.tokens < needed:
-        return Decision([], (f"{fit_note}, but corpus = {fmt_tokens(ctx.tokens)} tokens < {fmt_tokens(needed)} "
+    if tokens < needed:
+        return Decision([], (f"{fit_note}, but corpus = {fmt_tokens(tokens)} tokens of unique text < {fmt_tokens(needed)} "
                              f"needed to retrain {fmt_tokens(params)} embedding weights without overfitting"), evidence)
     if not ctx.fits(modules_to_save=EMBEDDING_MODULES, batch_size=1, gradient_checkpointing=True,
                     load_in_4bit=True, optimizer="paged_adamw_8bit"):
-        return Decision([], f"{fit_note} and {fmt_tokens(ctx.tokens)} tokens, but {fmt_tokens(params)} embedding "
-                            f"weights do not fit in {ctx.gpu_memory_gib:g} GB", evidence)
+        return Decision([], f"{fit_note} and {fmt_tokens(tokens)} tokens of unique text, but {fmt_tokens(params)} "
+                            f"embedding weights do not fit in {ctx.gpu_memory_gib:g} GB", evidence)
     tied = "; tied in the base model, so the adapter keeps separate trained copies" if ctx.facts.tied_embeddings else ""
     return Decision(list(EMBEDDING_MODULES), (
-        f"{fit_note} and corpus = {fmt_tokens(ctx.tokens)} tokens >= {fmt_tokens(needed)}: retrain "
+        f"{fit_note} and corpus = {fmt_tokens(tokens)} tokens of unique text >= {fmt_tokens(needed)}: retrain "
         f"{fmt_tokens(params)} embedding/head weights for the language{tied}"), evidence)
 
 

@@ -28,7 +28,7 @@ def rule_save_strategy(ctx: RuleContext) -> Decision:
     strategy, steps = ctx.value("evaluation_strategy"), total_steps(ctx)
     return Decision(strategy, (f"same as evaluation_strategy ({strategy}, ~{EVALUATIONS_PER_RUN} of {steps} steps): "
                                "early stopping reloads the best evaluated checkpoint, so every evaluation needs one "
-                               "(the seeds' 'epoch' would not)"),
+                               "(save_strategy 'epoch', as some guides give, would not)"),
                     [HF_TRAINER])
 
 

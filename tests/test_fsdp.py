@@ -7,6 +7,8 @@ accelerate's CPU state to FSDP and then runs `train` unchanged; without it the r
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import signal
@@ -277,7 +279,9 @@ def test_advisor_picks_ddp_or_fsdp_from_the_memory_model(gpu, gpus, distributed,
     assert ctx.estimate().inputs["shards"] == (gpus if distributed == "fsdp" else 1)
     reason = decisions["distributed"].reason
     if distributed == "fsdp":
-        assert reason.startswith("bf16 needs 13.") and f"sharded over {gpus} GPUs (FSDP)" in reason and "per GPU" in reason
+        # the one-GPU figure depends on the advised sequence length; the decision and its binding constraint do not
+        assert re.match(r"bf16 needs 1\d\.\d GiB > 10\.8 GiB on one GPU", reason), reason
+        assert f"sharded over {gpus} GPUs (FSDP)" in reason and "per GPU" in reason
     elif gpus > 1:
         assert "GiB" in reason and ("full copy (DDP)" in reason or "4-bit weights on every GPU" in reason)
 

@@ -188,6 +188,8 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
         if name == "flash_attention":
             value = "auto" if value else "sdpa"
         config[section][leaf] = value
+    if config["training"].get("max_steps") is not None:   # the schema takes one of them; the plan is in steps
+        config["training"]["num_train_epochs"] = None
     reasons = {
         "language": f"--lang resolved to {language}",
         "model.name": f"the base model ({model})",

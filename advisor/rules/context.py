@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from babeltune.advisor.memory import MemoryEstimate, budget_gib, estimate_memory
 from babeltune.advisor.types import Decision, Measurements
@@ -24,6 +24,9 @@ CHEN_CKPT = "Chen et al. 2016, Training Deep Nets with Sublinear Memory Cost"
 FLASH = "Dao 2023, FlashAttention-2"
 LOSHCHILOV = "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization"
 HF_TRAINER = "Hugging Face Trainer documentation"
+MCCANDLISH = "McCandlish et al. 2018, An Empirical Model of Large-Batch Training"
+KAPLAN = "Kaplan et al. 2020, Scaling Laws for Neural Language Models"
+THROUGHPUT_TABLE = "babeltune throughput measurements (advisor/data/throughput.json)"
 
 MIN_SEQ_LEN = 64
 LARGE_CORPUS_TOKENS = 100_000_000
@@ -43,6 +46,11 @@ class RuleContext:
     goal: Goal = "cpt"
     precision: str = "bf16"
     decisions: dict[str, Decision] = field(default_factory=dict)
+    gpu: Optional[str] = None            # throughput-table GPU key, "cpu", or None (an unnamed GPU of gpu_memory_gib)
+    max_steps: Optional[int] = None      # advise --max-steps: the run length the user asked for
+    time_budget_s: Optional[float] = None            # advise --minutes (CPU target): the run must fit this
+    cpu_tokens_per_s: Optional[float] = None         # measured on this machine (advisor.estimate.probe_cpu)
+    notes: list[str] = field(default_factory=list)   # rule findings for the advice's notes (e.g. corpus too small)
 
     def value(self, name: str) -> Any:
         """Value of an earlier decision (KeyError names the rule order problem)."""

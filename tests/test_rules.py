@@ -109,9 +109,9 @@ def test_bad_fit_without_premium_uses_tokens_per_char_per_script():
     assert japanese["modules_to_save"].value == []
 
 
-def test_sft_rows_are_not_packed_and_embeddings_stay_frozen():
+def test_sft_examples_are_packed_padding_free_and_embeddings_stay_frozen():
     _, decisions = decide(measurements(total_tokens=2_000_000_000, premium=5.0), goal="sft")
-    assert decisions["packing"].value == "off"
+    assert decisions["packing"].value == "padding_free"   # whole examples per row, never crossing, no padding
     assert decisions["modules_to_save"].value == []
     _, cpt = decide(measurements(total_tokens=2_000_000_000, premium=5.0), goal="cpt")
     assert decisions["learning_rate"].value < cpt["learning_rate"].value

@@ -26,6 +26,7 @@ LOSHCHILOV = "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization"
 HF_TRAINER = "Hugging Face Trainer documentation"
 MCCANDLISH = "McCandlish et al. 2018, An Empirical Model of Large-Batch Training"
 KAPLAN = "Kaplan et al. 2020, Scaling Laws for Neural Language Models"
+PADDING_FREE = "Krell et al. 2021, Efficient Sequence Packing without Cross-contamination"
 THROUGHPUT_TABLE = "babeltune throughput measurements (advisor/data/throughput.json)"
 
 MIN_SEQ_LEN = 64

@@ -67,7 +67,7 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 
     import yaml
 
-    from babeltune.advisor.render import memory_line, render_table, render_yaml
+    from babeltune.advisor.render import estimate_lines, memory_line, render_table, render_yaml
     from babeltune.config import validate_config
     from babeltune.errors import atomic_write_text
 
@@ -88,6 +88,8 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
         render_table(advice, Console())
     if out or as_json:
         echo(memory_line(advice))
+        for line in estimate_lines(advice):
+            echo(line)
         for note in advice.notes:
             echo(note)
 
@@ -109,9 +111,15 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 @click.option("--text-field", default="text", show_default=True, help=".jsonl/.parquet field with the text.")
 @click.option("--text-column", default=None, help=".csv/.tsv column with the text (default: 'text', else the first).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the measurement sample.")
+@click.option("--gpu", default=None, help="Target GPU (h100, h200, a100, l40s, a10, l4, rtx4090, rtx3090, t4) for "
+              "GPU-efficient shapes and the run-time estimate, or cpu for a CPU-sized run timed on this machine.")
+@click.option("--minutes", type=click.FloatRange(min=0.5), default=None,
+              help="With --gpu cpu: size the run to finish in about this many minutes here (measured probe).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Plan exactly this many optimizer steps.")
+@click.option("--no-probe", is_flag=True, help="Do not time the model on this CPU (no CPU run-time estimate).")
 @handle_errors
 def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, report, compare, full, strict,
-           doc_split, text_field, text_column, seed):
+           doc_split, text_field, text_column, seed, gpu, minutes, max_steps, no_probe):
     """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
     reason that cites the measured number."""
     from babeltune.advisor.advise import advise as run_advise
@@ -125,7 +133,8 @@ def advise(lang, corpus, models, tokenizers, gpu_memory, goal, out, as_json, rep
         return
     advice = run_advise(lang, spec, model=models[0] if models else None,
                         tokenizer=tokenizers[0] if tokenizers else None, gpu_memory=gpu_memory, goal=goal,
-                        full=full, seed=seed, echo=echo)
+                        full=full, seed=seed, gpu=gpu, minutes=minutes, max_steps=max_steps, probe=not no_probe,
+                        command=command_line(), echo=echo)
     write_outputs(advice, out=out, as_json=as_json, report=report, echo=echo)
 
 

@@ -14,8 +14,9 @@ How a query is answered (``ShapeCurve``):
   3. per model size, tokens/s against tokens per micro-step, interpolated linearly in log-log space between
      measured shapes; below the smallest measured shape tokens/s falls in proportion to the tokens (a fixed
      cost per step dominates there, as issue 12 measured), above the largest it stays flat (saturated);
-  4. between measured model sizes, log-log interpolation in the parameter count; outside them tokens/s
-     scales with 1 / parameters (compute per token grows with the parameters).
+  4. between measured model sizes, log-log interpolation in the parameter count; above the largest, tokens/s
+     scales with 1 / parameters (compute per token grows with the parameters); below the smallest, no faster
+     than it (the fixed per-step costs do not shrink with the model).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class ShapeCurve:
         sizes = sorted(self.groups)
         at = {size: along_tokens(self.groups[size], tokens) for size in sizes}
         if self.params <= sizes[0]:
-            return at[sizes[0]] * sizes[0] / self.params
+            return at[sizes[0]]      # no faster than the smallest measured model: fixed per-step costs stay
         if self.params >= sizes[-1]:
             return at[sizes[-1]] * sizes[-1] / self.params
         for low, high in zip(sizes, sizes[1:]):

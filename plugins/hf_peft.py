@@ -70,19 +70,21 @@ def liger_setting(config: "TrainConfig") -> Any:
     return value
 
 
-def apply_liger(model, config: "TrainConfig", runtime: Runtime) -> Optional[str]:
+LIGER_INSTALL = "pip install 'babeltune[gpu]'"
+
+
+def apply_liger(model, config: "TrainConfig", runtime: Runtime) -> str:
     """Fused RMSNorm/SwiGLU/RoPE/linear-cross-entropy kernels from liger-kernel, patched into the
-    instance before the adapter is attached. Returns a note line, or None when off."""
+    instance before the adapter is attached. Returns the "kernels: ..." line that every run logs."""
     setting = liger_setting(config)
     if setting is False:
-        return None
+        return "kernels: plain (backend.options.liger: false)"
     installed = importlib.util.find_spec("liger_kernel") is not None
     if runtime.device != "cuda" or not installed:
-        why = "its kernels need a GPU" if runtime.device != "cuda" else \
-            "liger-kernel is not installed (pip install 'babeltune[fast]')"
+        why = "liger-kernel needs a GPU" if runtime.device != "cuda" else f"liger not installed: {LIGER_INSTALL}"
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: true, but {why}; set liger: auto or false")
-        return f"liger-kernel: off ({why})"
+        return f"kernels: plain ({why})"
     # The fused linear cross-entropy reads lm_head.weight directly, which would bypass a trainable
     # modules_to_save copy of lm_head: keep the plain (still Liger) cross-entropy then.
     fused_head = "lm_head" not in config.adapter.modules_to_save
@@ -93,9 +95,9 @@ def apply_liger(model, config: "TrainConfig", runtime: Runtime) -> Optional[str]
     except Exception as exc:  # an unsupported architecture or version: train unfused, and say so
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: could not patch this model ({exc}); set liger: auto or false") from None
-        return f"liger-kernel: off (patching failed: {str(exc).splitlines()[0]})"
-    loss = "linear cross-entropy" if fused_head else "cross-entropy (lm_head is in modules_to_save)"
-    return f"liger-kernel: fused RMSNorm, SwiGLU, RoPE and {loss} applied"
+        return f"kernels: plain (liger patching failed: {str(exc).splitlines()[0]})"
+    loss = "linear-CE" if fused_head else "CE; lm_head is in modules_to_save, so no fused linear-CE"
+    return f"kernels: liger (fused rmsnorm, swiglu, rope, {loss})"
 
 
 def load_prepared_base(config: "TrainConfig", runtime: Runtime) -> tuple[Any, Any, str, list[str]]:
@@ -108,9 +110,7 @@ def load_prepared_base(config: "TrainConfig", runtime: Runtime) -> tuple[Any, An
     model = common.load_base_model(config, runtime, attn)
     if config.model.load_in_4bit:
         notes.append("QLoRA: base weights in 4-bit NF4 (bitsandbytes, double quantisation)")
-    liger_note = apply_liger(model, config, runtime)
-    if liger_note:
-        notes.append(liger_note)
+    notes.append(apply_liger(model, config, runtime))
     model = common.prepare_for_training(model, config)
     if config.training.gradient_checkpointing:
         notes.append("gradient checkpointing: non-reentrant, input embeddings require grad")

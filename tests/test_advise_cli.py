@@ -95,7 +95,7 @@ def test_jsonl_corpus_and_sft_goal_reach_the_config(tmp_path, tiny_model_dir):
                  tiny_model_dir, "--out", out)
     assert result.exit_code == 0, result.output
     config = load_config(out)
-    assert (config.data.mode, config.data.text_field, config.data.packing) == ("sft", "body", "off")
+    assert (config.data.mode, config.data.text_field, config.data.packing) == ("sft", "body", "padding_free")
     assert config.adapter.modules_to_save == []
     assert f"{len(lines):,} documents" in out.read_text(encoding="utf-8")
 

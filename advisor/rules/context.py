@@ -49,8 +49,8 @@ class RuleContext:
     decisions: dict[str, Decision] = field(default_factory=dict)
     gpu: Optional[str] = None            # throughput-table GPU key, "cpu", or None (an unnamed GPU of gpu_memory_gib)
     max_steps: Optional[int] = None      # advise --max-steps: the run length the user asked for
-    time_budget_s: Optional[float] = None            # advise --minutes (CPU target): the run must fit this
-    cpu_tokens_per_s: Optional[float] = None         # measured on this machine (advisor.estimate.probe_cpu)
+    time_budget_s: Optional[float] = None            # advise --minutes (CPU target), less the measured start-up
+    cpu_tokens_per_s: Optional[float] = None         # measured on this machine (babeltune.advisor.probe)
     notes: list[str] = field(default_factory=list)   # rule findings for the advice's notes (e.g. corpus too small)
 
     def value(self, name: str) -> Any:

@@ -97,18 +97,22 @@ def batch_reason(ctx: RuleContext, c: BatchChoice) -> str:
     if c.binding == "cpu":
         return (f"CPU: {shape} ({CPU_TOKENS_PER_STEP} tokens per step: CPU tokens/s does not grow with the batch, so "
                 f"small steps give the most updates per second); {rows} -> {steps} optimizer steps")
-    curve = gpu_curve(ctx)
     efficient_tokens = round(c.efficient * per_row)
-    measured = (f"{efficient_tokens:,} tokens per micro-step reach {curve.tokens_per_s(efficient_tokens):,.0f} tok/s "
-                f"on {device_label(ctx)} vs {curve.tokens_per_s(per_row):,.0f} at one row per step (peak "
-                f"{curve.peak:,.0f})")
+    if ctx.gpu == CPU:
+        measured = f"{CPU_TOKENS_PER_STEP} tokens per step on CPU"
+    else:
+        curve = gpu_curve(ctx)
+        measured = (f"{efficient_tokens:,} tokens per micro-step reach {curve.tokens_per_s(efficient_tokens):,.0f} "
+                    f"tok/s on {device_label(ctx)} vs {curve.tokens_per_s(per_row):,.0f} at one row per step (peak "
+                    f"{curve.peak:,.0f})")
     if c.binding == "gpu efficiency":
         return (f"GPU efficiency: {measured}; {rows} -> {shape}, {steps} optimizer steps instead of {TARGET_STEPS}: "
                 "below the critical batch size (10^5-10^6 tokens for language models) fewer, larger steps over the same "
                 "tokens reach about the same loss")
     if c.binding == "corpus":
         few = steps_for(c.plan.rows, c.efficient, c.epochs)
-        return (f"corpus: {rows} give only {few} steps at the GPU-efficient {c.efficient} x {length} ({measured}); "
+        efficient = "CPU-sized" if ctx.gpu == CPU else "GPU-efficient"
+        return (f"corpus: {rows} give only {few} steps at the {efficient} {c.efficient} x {length} ({measured}); "
                 f"{shape} keeps {steps} >= {MIN_STEPS} optimizer steps for warmup, decay and evaluations")
     return (f"corpus too small: {rows} = {c.total_rows} rows, fewer than {MIN_STEPS} optimizer steps even at "
             f"{shape}")
@@ -178,9 +182,10 @@ def rule_max_steps(ctx: RuleContext) -> Decision:
         return Decision(ctx.max_steps, f"advise --max-steps {ctx.max_steps} (the epoch plan: {counted})", [MUENNIGHOFF])
     fit = budget_steps(ctx, planned)
     if fit is not None:
-        return Decision(fit, (f"advise --minutes {ctx.time_budget_s / 60:g}: {fit} steps of {step_tokens(ctx):,.0f} "
-                              f"tokens at the measured {ctx.cpu_tokens_per_s:,.0f} tok/s on this CPU, with their "
-                              f"evaluations, fit the budget (the epoch plan: {counted})"), [MUENNIGHOFF])
+        return Decision(fit, (f"advise --minutes: {fit} steps of {step_tokens(ctx):,.0f} tokens at the measured "
+                              f"{ctx.cpu_tokens_per_s:,.0f} tok/s on this CPU, with their evaluations, fit the "
+                              f"{ctx.time_budget_s:,.0f} s left after the measured start-up (the epoch plan: {counted})"),
+                        [MUENNIGHOFF])
     return Decision(planned, (f"{counted}; written instead of num_train_epochs so that train runs exactly the "
                               "steps that the schedule, the evaluations and the time estimate assume"), [MUENNIGHOFF])
 

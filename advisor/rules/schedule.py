@@ -73,9 +73,12 @@ def choose_batch(ctx: RuleContext) -> BatchChoice:
         wanted_tokens = gpu_curve(ctx).smallest_tokens_reaching(EFFICIENT_SHARE, minimum=math.ceil(per_row))
         efficient = power_of_two_at_least(wanted_tokens / per_row)
     by_target = floor_power_of_two(total_rows / TARGET_STEPS)
-    size, binding = (by_target, "target steps") if by_target > efficient else (efficient, "gpu efficiency")
-    if ctx.gpu == CPU and binding == "gpu efficiency":
-        binding = "cpu"
+    if ctx.gpu == CPU:           # steps are what a CPU run buys: never larger than the CPU-sized step
+        size, binding = efficient, "cpu"
+    elif by_target > efficient:
+        size, binding = by_target, "target steps"
+    else:
+        size, binding = efficient, "gpu efficiency"
     if size > cap:
         size, binding = cap, "cap"
     if total_rows / size < MIN_STEPS:

@@ -9,8 +9,9 @@ loader needs no change.
 How a query is answered (``ShapeCurve``):
   1. records of the same backend (else all), the same packing (else ``blocks``, else all) and, when asked,
      the same gradient checkpointing (records with ``null`` match either);
-  2. records of the target GPU; when it has none, every record scaled by the ratio of published tensor
-     TFLOPS (``gpus``), and the basis says so;
+  2. for each model size, the target GPU's own records when it has any there (never mixed with others);
+     otherwise every GPU's records scaled by the ratio of published tensor TFLOPS (``gpus``), and the basis
+     says so;
   3. per model size, tokens/s against tokens per micro-step, interpolated linearly in log-log space between
      measured shapes; below the smallest measured shape tokens/s falls in proportion to the tokens (a fixed
      cost per step dominates there, as issue 12 measured), above the largest it stays flat (saturated);
@@ -132,7 +133,9 @@ def along_tokens(points: list[tuple[int, float]], tokens: float) -> float:
     if tokens <= points[0][0]:
         return points[0][1] * tokens / points[0][0]     # fixed cost per step: throughput ~ tokens
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if tokens <= x1:
+        if tokens == x1:
+            return y1
+        if tokens < x1:
             return log_interpolate(tokens, x0, y0, x1, y1)
     return points[-1][1]                                 # saturated
 
@@ -238,9 +241,15 @@ def shape_curve(table: ThroughputTable, gpu: str, params: int, *, backend: str =
     groups: dict[int, list[tuple[int, float]]] = {}
     used: list[ThroughputRecord] = []
     sizes = bracketing_sizes(sorted({size for size, _ in cells}), params)
+    # a model size the target GPU has measured reads only those records (never a mix of own and scaled points)
+    own_sizes = {size for (size, _), by_packing in cells.items()
+                 if any(r.gpu == gpu for rs in by_packing.values() for r in rs)}
     for (size, tokens), by_packing in sorted(cells.items()):
         if size not in sizes:
             continue
+        if size in own_sizes:
+            by_packing = {p: [r for r in rs if r.gpu == gpu] for p, rs in by_packing.items()}
+            by_packing = {p: rs for p, rs in by_packing.items() if rs}
         if packing in by_packing:
             chosen, value = by_packing[packing], _cell_value(by_packing[packing], gpu, scale)
         elif DEFAULT_PACKING in by_packing:

@@ -35,7 +35,7 @@ def test_shipped_table_reproduces_its_measurements_and_interpolates_between_them
             assert curve.tokens_per_s(record.tokens) == pytest.approx(record.tokens_per_s)
     between = curve.tokens_per_s(4096)
     assert curve.tokens_per_s(1024) < between < curve.tokens_per_s(8192)
-    assert curve.tokens_per_s(65_536) == curve.peak == pytest.approx(51_000)   # flat beyond the largest shape
+    assert curve.tokens_per_s(65_536) == curve.peak == 51_000   # flat beyond the largest measured shape
     assert curve.tokens_per_s(512) == pytest.approx(curve.tokens_per_s(1024) / 2)   # fixed cost per step below
 
 
@@ -143,6 +143,24 @@ def test_train_prints_its_plan_and_one_estimate_after_the_warm_up(monkeypatch):
     estimates = [line for line in lines if line.startswith("estimate:")]
     assert estimates == ["estimate: training ~0:30 to go: 15 more steps x 2.00 s (measured over steps 2-5 of this "
                          "run; step 1, the warm-up, took 9.00 s), plus 3 evaluations and the final scoring"]
+
+
+def test_train_says_when_max_steps_replaces_the_planned_steps(tmp_path):
+    """Issue 14: the steps advise planned and the steps train runs agree, or train says why."""
+    from babeltune.trainer.cli import load_train_config
+
+    config = {"language": "mr", "model": {"name": "m", "max_seq_length": 64}, "data": {"train": str(MARATHI)},
+              "training": {"per_device_train_batch_size": 4, "learning_rate": 1e-4, "max_steps": 69},
+              "eval": {"evaluation_strategy": "no"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    said = []
+    loaded = load_train_config(str(path), (), backend=None, output_dir=None, max_steps=40, echo=said.append)
+    assert loaded.training.max_steps == 40
+    assert said == ["--max-steps 40 replaces training.max_steps (69, the steps the config planned)"]
+    said.clear()
+    load_train_config(str(path), (), backend=None, output_dir=None, max_steps=None, echo=said.append)
+    assert said == []
 
 
 def test_gpu_extra_brings_liger_and_the_table_ships_with_the_package():

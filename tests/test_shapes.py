@@ -82,7 +82,7 @@ def test_a_corpus_too_small_to_be_worth_a_run_is_named(measure, tmp_path):
     assert "collect at least" in ctx.notes[0] and "characters" in ctx.notes[0]
 
 
-@pytest.mark.parametrize("gpu_memory", [4, 6, 8, 12, 16, 24, 80])
+@pytest.mark.parametrize("gpu_memory", [2, 3, 4, 6, 8, 12, 16, 24, 80])
 def test_checkpointing_is_decided_for_the_micro_batch_actually_used(measure, gpu_memory):
     """Issue 18: the reason cited 128 x 64 while the chosen micro-batch, 64 x 64, fitted without it."""
     ctx, d = decide(measure(TWEETS), gpu_memory=gpu_memory)

@@ -250,7 +250,6 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     when the target is the CPU or this machine has no GPU."""
     from babeltune.advisor import estimate as est
     from babeltune.advisor.language import resolve_language
-    from babeltune.advisor.probe import import_seconds
     from babeltune.advisor.rules import RuleContext
     from babeltune.models.facts import model_facts
 
@@ -280,11 +279,10 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     ctx = context()
     decisions, config, reasons = decide(ctx, **names)
     measured, estimate, cpu_estimate = None, None, None
-    imports = import_seconds() if probe else 0.0     # before anything imports torch: `train` pays this too
     if probe and (target == "cpu" or not est.has_cuda()):
         from babeltune.config import validate_config
 
-        measured, why = est.run_probe(validate_config(config), facts, echo, import_s=imports)
+        measured, why = est.run_probe(validate_config(config), facts, echo)
         notes += [why] if why else []
     if measured and minutes is not None:
         budget = minutes * 60 - est.probe_startup_s(measured)

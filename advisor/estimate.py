@@ -117,9 +117,8 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def run_probe(config: "TrainConfig", facts, echo, import_s: float = 0.0) -> tuple[Optional["ProbeResult"], str]:
-    """The CPU probe, or None and why not (a probe failure never stops `advise`). ``import_s``: what importing
-    torch/transformers/peft cost this process (a `train` run pays it too)."""
+def run_probe(config: "TrainConfig", facts, echo) -> tuple[Optional["ProbeResult"], str]:
+    """The CPU probe, or None and why not (a probe failure never stops `advise`)."""
     from babeltune.advisor.probe import probe_cpu, too_big_for_ram
 
     why = too_big_for_ram(facts.parameters)
@@ -127,7 +126,7 @@ def run_probe(config: "TrainConfig", facts, echo, import_s: float = 0.0) -> tupl
         return None, f"CPU run time not measured: {why}"
     echo(f"timing {facts.name} on this CPU (a warm-up and a few training steps; --no-probe skips) ...")
     try:
-        return probe_cpu(config, import_s=import_s), ""
+        return probe_cpu(config), ""
     except Exception as exc:   # a model that cannot load here still gets its advice
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None, f"CPU run time not measured: the probe failed ({first})"

@@ -19,18 +19,15 @@ RAM_SHARE = 0.5                  # probe only when fp32 weights + AdamW for the 
 
 
 def import_seconds() -> float:
-    """Seconds this process took to import torch, transformers and peft (a `train` run pays them too); 0 when
-    they were imported already."""
+    """Seconds a fresh Python process takes to import what `train` imports before its first step (torch,
+    transformers, peft, matplotlib): measured in a subprocess, since this one may have imported them already."""
+    import subprocess
     import sys
 
-    if "torch" in sys.modules:
-        return 0.0
+    code = "import torch, transformers, peft, matplotlib.pyplot"
     tick = time.monotonic()
-    import peft  # noqa: F401
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-
-    return time.monotonic() - tick
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=600)
+    return time.monotonic() - tick if done.returncode == 0 else 0.0
 
 
 @dataclass
@@ -42,7 +39,7 @@ class ProbeResult:
     micro_batch: int
     seq_len: int
     threads: int
-    import_s: float = 0.0        # importing torch/transformers/peft in this process
+    import_s: float = 0.0        # a fresh process importing what `train` imports
 
     def describe(self) -> str:
         return (f"measured on this CPU ({self.threads} threads): {self.tokens_per_s:,.0f} tok/s training and "
@@ -72,10 +69,10 @@ def too_big_for_ram(parameters: int) -> str:
     return ""
 
 
-def probe_cpu(config: "TrainConfig", steps: int = PROBE_STEPS, import_s: float = 0.0) -> ProbeResult:
+def probe_cpu(config: "TrainConfig", steps: int = PROBE_STEPS) -> ProbeResult:
     """Time the advised model and adapter on this CPU at config's sequence length and micro-batch
     (capped at PROBE_MAX_TOKENS tokens per step)."""
-    imports = import_s or import_seconds()
+    imports = import_seconds()
     import torch
 
     from babeltune.plugins.hf_peft import HfPeftBackend

@@ -29,7 +29,9 @@ pytest.importorskip("babeltune.models.facts", reason="model facts (models helper
 
 
 def run(*args: str):
-    return CliRunner().invoke(advise, [str(a) for a in args], catch_exceptions=False)
+    # --no-probe: timing the model on this CPU is tested in test_estimate.py; here it would only cost time
+    extra = ["--no-probe"] if "--help" not in args else []
+    return CliRunner().invoke(advise, [str(a) for a in args] + extra, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

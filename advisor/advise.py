@@ -6,6 +6,7 @@ Advice holds every decision with its reason, the resolved TrainConfig (validated
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,8 @@ class Advice:
     memory: MemoryEstimate
     notes: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
+    estimate: Any = None            # RunEstimate on the target device (babeltune.advisor.estimate)
+    cpu_estimate: Any = None        # RunEstimate on this machine's CPU (measured probe), when it has no GPU
 
     def to_dict(self) -> dict:
         budget = budget_gib(self.gpu_memory_gib)
@@ -87,6 +90,8 @@ class Advice:
             "model_facts": self.facts.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
             "notes": list(self.notes),
+            "estimate": self.estimate.to_dict() if self.estimate else None,
+            "cpu_estimate": self.cpu_estimate.to_dict() if self.cpu_estimate else None,
             "config": self.config,
         }
 
@@ -226,6 +231,8 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
         if name == "flash_attention":
             value = "auto" if value else "sdpa"
         config[section][leaf] = value
+    if config["training"].get("max_steps") is not None:   # the schema takes one of them; the plan is in steps
+        config["training"]["num_train_epochs"] = None
     reasons = {
         "language": f"--lang resolved to {language}",
         "model.name": f"the base model ({model})",
@@ -245,16 +252,49 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
     return config, reasons
 
 
+def resolve_target(gpu: Optional[str], gpu_gib: Optional[float]) -> tuple[Optional[str], Optional[float]]:
+    """--gpu NAME -> (throughput-table key or "cpu", memory in GiB unless --gpu-memory gave it)."""
+    if gpu is None:
+        return None, gpu_gib
+    if gpu.strip().lower() == "cpu":
+        from babeltune.advisor.probe import physical_memory_gib
+
+        return "cpu", gpu_gib or math.floor(physical_memory_gib()) or DEFAULT_GPU_GIB
+    from babeltune.advisor.throughput import load_table
+
+    table = load_table()
+    key = table.resolve_gpu(gpu)
+    return key, gpu_gib or table.gpus[key].memory_gib
+
+
+def decide(ctx, *, language: str, model: str, tokenizer: Optional[str], corpus, goal: str, backend: str = "hf-peft",
+           kernels: str = "plain") -> tuple[dict, dict, dict]:
+    """Run every rule on ``ctx`` and build the validated config from the decisions."""
+    from babeltune.advisor.rules import apply_rules
+    from babeltune.config import validate_config
+
+    decisions = apply_rules(ctx)
+    config, reasons = build_config(decisions, language=language, model=model, tokenizer=tokenizer, corpus=corpus,
+                                   goal=goal, backend=backend, kernels=kernels)
+    validate_config(config, source="advised config")
+    return decisions, config, reasons
+
+
 def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optional[str] = None,
            gpu_memory: Optional[str | float] = None, goal: str = "cpt", full: bool = False, seed: int = 0,
-           backend: str = "hf-peft", kernels: str = "plain",
-           echo: Callable[[str], None] = lambda line: None, gpus: int = 1) -> Advice:
+           backend: str = "hf-peft", kernels: str = "plain", gpus: int = 1,
+           gpu: Optional[str] = None, max_steps: Optional[int] = None, minutes: Optional[float] = None,
+           probe: bool = True, command: str = "advise",
+           echo: Callable[[str], None] = lambda line: None) -> Advice:
     """Measure ``corpus`` (a CorpusSpec) for language ``lang`` and decide every training parameter.
     ``backend`` is written to the config; memory is sized for ``kernels``, the kernels it trains with
-    (the CLI asks the backend: babeltune.trainer.plugins.kernels_for), on each of ``gpus`` GPUs."""
+    (the CLI asks the backend: babeltune.trainer.plugins.kernels_for), on each of ``gpus`` GPUs.
+    ``gpu``: a GPU name from the throughput table, or "cpu" (a CPU-sized run, timed by a probe here);
+    ``minutes``: with gpu "cpu", size the run to finish in that time; ``probe``: time the model on this CPU
+    when the target is the CPU or this machine has no GPU."""
+    from babeltune.advisor import estimate as est
     from babeltune.advisor.language import resolve_language
-    from babeltune.advisor.rules import RuleContext, apply_rules
-    from babeltune.config import validate_config
+    from babeltune.advisor.rules import RuleContext
     from babeltune.models.facts import model_facts
 
     from babeltune.advisor.sft import check_goal, sft_documents
@@ -262,6 +302,9 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     profile = resolve_language(lang, note=echo)
     gpu_gib = gpu_memory if isinstance(gpu_memory, (int, float)) else parse_gpu_memory(gpu_memory)
     check_goal(corpus, goal)             # the data must fit the goal before anything is measured
+    target, gpu_gib = resolve_target(gpu, gpu_gib)
+    if minutes is not None and target != "cpu":
+        raise BabeltuneError(f"--minutes: {minutes:g} sizes a run on this CPU; add --gpu cpu (GPU runs follow the corpus)")
     notes = []
     if gpu_gib is None:
         gpu_gib = DEFAULT_GPU_GIB
@@ -283,19 +326,46 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
         if warning:
             notes.append(warning)
     facts = model_facts(model)
-    ctx = RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib), goal=goal,
-                      kernels=kernels, gpus=gpus)
-    decisions = apply_rules(ctx)
+    names = dict(language=profile.code, model=model, tokenizer=tokenizer, corpus=corpus, goal=goal, backend=backend,
+                 kernels=kernels)
+
+    def context(**extra):
+        return RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib),
+                           goal=goal, gpu=target, max_steps=max_steps, kernels=kernels, gpus=gpus,
+                           precision="fp32" if target == "cpu" else "bf16", **extra)
+
+    ctx = context()
+    decisions, config, reasons = decide(ctx, **names)
+    measured, estimate, cpu_estimate = None, None, None
+    if probe and (target == "cpu" or not est.has_cuda()):
+        from babeltune.config import validate_config
+
+        measured, why = est.run_probe(validate_config(config), facts, echo)
+        notes += [why] if why else []
+    if measured and minutes is not None:
+        budget = minutes * 60 - est.probe_startup_s(measured)
+        ctx = context(time_budget_s=budget, cpu_tokens_per_s=measured.tokens_per_s)
+        decisions, config, reasons = decide(ctx, **names)
+    notes += ctx.notes
     if gpus > 1:
         notes.append(f"--gpus {gpus}: memory is per GPU; start it with `train --config FILE --gpus {gpus}` "
                      f"({'FSDP, the model sharded' if decisions['distributed'].value == 'fsdp' else 'DDP, a copy per GPU'})")
-    config, reasons = build_config(decisions, language=profile.code, model=model, tokenizer=tokenizer,
-                                   corpus=corpus, goal=goal, backend=backend, kernels=kernels)
-    validate_config(config, source="advised config")
+    from babeltune.config import validate_config
+
+    validated = validate_config(config, source="advised config")
+    if measured:
+        cpu_estimate = est.cpu_estimate(ctx, validated, measured)
+    if target != "cpu":
+        estimate = est.gpu_estimate(ctx, validated)
+        if cpu_estimate:
+            notes.append(est.cpu_variant_note(cpu_estimate, command))
+    elif cpu_estimate is None:
+        notes.append("--gpu cpu: no run-time estimate without the probe" + (" (--no-probe)" if not probe else ""))
     return Advice(language=profile.code, profile=profile, model=model, tokenizer=tokenizer, goal=goal,
                   gpu_memory_gib=float(gpu_gib), corpus=corpus, measurements=measurements, facts=facts,
                   decisions=decisions, config=config, config_reasons=reasons, memory=ctx.estimate(),
-                  notes=notes, candidates=candidates)
+                  notes=notes, candidates=candidates, estimate=estimate or cpu_estimate,
+                  cpu_estimate=cpu_estimate if target != "cpu" else None)
 
 
 def measure_sft_examples(measurements: Measurements, corpus, model: str, tokenizer: Optional[str], *, seed: int,

@@ -92,7 +92,7 @@ def backend_kernels(backend: str, echo) -> str:
 def write_outputs(advice, *, out, as_json, report, echo) -> None:
     import json
 
-    from babeltune.advisor.render import memory_line, render_table, render_yaml
+    from babeltune.advisor.render import estimate_lines, memory_line, render_table, render_yaml
     from babeltune.config import parse_yaml, validate_config
     from babeltune.errors import atomic_write_text
 
@@ -117,6 +117,8 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
         for line in report_lines(advice.measurements.skipped):   # the table shows these; here stderr does
             echo(line)
         echo(memory_line(advice))
+        for line in estimate_lines(advice):
+            echo(line)
         for note in advice.notes:
             echo(note)
     echo(next_step_hint(out))
@@ -157,9 +159,15 @@ def next_step_hint(out) -> str:
               help="Training backend the config is for (see `babeltune plugins`); memory is sized for its kernels.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow Python code that a model/tokenizer folder names in auto_map to run (off: such folders are refused).")
+@click.option("--gpu", default=None, help="Target GPU (h100, h200, a100, l40s, a10, l4, rtx4090, rtx3090, t4) for "
+              "GPU-efficient shapes and the run-time estimate, or cpu for a CPU-sized run timed on this machine.")
+@click.option("--minutes", type=click.FloatRange(min=0.5), default=None,
+              help="With --gpu cpu: size the run to finish in about this many minutes here (measured probe).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Plan exactly this many optimizer steps.")
+@click.option("--no-probe", is_flag=True, help="Do not time the model on this CPU (no CPU run-time estimate).")
 @handle_errors
 def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, out, as_json, report, compare, full, strict,
-           doc_split, text_field, text_column, seed, backend, trust_remote_code):
+           doc_split, text_field, text_column, seed, backend, trust_remote_code, gpu, minutes, max_steps, no_probe):
     """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
     reason that cites the measured number."""
     from babeltune.advisor.advise import advise as run_advise
@@ -178,7 +186,8 @@ def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, out, as_jso
     kernels = backend_kernels(backend, echo)
     advice = run_advise(lang, spec, model=models[0] if models else None,
                         tokenizer=tokenizers[0] if tokenizers else None, gpu_memory=gpu_memory, goal=goal,
-                        full=full, seed=seed, backend=backend, kernels=kernels, echo=echo, gpus=gpus)
+                        full=full, seed=seed, backend=backend, kernels=kernels, gpus=gpus, gpu=gpu, minutes=minutes,
+                        max_steps=max_steps, probe=not no_probe, command=command_line(), echo=echo)
     write_outputs(advice, out=out, as_json=as_json, report=report, echo=echo)
 
 

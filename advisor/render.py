@@ -54,6 +54,11 @@ def memory_line(advice: Advice) -> str:
             f"({BUDGET_SHARE:.0%} of {advice.gpu_memory_gib:g} GB)")
 
 
+def estimate_lines(advice: Advice) -> list[str]:
+    """The run-time estimate on the target device, and on this machine's CPU when it differs."""
+    return [e.line() for e in (advice.estimate, advice.cpu_estimate) if e is not None]
+
+
 def header_lines(advice: Advice, command: str) -> list[str]:
     name = getattr(advice.profile, "name", advice.language)
     lines = [f"babeltune {__version__}: config written by `advise`; every key carries the reason for its value.",
@@ -61,6 +66,7 @@ def header_lines(advice: Advice, command: str) -> list[str]:
              f"language: {name} ({advice.language}); model: {advice.model}; goal: {advice.goal}"]
     lines += measurement_lines(advice)
     lines.append(memory_line(advice))
+    lines += estimate_lines(advice)
     batch = advice.decisions.get("batch_size")
     if batch is not None:
         lines.append(f"batch_size (effective) = {batch.value}: {batch.reason}")

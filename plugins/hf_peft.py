@@ -89,21 +89,24 @@ def saved_module_fragments(config: "TrainConfig", model=None) -> list[str]:
     return [f"{name}.modules_to_save" for name in names]
 
 
-def apply_liger(model, config: "TrainConfig", runtime: Runtime, setting: LigerSetting) -> Optional[str]:
+LIGER_INSTALL = "pip install 'babeltune[gpu]'"
+
+
+def apply_liger(model, config: "TrainConfig", runtime: Runtime, setting: LigerSetting) -> str:
     """Fused RMSNorm/SwiGLU/RoPE/linear-cross-entropy kernels from liger-kernel, patched into the
-    instance before the adapter is attached (``setting``: backend.options.liger). Returns a note line,
-    or None when off."""
+    instance before the adapter is attached (``setting``: backend.options.liger). Returns the
+    "kernels: ..." line that every run logs."""
     if setting is False:
-        return None
+        return "kernels: plain (backend.options.liger: false)"
     installed = importlib.util.find_spec("liger_kernel") is not None
     if runtime.device != "cuda" or not installed or common.sharded_run(config):
-        why = ("its kernels need a GPU" if runtime.device != "cuda" else
+        why = ("liger-kernel needs a GPU" if runtime.device != "cuda" else
                "training.distributed is fsdp: its fused loss reads the lm_head weight directly, outside FSDP's "
                "gathering (not verified sharded)" if common.sharded_run(config) else
-               "liger-kernel is not installed (pip install 'babeltune[fast]')")
+               f"liger not installed: {LIGER_INSTALL}")
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: true, but {why}; set liger: auto or false")
-        return f"liger-kernel: off ({why})"
+        return f"kernels: plain ({why})"
     # The fused linear cross-entropy reads lm_head.weight directly, which would bypass a trainable
     # modules_to_save copy of lm_head: keep the plain (still Liger) cross-entropy then.
     fused_head = "lm_head" not in config.adapter.modules_to_save
@@ -114,9 +117,9 @@ def apply_liger(model, config: "TrainConfig", runtime: Runtime, setting: LigerSe
     except Exception as exc:  # an unsupported architecture or version: train unfused, and say so
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: could not patch this model ({exc}); set liger: auto or false") from None
-        return f"liger-kernel: off (patching failed: {str(exc).splitlines()[0]})"
-    loss = "linear cross-entropy" if fused_head else "cross-entropy (lm_head is in modules_to_save)"
-    return f"liger-kernel: fused RMSNorm, SwiGLU, RoPE and {loss} applied"
+        return f"kernels: plain (liger patching failed: {str(exc).splitlines()[0]})"
+    loss = "linear-CE" if fused_head else "CE; lm_head is in modules_to_save, so no fused linear-CE"
+    return f"kernels: liger (fused rmsnorm, swiglu, rope, {loss})"
 
 
 def load_prepared_base(config: "TrainConfig", runtime: Runtime, liger: LigerSetting = "auto") -> tuple[Any, Any, str, list[str]]:
@@ -129,9 +132,7 @@ def load_prepared_base(config: "TrainConfig", runtime: Runtime, liger: LigerSett
     model = common.load_base_model(config, runtime, attn)
     if config.model.load_in_4bit:
         notes.append("QLoRA: base weights in 4-bit NF4 (bitsandbytes, double quantisation)")
-    liger_note = apply_liger(model, config, runtime, liger)
-    if liger_note:
-        notes.append(liger_note)
+    notes.append(apply_liger(model, config, runtime, liger))
     model = common.prepare_for_training(model, config)
     if config.training.gradient_checkpointing:
         notes.append("gradient checkpointing: non-reentrant, input embeddings require grad")

@@ -121,7 +121,8 @@ class UnslothBackend(Backend):
         attn = getattr(model.config, "_attn_implementation", None) or "unsloth"
         notes = [f"unsloth {_version('unsloth')}: attention {attn}, gradient checkpointing "
                  f"{'unsloth' if config.training.gradient_checkpointing else 'off'}",
-                 f"trainable: {trainable:,} of {total:,} parameters ({share:.3f}%)"]
+                 f"trainable: {trainable:,} of {total:,} parameters ({share:.3f}%)",
+                 "kernels: unsloth (fused rmsnorm, swiglu, rope, cross-entropy and LoRA kernels)"]
         if config.adapter.modules_to_save:
             notes.append(f"modules_to_save {config.adapter.modules_to_save} at embedding lr "
                          f"{config.adapter.embedding_learning_rate or config.training.learning_rate:g} (UnslothTrainer)")

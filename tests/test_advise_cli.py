@@ -29,7 +29,9 @@ pytest.importorskip("babeltune.models.facts", reason="model facts (models helper
 
 
 def run(*args: str):
-    return CliRunner().invoke(advise, [str(a) for a in args], catch_exceptions=False)
+    # --no-probe: timing the model on this CPU is tested in test_estimate.py; here it would only cost time
+    extra = ["--no-probe"] if "--help" not in args else []
+    return CliRunner().invoke(advise, [str(a) for a in args] + extra, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def test_jsonl_corpus_and_sft_goal_reach_the_config(tmp_path, tiny_model_dir):
     result = run("--lang", "mar", "--corpus", pairs, "--goal", "sft", "--model", tiny_model_dir, "--out", out)
     assert result.exit_code == 0, result.output
     config = load_config(out)
-    assert (config.data.mode, config.data.packing) == ("sft", "off")
+    assert (config.data.mode, config.data.packing) == ("sft", "padding_free")   # whole examples packed, no padding
     assert config.adapter.modules_to_save == []
     records = len(pairs.read_text(encoding="utf-8").splitlines())
     assert f"{records:,} documents" in out.read_text(encoding="utf-8")

@@ -168,6 +168,25 @@ def test_hf_peft_translate_and_liger_option():
         hf.translate(make_config(backend={"options": {"liger": "yes"}}))
 
 
+def test_hf_peft_always_logs_which_kernels_ran(tiny_model_dir, monkeypatch):
+    """One "kernels: ..." line in every run's notes: plain on CPU, plain with the install command when
+    liger-kernel is missing on a GPU, plain when switched off."""
+    import importlib.util
+
+    from babeltune.plugins import hf_peft
+
+    loaded = backend("hf-peft").load(make_config(), cpu_runtime(tiny_model_dir))
+    assert "kernels: plain (liger-kernel needs a GPU)" in loaded.notes
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a))
+    gpu = Runtime(device="cuda", precision="bf16", model_dir=str(tiny_model_dir))
+    assert hf_peft.apply_liger(None, make_config(), gpu) == \
+        "kernels: plain (liger not installed: pip install 'babeltune[gpu]')"
+    off = make_config(backend={"options": {"liger": False}})
+    assert hf_peft.apply_liger(None, off, gpu) == "kernels: plain (backend.options.liger: false)"
+
+
 # --------------------------------------------------------------------------------------- ia3
 
 
@@ -374,7 +393,7 @@ def test_hf_peft_liger_on_gpu(tiny_model_dir, marathi_lines, tmp_path):
     for modules in ([], ["lm_head"]):
         config = make_config(adapter={"r": 4, "modules_to_save": modules}, backend={"options": {"liger": True}})
         loaded = backend("hf-peft").load(config, gpu_runtime(tmp_path))
-        assert any(note.startswith("liger-kernel: fused") for note in loaded.notes), loaded.notes
+        assert any(note.startswith("kernels: liger (fused rmsnorm, swiglu, rope") for note in loaded.notes), loaded.notes
         assert any(type(m).__name__.startswith("Liger") for m in loaded.model.modules())
         batch = loaded.tokenizer(marathi_lines[:2], return_tensors="pt", padding=True).to("cuda")
         with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -13,6 +13,8 @@ from babeltune.advisor.advise import build_config
 from babeltune.advisor.corpus import CorpusSpec
 from babeltune.advisor.memory import BUDGET_SHARE
 from babeltune.advisor.rules import RULE_ORDER, RULES, RuleContext, apply_rules
+from babeltune.advisor.rules.hardware import SATURATED_SHARE
+from babeltune.advisor.rules.shapes import gpu_curve
 from babeltune.config import validate_config
 from babeltune.errors import BabeltuneError
 
@@ -124,9 +126,9 @@ def test_bad_fit_without_premium_uses_tokens_per_char_per_script():
     assert japanese["modules_to_save"].value == []
 
 
-def test_sft_rows_are_not_packed_and_embeddings_stay_frozen():
+def test_sft_examples_are_packed_padding_free_and_embeddings_stay_frozen():
     _, decisions = decide(measurements(total_tokens=2_000_000_000, premium=5.0), goal="sft")
-    assert decisions["packing"].value == "off"
+    assert decisions["packing"].value == "padding_free"   # whole examples per row, never crossing, no padding
     assert decisions["modules_to_save"].value == []
     _, cpt = decide(measurements(total_tokens=2_000_000_000, premium=5.0), goal="cpt")
     assert decisions["learning_rate"].value < cpt["learning_rate"].value
@@ -157,9 +159,16 @@ def test_batch_fits_budget_and_accumulation_reaches_the_effective_batch(gpu):
     assert ctx.estimate().total_gib <= gpu * BUDGET_SHARE
     per_device, accumulation = decisions["per_device_train_batch_size"].value, decisions["gradient_accumulation_steps"].value
     assert per_device * accumulation == decisions["batch_size"].value
-    # One more sequence per device would not fit (or the step is already in one micro-batch).
+    # One more sequence per device would not fit, or the step is already in one micro-batch, or the micro-step
+    # already reaches the measured throughput peak (and the reason says which).
     if accumulation > 1:
-        assert ctx.estimate(batch_size=per_device * 2).total_gib > gpu * BUDGET_SHARE
+        reason = decisions["per_device_train_batch_size"].reason
+        if reason.startswith("GPU efficiency"):
+            tokens = per_device * decisions["max_seq_length"].value
+            assert gpu_curve(ctx).efficiency(tokens) >= SATURATED_SHARE
+        else:
+            assert reason.startswith("memory")
+            assert ctx.estimate(batch_size=per_device * 2).total_gib > gpu * BUDGET_SHARE
 
 
 def test_small_gpu_switches_a_7b_model_to_4bit_and_paged_optimizer():
@@ -186,7 +195,9 @@ def test_early_stopping_consistent_with_checkpointing():
     assert decisions["save_strategy"].value == decisions["evaluation_strategy"].value
     assert decisions["save_steps"].value % decisions["eval_steps"].value == 0
     assert decisions["early_stopping_patience"].value == 3
-    assert decisions["max_steps"].value is None and "num_train_epochs wins" in decisions["max_steps"].reason
+    # the run length is written in optimizer steps (what train runs), counted over the rows train builds
+    assert decisions["max_steps"].value >= decisions["eval_steps"].value * 6
+    assert "counted as train counts them" in decisions["max_steps"].reason
 
 
 @pytest.mark.parametrize("goal", ["cpt", "sft"])

@@ -148,6 +148,38 @@ def test_sft_loss_only_on_the_response(tokenizer):
         assert row["labels"][0] == D.IGNORE_INDEX
 
 
+def test_sft_padding_free_packs_whole_examples_with_their_response_masks(tokenizer):
+    """sft + padding_free: several whole examples per row (never split, no padding inside a row), each keeping
+    its prompt mask; the collator restarts positions at each example and masks its first label."""
+    base = {"max_seq_length": 256}
+    data = {"train": str(DATA / "sft" / "mr_pairs.jsonl"), "mode": "sft", "eval_fraction": 0.1}
+    one_each = D.prepare_data(make_config(model=base, data={**data, "packing": "off"}), tokenizer)
+    packed = D.prepare_data(make_config(model=base, data={**data, "packing": "padding_free"}), tokenizer,
+                            packed_rows=True)
+    assert packed.stats["packing"] == "padding_free"
+    assert packed.stats["train_rows"] < one_each.stats["train_rows"] / 2       # several examples per row
+    examples = [(r["input_ids"], r["labels"]) for r in one_each.train.rows]
+    unpacked = []
+    for row in packed.train.rows:
+        assert len(row["input_ids"]) <= 256 and sum(row["doc_lengths"]) == len(row["input_ids"])
+        start = 0
+        for length in row["doc_lengths"]:
+            unpacked.append((row["input_ids"][start:start + length], row["labels"][start:start + length]))
+            start += length
+    assert unpacked == examples                                                # whole examples, in order, labels kept
+    batch = packed.collator(packed.train.rows[:2])
+    starts = [k for k, p in enumerate(batch["position_ids"][0].tolist()) if p == 0]
+    assert len(starts) >= len(packed.train.rows[0]["doc_lengths"]) and all(batch["labels"][0, k] == D.IGNORE_INDEX
+                                                                          for k in starts)
+
+
+def test_sft_padding_free_without_support_is_one_example_per_row(tokenizer):
+    data = {"train": str(DATA / "sft" / "mr_pairs.jsonl"), "mode": "sft", "packing": "padding_free"}
+    prepared = D.prepare_data(make_config(model={"max_seq_length": 256}, data=data), tokenizer)
+    assert prepared.stats["packing"] == "off" and isinstance(prepared.collator, D.PadCollator)
+    assert any("one example per row" in n for n in prepared.notes)
+
+
 def test_sft_chat_messages_use_the_template_and_mask_user_turns(tokenizer, tmp_path):
     tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path)
     tokenizer.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>{% endfor %}"

@@ -33,6 +33,51 @@ def format_eta(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+ESTIMATE_AFTER_STEPS = 4    # time this many steps after the warm-up step, then print one estimate line
+
+
+class StepTimer:
+    """Seconds inside each optimizer step (on_step_begin -> on_step_end: evaluation, saving and logging run
+    after on_step_end, so they are not counted). After the first (warm-up) step and ESTIMATE_AFTER_STEPS more,
+    ``estimate_line`` gives the remaining training time once."""
+
+    def __init__(self):
+        self.began: Optional[float] = None
+        self.durations: list[float] = []
+        self.reported = False
+
+    def begin(self) -> None:
+        self.began = time.monotonic()
+
+    def end(self) -> None:
+        if self.began is not None:
+            self.durations.append(time.monotonic() - self.began)
+            self.began = None
+
+    def estimate_line(self, state, args) -> Optional[str]:
+        if self.reported or len(self.durations) < 1 + ESTIMATE_AFTER_STEPS:
+            return None
+        self.reported = True
+        timed = self.durations[1:1 + ESTIMATE_AFTER_STEPS]
+        per_step = sum(timed) / len(timed)
+        left = max(0, state.max_steps - state.global_step)
+        evals = remaining_evaluations(args, state.global_step, state.max_steps)
+        plus = f", plus {evals} evaluation{'s' if evals != 1 else ''} and the final scoring" if evals else \
+            ", plus the final scoring"
+        return (f"estimate: training ~{format_eta(left * per_step)} to go: {left} more steps x {per_step:.2f} s "
+                f"(measured over steps {2}-{1 + len(timed)} of this run; step 1, the warm-up, took "
+                f"{self.durations[0]:.2f} s){plus}")
+
+
+def remaining_evaluations(args, step: int, max_steps: int) -> int:
+    strategy = str(getattr(args, "eval_strategy", "no")).split(".")[-1].lower()
+    every = getattr(args, "eval_steps", None)
+    if strategy != "steps" or not every:
+        return 0
+    every = int(every) if every >= 1 else max(1, int(every * max_steps))
+    return max_steps // every - step // every
+
+
 def progress_callback(echo: Callable[[str], Any] = print):
     """A rich progress bar (step, loss, tokens/s, ETA) on terminals, plus one line per log on every output."""
     from rich.console import Console
@@ -45,6 +90,7 @@ def progress_callback(echo: Callable[[str], Any] = print):
             self.task = None
             self.start_time = self.start_step = self.start_tokens = 0
             self.last_loss: Optional[float] = None       # None until a loss is logged: shown as "-"
+            self.timer = StepTimer()
 
         def shown_loss(self) -> str:
             return "-" if self.last_loss is None else f"{self.last_loss:.4f}"
@@ -59,6 +105,12 @@ def progress_callback(echo: Callable[[str], Any] = print):
             # On resume the checkpoint's log history is already loaded: show its last real loss, not nan.
             logged = [entry["loss"] for entry in state.log_history or [] if "loss" in entry]
             self.last_loss = logged[-1] if logged else None
+            self.timer = StepTimer()
+            planned = (f"training.max_steps {args.max_steps}" if args.max_steps and args.max_steps > 0 else
+                       f"{args.num_train_epochs:g} epochs of {args.per_device_train_batch_size} x "
+                       f"{args.gradient_accumulation_steps} rows per step")
+            echo(f"optimizer steps: {state.max_steps} ({planned})"
+                 + (f", resuming at step {state.global_step}" if state.global_step else ""))
             if self.console.is_terminal:
                 self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                          TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
@@ -67,7 +119,14 @@ def progress_callback(echo: Callable[[str], Any] = print):
                 self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
                                                    loss=self.shown_loss(), tps="-")
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.timer.begin()
+
         def on_step_end(self, args, state, control, **kwargs):
+            self.timer.end()
+            line = self.timer.estimate_line(state, args)
+            if line:
+                (self.progress.console.print if self.progress else echo)(line)
             if self.progress is not None:
                 self.progress.update(self.task, completed=state.global_step, loss=self.shown_loss(),
                                      tps=f"{self.tokens_per_second(state):,.0f}")

@@ -38,6 +38,9 @@ def load_train_config(path: str, sets: tuple[str, ...], *, backend: Optional[str
         epochs = sections["training"].pop("num_train_epochs", None)
         if epochs is not None:
             echo(f"--max-steps {max_steps} replaces training.num_train_epochs ({epochs})")
+        planned = sections["training"].get("max_steps")
+        if planned is not None and planned != max_steps:
+            echo(f"--max-steps {max_steps} replaces training.max_steps ({planned}, the steps the config planned)")
         sections["training"]["max_steps"] = max_steps
     if backend is not None:
         data["backend"] = sections["backend"] if isinstance(sections["backend"], dict) else {}

@@ -9,7 +9,8 @@ cpt (continued pretraining): documents are tokenised with an EOS after each one,
                   the position ids) the rows stay rows and only each row's short tail is padding;
   - off:          one document per row, padded per batch.
 sft: instruction/response records or chat ``messages`` (the tokenizer's chat template); loss only on the
-  response tokens (labels -100 on the prompt).
+  response tokens (labels -100 on the prompt). With padding_free, whole examples are packed into rows as above
+  (positions restart at each example, no attention across examples); otherwise one example per row.
 
 When no eval corpus is given, a deterministic held-out split picks documents by a hash of their text, so
 the same document is held out in every run, whatever the seed or the file order.
@@ -219,6 +220,21 @@ def pack_padding_free(docs: list[list[int]], block: int) -> list[dict]:
     return rows
 
 
+def pack_examples(rows: list[dict], block: int) -> list[dict]:
+    """sft: whole examples (already truncated to ``block``) packed greedily in order into rows of <= ``block``
+    tokens with their labels (-100 on prompts), remembering where each example starts (padding_free)."""
+    packed, ids, labels, lengths = [], [], [], []
+    for row in rows:
+        if ids and len(ids) + len(row["input_ids"]) > block:
+            packed.append({"input_ids": ids, "labels": labels, "doc_lengths": lengths})
+            ids, labels, lengths = [], [], []
+        ids, labels = ids + list(row["input_ids"]), labels + list(row["labels"])
+        lengths.append(len(row["input_ids"]))
+    if ids:
+        packed.append({"input_ids": ids, "labels": labels, "doc_lengths": lengths})
+    return packed
+
+
 def one_per_row(docs: list[list[int]], block: int) -> list[dict]:
     """One document per row (long documents split into block-sized pieces); padded later per batch."""
     return [{"input_ids": piece, "labels": list(piece)} for doc in docs for piece in chunks(doc, block) if len(piece) > 1]
@@ -415,9 +431,10 @@ def cpt_rows(tokenizer, documents: list[str], packing: str, block: int) -> list[
 def effective_packing(config: "TrainConfig", padding_free_supported: bool, notes: list[str]) -> str:
     packing = config.data.packing
     if packing == "padding_free" and not padding_free_supported:
+        instead = "one example per row (padded per batch)" if config.data.mode == "sft" else "blocks"
         notes.append("data.packing padding_free needs flash-attention varlen or transformers' packed-sequence masks "
-                     "(sdpa/eager), which this backend's model load does not support; using blocks instead")
-        return "blocks"
+                     f"(sdpa/eager), which this backend's model load does not support; using {instead} instead")
+        return "off" if config.data.mode == "sft" else "blocks"
     if config.data.mode == "sft" and packing == "blocks":
         notes.append("sft: one example per row (padded per batch); blocks packing applies to cpt only")
         return "off"
@@ -451,6 +468,8 @@ def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False
     reading_report(skipped, notes, stats)
     if sft:
         train_rows, dropped = sft_rows(tokenizer, train_items, config, config.data.train)
+        if packing == "padding_free":
+            train_rows = pack_examples(train_rows, block)
         eval_rows, _ = sft_rows(tokenizer, eval_items, config, config.data.eval or config.data.train)
         eval_texts = [record_plain_text(record, config) for record in eval_items]
         if dropped:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from babeltune.advisor.memory import MemoryEstimate, budget_gib, estimate_memory
 from babeltune.advisor.types import Decision, Measurements
@@ -30,6 +30,10 @@ ZERO = "Rajbhandari et al. 2020, ZeRO: Memory Optimizations Toward Training Tril
 
 LEE_DEDUP = "Lee et al. 2022, Deduplicating Training Data Makes Language Models Better"
 COMMON_GUIDES = "common LoRA guides (e.g. Unsloth's and Hugging Face PEFT's fine-tuning guides)"
+MCCANDLISH = "McCandlish et al. 2018, An Empirical Model of Large-Batch Training"
+KAPLAN = "Kaplan et al. 2020, Scaling Laws for Neural Language Models"
+PADDING_FREE = "Krell et al. 2021, Efficient Sequence Packing without Cross-contamination"
+THROUGHPUT_TABLE = "babeltune throughput measurements (advisor/data/throughput.json)"
 
 MIN_SEQ_LEN = 64
 # Corpus size buckets are in characters of unique text (English-equivalent, see RuleContext.text_size), never
@@ -55,6 +59,11 @@ class RuleContext:
     kernels: str = "plain"               # the kernels of the backend that will train (memory.KERNEL_SETS)
     decisions: dict[str, Decision] = field(default_factory=dict)
     gpus: int = 1                        # GPUs of one machine the run will use (advise --gpus N)
+    gpu: Optional[str] = None            # throughput-table GPU key, "cpu", or None (an unnamed GPU of gpu_memory_gib)
+    max_steps: Optional[int] = None      # advise --max-steps: the run length the user asked for
+    time_budget_s: Optional[float] = None            # advise --minutes (CPU target), less the measured start-up
+    cpu_tokens_per_s: Optional[float] = None         # measured on this machine (babeltune.advisor.probe)
+    notes: list[str] = field(default_factory=list)   # rule findings for the advice's notes (e.g. corpus too small)
 
     def value(self, name: str) -> Any:
         """Value of an earlier decision (KeyError names the rule order problem)."""

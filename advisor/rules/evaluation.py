@@ -3,6 +3,8 @@ save_steps, early_stopping_patience, logging_steps. All follow the planned optim
 
 from __future__ import annotations
 
+import math
+
 from babeltune.advisor.rules.context import HF_TRAINER, RuleContext
 from babeltune.advisor.rules.schedule import total_steps
 from babeltune.advisor.types import Decision
@@ -18,10 +20,28 @@ def rule_evaluation_strategy(ctx: RuleContext) -> Decision:
                               "on the held-out split, by epoch only one per pass"), [HF_TRAINER])
 
 
+def planned_evaluations(ctx: RuleContext) -> tuple[int, str]:
+    """EVALUATIONS_PER_RUN, fewer when scoring the held-out split that often would cost more than
+    MAX_EVAL_SHARE of the training compute (short runs over a large held-out split, e.g. CPU-sized runs)."""
+    from babeltune.advisor.estimate import MAX_EVAL_SHARE, affordable_evaluations
+    from babeltune.advisor.rules.schedule import heldout_tokens, step_tokens
+
+    steps, held = total_steps(ctx), heldout_tokens(ctx)
+    affordable = affordable_evaluations(steps * step_tokens(ctx), held)
+    if affordable >= EVALUATIONS_PER_RUN:
+        return min(EVALUATIONS_PER_RUN, steps), ""
+    count = max(1, min(affordable, steps))
+    return count, (f" (not {EVALUATIONS_PER_RUN}: scoring ~{held:,.0f} held-out tokens more often would cost more "
+                   f"than {MAX_EVAL_SHARE:.0%} of the {steps} training steps)")
+
+
 def rule_eval_steps(ctx: RuleContext) -> Decision:
     steps = total_steps(ctx)
-    every = max(1, round(steps / EVALUATIONS_PER_RUN))
-    return Decision(every, f"{steps} steps / {EVALUATIONS_PER_RUN} evaluations = every {every} steps", [HF_TRAINER])
+    count, why = planned_evaluations(ctx)
+    every = max(1, round(steps / count)) if not why else max(1, math.ceil(steps / count))
+    if why:
+        count = steps // every
+    return Decision(every, f"{steps} steps / {count} evaluations = every {every} steps{why}", [HF_TRAINER])
 
 
 def rule_save_strategy(ctx: RuleContext) -> Decision:

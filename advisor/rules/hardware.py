@@ -1,22 +1,28 @@
 """Rules that fit the run into GPU memory: distributed (DDP or FSDP over --gpus N), load_in_4bit, optimizer,
 gradient_checkpointing, per_device_train_batch_size, gradient_accumulation_steps.
 
-Each asks the memory model (babeltune.advisor.memory) one question and keeps the estimate under
-90% of --gpu-memory. Preference order: full-precision weights over 4-bit (QLoRA costs speed and a
-little quality), a full copy per GPU (DDP) over sharding (FSDP gathers every layer's weights in each step) unless
-only sharding fits, no checkpointing when the micro-batch is big enough without it (recomputation
-costs ~1/3 more compute), the largest micro-batch that fits.
+Each asks the memory model (babeltune.advisor.memory) and keeps the estimate under 90% of --gpu-memory.
+Full-precision weights over 4-bit (QLoRA costs speed and a little quality); a full copy per GPU (DDP) over
+sharding (FSDP gathers every layer's weights in each step) unless only sharding fits. The micro-batch and gradient
+checkpointing are decided together (``micro_plan``): the fastest pair that fits, speed being the GPU
+efficiency of the tokens per micro-step (measured throughput table) x 0.75 with checkpointing
+(recomputation costs ~1/3 more compute); the reason names what bound the micro-batch: the corpus-derived
+batch, memory, or GPU efficiency (the measured curve is flat beyond it).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from babeltune.advisor.rules.context import (CHEN_CKPT, FSDP, KORTHIKANTI, QLORA, ZERO, RuleContext,
-                                             floor_power_of_two)
+from babeltune.advisor.rules.context import (
+    CHEN_CKPT, FSDP, KORTHIKANTI, QLORA, THROUGHPUT_TABLE, ZERO, RuleContext, floor_power_of_two,
+)
+from babeltune.advisor.rules.shapes import CPU, gpu_curve
 from babeltune.advisor.types import Decision
 
-MICRO_BATCH_TOKENS = 8192   # below this many tokens per micro-step a GPU is poorly utilised
+CHECKPOINTING_SPEED = 0.75   # recomputing activations costs ~1/3 more compute: 1/1.33 of the tokens/s
+SATURATED_SHARE = 0.95       # beyond the micro-step that reaches this share of the measured peak, more gains nothing
 
 
 def rule_distributed(ctx: RuleContext) -> Decision:
@@ -66,33 +72,91 @@ def rule_optimizer(ctx: RuleContext) -> Decision:
                                     f"{full.parts['trainable']:.2f} GiB and fit; works without bitsandbytes"), [QLORA])
 
 
-def wanted_micro_batch(ctx: RuleContext) -> int:
-    """Sequences per micro-step that keep the GPU busy (capped by the optimizer step's batch)."""
-    length, batch = ctx.value("max_seq_length"), ctx.value("batch_size")
-    return min(batch, floor_power_of_two(max(1, MICRO_BATCH_TOKENS // length)))
+@dataclass
+class MicroPlan:
+    """The micro-batch and gradient checkpointing, decided together (the first rule that needs it decides both)."""
+
+    size: int
+    checkpointing: bool
+    binding: str                 # "corpus" | "memory" | "gpu efficiency"
+    speed: float                 # relative tokens/s: GPU efficiency x checkpointing cost
+
+
+def micro_options(ctx: RuleContext, limit: int) -> list[tuple[int, bool]]:
+    """(micro-batch, checkpointing) for every power of two up to ``limit`` that fits, without checkpointing
+    where it fits so."""
+    options, size = [], 1
+    while size <= limit:
+        for checkpointing in (False, True):
+            if ctx.fits(batch_size=size, gradient_checkpointing=checkpointing):
+                options.append((size, checkpointing))
+                break
+        size *= 2
+    return options or [(1, True)]   # load_in_4bit already made batch 1 with checkpointing fit
+
+
+def micro_plan(ctx: RuleContext) -> MicroPlan:
+    """The fastest (micro-batch, checkpointing) that fits: GPU efficiency of the tokens per micro-step from the
+    measured throughput table, x 0.75 with checkpointing. On a GPU the micro-batch stops where the measured
+    curve saturates; on CPU (flat) the largest that fits wins."""
+    batch, length = ctx.value("batch_size"), ctx.value("max_seq_length")
+    curve = gpu_curve(ctx)
+    limit = batch
+    if ctx.gpu != CPU:
+        saturated = curve.smallest_tokens_reaching(SATURATED_SHARE, minimum=length)
+        limit = min(batch, max(1, floor_power_of_two(saturated / length)))
+
+    def speed(option: tuple[int, bool]) -> float:
+        return curve.efficiency(option[0] * length) * (CHECKPOINTING_SPEED if option[1] else 1.0)
+
+    options = micro_options(ctx, limit)
+    size, checkpointing = max(options, key=lambda o: (speed(o), not o[1], o[0]))
+    if size == batch:
+        binding = "corpus"
+    elif size == limit and limit < batch:
+        binding = "gpu efficiency"
+    else:
+        binding = "memory"
+    return MicroPlan(size, checkpointing, binding, speed((size, checkpointing)))
 
 
 def rule_gradient_checkpointing(ctx: RuleContext) -> Decision:
-    micro = wanted_micro_batch(ctx)
-    plain = ctx.estimate(batch_size=micro, gradient_checkpointing=False)
-    if plain.total_gib <= ctx.budget_gib:
-        return Decision(False, (f"without it {micro} x {ctx.value('max_seq_length')} tokens per micro-step need "
-                                f"{plain.total_gib:.1f} GiB <= {ctx.budget_gib:.1f} GiB; recomputation would cost "
-                                "~33% more compute for nothing"), [CHEN_CKPT, KORTHIKANTI])
-    saved = ctx.estimate(batch_size=micro, gradient_checkpointing=True)
-    return Decision(True, (f"activations for {micro} x {ctx.value('max_seq_length')} tokens need "
-                           f"{plain.parts['activations']:.1f} GiB without it, {saved.parts['activations']:.1f} GiB "
-                           f"with it ({plain.total_gib:.1f} -> {saved.total_gib:.1f} GiB total)"), [CHEN_CKPT, KORTHIKANTI])
+    plan, length = micro_plan(ctx), ctx.value("max_seq_length")
+    shape = f"{plan.size} x {length} tokens per micro-step (the micro-batch below)"
+    plain = ctx.estimate(batch_size=plan.size, gradient_checkpointing=False)
+    if not plan.checkpointing:
+        return Decision(False, (f"without it {shape} need {plain.total_gib:.1f} GiB <= {ctx.budget_gib:.1f} GiB; "
+                                "recomputation would cost ~33% more compute for nothing"), [CHEN_CKPT, KORTHIKANTI])
+    saved = ctx.estimate(batch_size=plan.size, gradient_checkpointing=True)
+    why = (f"{plain.total_gib:.1f} GiB without it > {ctx.budget_gib:.1f} GiB budget" if plain.total_gib > ctx.budget_gib
+           else "")
+    smaller = [o for o in micro_options(ctx, plan.size) if not o[1]]
+    if not why and smaller:
+        why = (f"a micro-batch of {smaller[-1][0]} would fit without it, but {plan.size} with it runs faster "
+               f"(GPU efficiency x 0.75 for recomputation: {plan.speed:.2f} vs "
+               f"{gpu_curve(ctx).efficiency(smaller[-1][0] * length):.2f})")
+    return Decision(True, (f"{shape}: activations {plain.parts['activations']:.1f} GiB without it, "
+                           f"{saved.parts['activations']:.1f} GiB with it ({saved.total_gib:.1f} GiB total); {why}"),
+                    [CHEN_CKPT, KORTHIKANTI])
 
 
 def rule_per_device_train_batch_size(ctx: RuleContext) -> Decision:
-    batch, size = ctx.value("batch_size"), 1
-    while size * 2 <= batch and ctx.fits(batch_size=size * 2):
-        size *= 2
-    estimate = ctx.estimate(batch_size=size)
-    limit = "the whole optimizer step" if size == batch else f"{size * 2} would need {ctx.estimate(batch_size=size * 2).total_gib:.1f} GiB"
-    return Decision(size, (f"largest power of two that fits: {estimate.total_gib:.1f} GiB <= {ctx.budget_gib:.1f} GiB "
-                           f"(90% of {ctx.gpu_memory_gib:g} GB); {limit}"), [KORTHIKANTI])
+    plan, batch, length = micro_plan(ctx), ctx.value("batch_size"), ctx.value("max_seq_length")
+    estimate = ctx.estimate(batch_size=plan.size, gradient_checkpointing=plan.checkpointing)
+    fits = f"{plan.size} x {length} needs {estimate.total_gib:.1f} GiB <= {ctx.budget_gib:.1f} GiB"
+    if plan.binding == "corpus":
+        why = f"the whole optimizer step (batch_size {batch}, from the corpus) in one micro-step: {fits}"
+        return Decision(plan.size, why, [KORTHIKANTI])
+    if plan.binding == "gpu efficiency":
+        tokens = plan.size * length
+        curve = gpu_curve(ctx)
+        return Decision(plan.size, (f"GPU efficiency: {tokens:,} tokens per micro-step already reach "
+                                    f"{curve.efficiency(tokens):.0%} of the measured peak ({curve.tokens_per_s(tokens):,.0f} "
+                                    f"tok/s); a larger micro-batch would only use memory; {fits}"),
+                        [KORTHIKANTI, THROUGHPUT_TABLE])
+    bigger = ctx.estimate(batch_size=plan.size * 2, gradient_checkpointing=plan.checkpointing)
+    return Decision(plan.size, (f"memory: {fits}; {plan.size * 2} would need {bigger.total_gib:.1f} GiB"
+                                + ("" if plan.checkpointing else " without checkpointing")), [KORTHIKANTI])
 
 
 def rule_gradient_accumulation_steps(ctx: RuleContext) -> Decision:

@@ -2,23 +2,30 @@
 weight_decay, lr_scheduler_type, warmup_ratio.
 
 Epochs follow the information in the corpus (characters of unique text, English-equivalent), like rank and
-dropout; steps follow the tokens the trainer will see per epoch (after dedup) and the tokens per optimizer
-step; the learning rate follows the goal (cpt/sft), the rsLoRA scale and the model size.
+dropout; steps follow the rows the trainer will build (after dedup) and the tokens per optimizer step, chosen
+for GPU efficiency; the learning rate follows the goal (cpt/sft), the rsLoRA scale and the model size.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 from babeltune.advisor.rules.context import (
-    BIDERMAN, COMMON_GUIDES, HOFFMANN, LARGE_CORPUS_CHARS, LOSHCHILOV, MUENNIGHOFF, QLORA, RSLORA, SMALL_CORPUS_CHARS,
-    UNSLOTH_CPT, RuleContext, floor_power_of_two, fmt_tokens,
+    BIDERMAN, COMMON_GUIDES, KAPLAN, LARGE_CORPUS_CHARS, LOSHCHILOV, MCCANDLISH, MUENNIGHOFF, QLORA, RSLORA,
+    SMALL_CORPUS_CHARS, THROUGHPUT_TABLE, UNSLOTH_CPT, RuleContext, floor_power_of_two, fmt_tokens,
+)
+from babeltune.advisor.rules.shapes import (
+    CPU, EOS_PER_DOCUMENT, RowPlan, device_label, eval_fraction, gpu_curve, planned_rows, steps_for,
 )
 from babeltune.advisor.types import Decision
 
-TARGET_STEPS = 200                       # enough optimizer steps for warmup, decay and ~10 evaluations
+TARGET_STEPS = 200          # preferred optimizer steps when the corpus fills them at a GPU-efficient shape
+MIN_STEPS = 50              # heuristic floor: a warmup, a cosine decay and ~10 evaluations need this many steps
+EFFICIENT_SHARE = 0.5       # a step shape is GPU-efficient at >= this share of the measured peak tokens/s
+CPU_TOKENS_PER_STEP = 512   # CPU: tokens/s is flat in the batch size, so small steps (more updates per second)
 MAX_TOKENS_PER_STEP = {"cpt": 65_536, "sft": 32_768}
-MAX_SFT_EXAMPLES_PER_STEP = 16           # QLoRA used 16
 # Learning rate x lora_alpha under rsLoRA (the rank-free update size):
 #   cpt: Unsloth CPT recipe, lr 5e-5 at alpha 32 with rsLoRA;
 #   sft: Unsloth/QLoRA-style 2e-4 at r=16, alpha=16 without rsLoRA = rsLoRA alpha 4 -> 8e-4.
@@ -35,26 +42,103 @@ def planned_epochs(ctx: RuleContext) -> int:
 
 
 def steps_per_epoch(ctx: RuleContext) -> int:
-    """Optimizer steps per pass over what the trainer keeps (after data.dedup)."""
-    batch = ctx.value("batch_size")
-    if ctx.value("packing") == "off":
-        return max(1, math.ceil(ctx.train_documents / batch))
-    return max(1, math.ceil(ctx.train_tokens / (batch * ctx.value("max_seq_length"))))
+    """Optimizer steps per epoch as the HF Trainer counts them over the rows `train` builds."""
+    return steps_for(planned_rows(ctx).rows, ctx.value("batch_size"), 1)
+
+
+def power_of_two_at_least(value: float) -> int:
+    return 1 if value <= 1 else 2 ** math.ceil(math.log2(value))
+
+
+@dataclass
+class BatchChoice:
+    size: int                   # rows per optimizer step
+    binding: str                # what decided it: "target steps", "gpu efficiency", "corpus", "corpus too small", "cpu"
+    efficient: int              # rows per step at the GPU-efficient shape
+    plan: RowPlan
+    epochs: int
+
+    @property
+    def total_rows(self) -> int:
+        return self.plan.rows * self.epochs
+
+
+def choose_batch(ctx: RuleContext) -> BatchChoice:
+    """Rows per optimizer step: the GPU-efficient shape, more when the corpus fills TARGET_STEPS steps with it,
+    fewer when it would leave fewer than MIN_STEPS steps."""
+    plan, epochs = planned_rows(ctx), planned_epochs(ctx)
+    per_row, total_rows = plan.tokens_per_row, plan.rows * planned_epochs(ctx)
+    cap = floor_power_of_two(MAX_TOKENS_PER_STEP[ctx.goal] / per_row)
+    if ctx.gpu == CPU:
+        efficient = floor_power_of_two(CPU_TOKENS_PER_STEP / per_row)
+    else:
+        wanted_tokens = gpu_curve(ctx).smallest_tokens_reaching(EFFICIENT_SHARE, minimum=math.ceil(per_row))
+        efficient = power_of_two_at_least(wanted_tokens / per_row)
+    by_target = floor_power_of_two(total_rows / TARGET_STEPS)
+    if ctx.gpu == CPU:           # steps are what a CPU run buys: never larger than the CPU-sized step
+        size, binding = efficient, "cpu"
+    elif by_target > efficient:
+        size, binding = by_target, "target steps"
+    else:
+        size, binding = efficient, "gpu efficiency"
+    if size > cap:
+        size, binding = cap, "cap"
+    if total_rows / size < MIN_STEPS:
+        size, binding = floor_power_of_two(total_rows / MIN_STEPS), "corpus"
+        if total_rows < MIN_STEPS:
+            binding = "corpus too small"
+    return BatchChoice(size, binding, min(efficient, cap), plan, epochs)
+
+
+def batch_reason(ctx: RuleContext, c: BatchChoice) -> str:
+    length, per_row = ctx.value("max_seq_length"), c.plan.tokens_per_row
+    rows = f"{c.plan.rows:,} rows of {length} tokens x {c.epochs} epoch{'s' if c.epochs > 1 else ''}"
+    step_tokens = round(c.size * per_row)
+    shape = f"{c.size} x {length} = {step_tokens:,} tokens per step"
+    steps = steps_for(c.plan.rows, c.size, c.epochs)
+    if c.binding in ("target steps", "cap"):
+        capped = f" (capped at {MAX_TOKENS_PER_STEP[ctx.goal]:,} tokens)" if c.binding == "cap" else ""
+        return f"{rows} / {TARGET_STEPS} target steps -> {shape}{capped}, {steps} optimizer steps"
+    if c.binding == "cpu":
+        return (f"CPU: {shape} ({CPU_TOKENS_PER_STEP} tokens per step: CPU tokens/s does not grow with the batch, so "
+                f"small steps give the most updates per second); {rows} -> {steps} optimizer steps")
+    efficient_tokens = round(c.efficient * per_row)
+    if ctx.gpu == CPU:
+        measured = f"{CPU_TOKENS_PER_STEP} tokens per step on CPU"
+    else:
+        curve = gpu_curve(ctx)
+        measured = (f"{efficient_tokens:,} tokens per micro-step reach {curve.tokens_per_s(efficient_tokens):,.0f} "
+                    f"tok/s on {device_label(ctx)} vs {curve.tokens_per_s(per_row):,.0f} at one row per step (peak "
+                    f"{curve.peak:,.0f})")
+    if c.binding == "gpu efficiency":
+        return (f"GPU efficiency: {measured}; {rows} -> {shape}, {steps} optimizer steps instead of {TARGET_STEPS}: "
+                "below the critical batch size (10^5-10^6 tokens for language models) fewer, larger steps over the same "
+                "tokens reach about the same loss")
+    if c.binding == "corpus":
+        few = steps_for(c.plan.rows, c.efficient, c.epochs)
+        efficient = "CPU-sized" if ctx.gpu == CPU else "GPU-efficient"
+        return (f"corpus: {rows} give only {few} steps at the {efficient} {c.efficient} x {length} ({measured}); "
+                f"{shape} keeps {steps} >= {MIN_STEPS} optimizer steps for warmup, decay and evaluations")
+    return (f"corpus too small: {rows} = {c.total_rows} rows, fewer than {MIN_STEPS} optimizer steps even at "
+            f"{shape}")
+
+
+def too_small_note(ctx: RuleContext, c: BatchChoice) -> str:
+    m = ctx.measurements
+    need_tokens = MIN_STEPS * c.plan.tokens_per_row / c.epochs / (1 - eval_fraction())
+    need_chars = need_tokens / m.tokens_per_char if m.tokens_per_char else need_tokens
+    return (f"corpus too small to be worth a run: {m.tokens:,} tokens give {c.total_rows} training rows of "
+            f"{ctx.value('max_seq_length')} tokens over {c.epochs} epochs, fewer than {MIN_STEPS} optimizer steps even "
+            f"at one row per step; collect at least ~{need_tokens:,.0f} tokens (~{need_chars:,.0f} characters at "
+            f"{m.tokens_per_char:.3f} tokens/char)")
 
 
 def rule_batch_size(ctx: RuleContext) -> Decision:
-    length, epochs, tokens = ctx.value("max_seq_length"), planned_epochs(ctx), ctx.train_tokens
-    if ctx.value("packing") == "off":
-        wanted = ctx.train_documents * epochs / TARGET_STEPS
-        size = floor_power_of_two(min(max(wanted, 1), MAX_SFT_EXAMPLES_PER_STEP))
-        return Decision(size, (f"{ctx.train_documents:,} examples x {epochs} epochs / {TARGET_STEPS} target "
-                               f"steps -> {size} examples per optimizer step (cap {MAX_SFT_EXAMPLES_PER_STEP})"), [QLORA])
-    cap = MAX_TOKENS_PER_STEP[ctx.goal]
-    wanted = min(max(tokens * epochs / TARGET_STEPS, length), cap)
-    size = floor_power_of_two(wanted / length)
-    return Decision(size, (f"{fmt_tokens(tokens)} tokens x {epochs} epochs / {TARGET_STEPS} target steps -> "
-                           f"{size} x {length} = {size * length:,} tokens per optimizer step (cap {cap:,})"),
-                    [UNSLOTH_CPT, HOFFMANN])
+    choice = choose_batch(ctx)
+    if choice.binding == "corpus too small":
+        ctx.notes.append(too_small_note(ctx, choice))
+    evidence = [UNSLOTH_CPT, MCCANDLISH, KAPLAN] + ([] if ctx.gpu == CPU else [THROUGHPUT_TABLE])
+    return Decision(choice.size, batch_reason(ctx, choice), evidence)
 
 
 def rule_num_train_epochs(ctx: RuleContext) -> Decision:
@@ -69,15 +153,54 @@ def rule_num_train_epochs(ctx: RuleContext) -> Decision:
                     [MUENNIGHOFF])
 
 
+def epoch_plan_steps(ctx: RuleContext) -> int:
+    return steps_for(planned_rows(ctx).rows, ctx.value("batch_size"), ctx.value("num_train_epochs"))
+
+
+def budget_steps(ctx: RuleContext, planned: int) -> Optional[int]:
+    """Steps that fit advise --minutes on this CPU (training plus the evaluations they bring), if fewer than planned."""
+    if not ctx.time_budget_s or not ctx.cpu_tokens_per_s:
+        return None
+    from babeltune.advisor.estimate import steps_within
+
+    fit = steps_within(ctx.time_budget_s, ctx.cpu_tokens_per_s, step_tokens(ctx), heldout_tokens(ctx))
+    return fit if fit < planned else None
+
+
+def step_tokens(ctx: RuleContext) -> float:
+    return ctx.value("batch_size") * planned_rows(ctx).tokens_per_row
+
+
+def heldout_tokens(ctx: RuleContext) -> float:
+    """Tokens of the held-out split that every evaluation scores (5% of the documents, capped)."""
+    from babeltune.config import EvalConfig
+
+    m = ctx.measurements
+    documents = min(EvalConfig.model_fields["max_eval_documents"].default, max(1, round(m.documents * eval_fraction())))
+    return documents * (m.tokens / max(1, m.documents) + EOS_PER_DOCUMENT)
+
+
 def rule_max_steps(ctx: RuleContext) -> Decision:
-    epochs, steps = ctx.value("num_train_epochs"), steps_per_epoch(ctx)
-    total = math.ceil(steps * epochs)
-    return Decision(None, (f"num_train_epochs wins: {epochs:g} epoch{'s' if epochs > 1 else ''} x {steps} steps = {total} optimizer steps; "
-                           "set one or the other (train --max-steps N replaces epochs)"), [MUENNIGHOFF])
+    epochs, plan, batch = ctx.value("num_train_epochs"), planned_rows(ctx), ctx.value("batch_size")
+    planned = epoch_plan_steps(ctx)
+    counted = (f"{epochs:g} epoch{'s' if epochs > 1 else ''} x ceil({plan.rows:,} rows / {batch}) = {planned} optimizer "
+               f"steps, counted as train counts them ({plan.documents:,} documents after the {eval_fraction():.0%} "
+               f"held-out split, EOS after each, packing {plan.packing})")
+    if ctx.max_steps:
+        return Decision(ctx.max_steps, f"advise --max-steps {ctx.max_steps} (the epoch plan: {counted})", [MUENNIGHOFF])
+    fit = budget_steps(ctx, planned)
+    if fit is not None:
+        return Decision(fit, (f"advise --minutes: {fit} steps of {step_tokens(ctx):,.0f} tokens at the measured "
+                              f"{ctx.cpu_tokens_per_s:,.0f} tok/s on this CPU, with their evaluations, fit the "
+                              f"{ctx.time_budget_s:,.0f} s left after the measured start-up (the epoch plan: {counted})"),
+                        [MUENNIGHOFF])
+    return Decision(planned, (f"{counted}; written instead of num_train_epochs so that train runs exactly the "
+                              "steps that the schedule, the evaluations and the time estimate assume"), [MUENNIGHOFF])
 
 
 def total_steps(ctx: RuleContext) -> int:
-    return max(1, math.ceil(steps_per_epoch(ctx) * ctx.value("num_train_epochs")))
+    steps = ctx.value("max_steps")
+    return steps if steps else epoch_plan_steps(ctx)
 
 
 def rule_learning_rate(ctx: RuleContext) -> Decision:

@@ -1,0 +1,173 @@
+"""The measured throughput table and its loader, the run-time estimate (`advise` on GPU and CPU, `train`'s
+own line after the first steps), and the GPU install extra."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from babeltune.advisor.throughput import TABLE_PATH, load_table, shape_curve
+from babeltune.errors import BabeltuneError
+
+ROOT = Path(__file__).resolve().parents[1]
+TWEETS = ROOT / "examples" / "data" / "marathi" / "train.txt"
+MARATHI = ROOT / "tests" / "data" / "text" / "mr.txt"
+SMOLLM2_PARAMS = 134_515_008
+
+
+def table_with(tmp_path, *records) -> Path:
+    data = json.loads(TABLE_PATH.read_text(encoding="utf-8"))
+    data["records"] += list(records)
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_shipped_table_reproduces_its_measurements_and_interpolates_between_them():
+    curve = shape_curve(load_table(), "h100", SMOLLM2_PARAMS)
+    for record in load_table().records:
+        if record.gpu == "h100" and record.packing == "blocks" and record.params == SMOLLM2_PARAMS:
+            assert curve.tokens_per_s(record.tokens) == pytest.approx(record.tokens_per_s)
+    between = curve.tokens_per_s(4096)
+    assert curve.tokens_per_s(1024) < between < curve.tokens_per_s(8192)
+    assert curve.tokens_per_s(65_536) == curve.peak == 51_000   # flat beyond the largest measured shape
+    assert curve.tokens_per_s(512) == pytest.approx(curve.tokens_per_s(1024) / 2)   # fixed cost per step below
+
+
+def test_adding_a_record_is_all_it_takes(tmp_path):
+    """The lead adds new GPU measurements as records; the loader picks them up with no code change."""
+    before = shape_curve(load_table(), "l4", SMOLLM2_PARAMS)
+    assert any("scaled to l4" in c for c in before.caveats)
+    path = table_with(tmp_path, {
+        "gpu": "l4", "model": "smollm2-135m", "params": SMOLLM2_PARAMS, "backend": "hf-peft", "kernels": "liger",
+        "micro_batch": 32, "seq_len": 256, "packing": "blocks", "gradient_checkpointing": False,
+        "tokens_per_s": 9_000, "source": "test"})
+    after = shape_curve(load_table(path), "l4", SMOLLM2_PARAMS)
+    assert after.tokens_per_s(8192) == pytest.approx(9_000)
+    assert not any("scaled to l4" in c for c in after.caveats)
+    assert "l4 smollm2-135m hf-peft/liger 32 x 256: 9,000 tok/s" in after.basis()
+
+
+def test_gpu_without_records_is_scaled_by_published_tflops_and_names_it():
+    table = load_table()
+    h100 = shape_curve(table, "h100", SMOLLM2_PARAMS).tokens_per_s(8192)
+    l4 = shape_curve(table, "l4", SMOLLM2_PARAMS)
+    assert l4.tokens_per_s(8192) == pytest.approx(h100 * 121 / 989)
+    assert "published tensor TFLOPS" in l4.basis()
+
+
+def test_gpu_names_and_bad_tables_are_one_line_errors(tmp_path):
+    table = load_table()
+    assert table.resolve_gpu("RTX 4090") == "rtx4090" and table.resolve_gpu("H100-SXM") == "h100"
+    with pytest.raises(BabeltuneError, match=r"^--gpu: 'v100' is not a GPU babeltune knows \(known: h100"):
+        table.resolve_gpu("v100")
+    bad = table_with(tmp_path, {**table.records[0].model_dump(), "gpu": "b200"})
+    with pytest.raises(BabeltuneError) as info:
+        load_table(bad)
+    assert "\n" not in str(info.value) and "'b200' is not a key of gpus" in str(info.value)
+
+
+def run_advise(*args):
+    from babeltune.advisor.cli import advise
+
+    return CliRunner().invoke(advise, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_advise_prints_and_writes_the_run_time_estimate(tmp_path, tiny_model_dir):
+    """On this CPU-only machine: the GPU estimate from the table, what the run costs here (measured probe of the
+    actual model), and the command for a CPU-sized variant."""
+    out = tmp_path / "a.yaml"
+    result = run_advise("--lang", "mr", "--corpus", MARATHI, "--model", tiny_model_dir, "--gpu", "a100", "--out", out)
+    assert result.exit_code == 0, result.output
+    header = [line for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("# ")]
+    gpu = next(line for line in header if line.startswith("# estimated run time on an A100"))
+    assert "tok/s" in gpu and "scaled to a100 by published tensor TFLOPS" in gpu
+    cpu = next(line for line in header if line.startswith("# estimated run time on this CPU"))
+    assert "measured on this CPU" in cpu
+    offer = next(line for line in header if "this machine has no GPU" in line)
+    assert offer.endswith("--gpu cpu --minutes 15")
+    assert "estimated run time on an A100" in result.stderr
+
+
+@pytest.fixture
+def fixed_probe(monkeypatch):
+    """A deterministic CPU probe (the sizing arithmetic, not this machine's load, is under test)."""
+    from babeltune.advisor import probe
+
+    result = probe.ProbeResult(tokens_per_s=200.0, forward_tokens_per_s=600.0, load_s=2.0, first_step_s=4.0,
+                               micro_batch=4, seq_len=64, threads=2, import_s=5.0)
+    monkeypatch.setattr(probe, "probe_cpu", lambda config, **kw: result)
+    return result
+
+
+@pytest.mark.parametrize("minutes", [2, 6])
+def test_cpu_variant_is_sized_to_the_minutes_asked(tmp_path, tiny_model_dir, fixed_probe, minutes):
+    out = tmp_path / "cpu.yaml"
+    result = run_advise("--lang", "mr", "--corpus", TWEETS, "--model", tiny_model_dir, "--gpu", "cpu",
+                        "--minutes", minutes, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    estimate, steps = data["estimate"], data["config"]["training"]["max_steps"]
+    assert estimate["device"] == "this CPU" and estimate["steps"] == steps
+    assert minutes * 60 * 0.8 <= estimate["seconds"] <= minutes * 60 * 1.05
+    assert data["parameters"]["max_steps"]["reason"].startswith("advise --minutes: ")
+    assert estimate["step_tokens"] <= 512 and data["cpu_estimate"] is None
+
+
+def test_minutes_without_cpu_target_is_one_line_error(tiny_model_dir):
+    result = run_advise("--lang", "mr", "--corpus", MARATHI, "--model", tiny_model_dir, "--minutes", "5")
+    assert result.exit_code == 2 and result.stderr.strip().startswith("error: --minutes: 5 sizes a run on this CPU")
+
+
+def test_train_prints_its_plan_and_one_estimate_after_the_warm_up(monkeypatch):
+    from babeltune.trainer import callbacks as cb
+
+    clock = iter([0.0, 0.0, 9.0] + [x for k in range(1, 12) for x in (10.0 * k, 10.0 * k + 2.0)])
+    monkeypatch.setattr(cb.time, "monotonic", lambda: next(clock))
+    lines = []
+    progress = cb.progress_callback(lines.append)
+    args = SimpleNamespace(max_steps=20, num_train_epochs=3, per_device_train_batch_size=4,
+                           gradient_accumulation_steps=1, eval_strategy="steps", eval_steps=5)
+    state = SimpleNamespace(global_step=0, max_steps=20, num_input_tokens_seen=0)
+    progress.on_train_begin(args, state, None)
+    for step in range(1, 8):
+        progress.on_step_begin(args, state, None)
+        state.global_step = step
+        progress.on_step_end(args, state, None)
+    assert lines[0] == "optimizer steps: 20 (training.max_steps 20)"
+    estimates = [line for line in lines if line.startswith("estimate:")]
+    assert estimates == ["estimate: training ~0:30 to go: 15 more steps x 2.00 s (measured over steps 2-5 of this "
+                         "run; step 1, the warm-up, took 9.00 s), plus 3 evaluations and the final scoring"]
+
+
+def test_train_says_when_max_steps_replaces_the_planned_steps(tmp_path):
+    """Issue 14: the steps advise planned and the steps train runs agree, or train says why."""
+    from babeltune.trainer.cli import load_train_config
+
+    config = {"language": "mr", "model": {"name": "m", "max_seq_length": 64}, "data": {"train": str(MARATHI)},
+              "training": {"per_device_train_batch_size": 4, "learning_rate": 1e-4, "max_steps": 69},
+              "eval": {"evaluation_strategy": "no"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    said = []
+    loaded = load_train_config(str(path), (), backend=None, output_dir=None, max_steps=40, echo=said.append)
+    assert loaded.training.max_steps == 40
+    assert said == ["--max-steps 40 replaces training.max_steps (69, the steps the config planned)"]
+    said.clear()
+    load_train_config(str(path), (), backend=None, output_dir=None, max_steps=None, echo=said.append)
+    assert said == []
+
+
+def test_gpu_extra_brings_liger_and_the_table_ships_with_the_package():
+    tomllib = pytest.importorskip("tomllib")
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert any(dep.startswith("liger-kernel") for dep in project["project"]["optional-dependencies"]["gpu"])
+    data = project["tool"]["setuptools"]["package-data"]["babeltune.advisor"]
+    assert "data/*.json" in data and TABLE_PATH.parent.name == "data" and TABLE_PATH.is_file()
+    assert yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))["records"]

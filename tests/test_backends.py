@@ -181,10 +181,10 @@ def test_hf_peft_always_logs_which_kernels_ran(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "liger_kernel" else real_find_spec(name, *a))
     gpu = Runtime(device="cuda", precision="bf16", model_dir=str(tiny_model_dir))
-    assert hf_peft.apply_liger(None, make_config(), gpu) == \
+    assert hf_peft.apply_liger(None, make_config(), gpu, "auto") == \
         "kernels: plain (liger not installed: pip install 'babeltune[gpu]')"
     off = make_config(backend={"options": {"liger": False}})
-    assert hf_peft.apply_liger(None, off, gpu) == "kernels: plain (backend.options.liger: false)"
+    assert hf_peft.apply_liger(None, off, gpu, False) == "kernels: plain (backend.options.liger: false)"
 
 
 # --------------------------------------------------------------------------------------- ia3

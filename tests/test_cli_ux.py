@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from click.testing import CliRunner
 
 from babeltune.cli import cli
@@ -97,18 +99,23 @@ def shown_loss(bar) -> str:
     return bar.progress.tasks[0].fields["loss"]
 
 
+# what the progress callback reads from TrainingArguments (its step plan and estimate lines)
+TRAIN_ARGS = SimpleNamespace(max_steps=-1, num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
+                             eval_strategy="no", eval_steps=None)
+
+
 def test_progress_bar_shows_the_latest_logged_loss_and_a_dash_before_any():
     from transformers import TrainerState
 
     bar, state = bar_with_terminal(), TrainerState(max_steps=4, global_step=0)
-    bar.on_train_begin(None, state, None)
+    bar.on_train_begin(TRAIN_ARGS, state, None)
     assert shown_loss(bar) == "-"
     for step, loss in ((1, 2.5), (2, 1.25)):
         state.global_step = step
-        bar.on_step_end(None, state, None)       # the Trainer calls on_step_end, then logs that step
-        bar.on_log(None, state, None, logs={"loss": loss})
+        bar.on_step_end(TRAIN_ARGS, state, None)       # the Trainer calls on_step_end, then logs that step
+        bar.on_log(TRAIN_ARGS, state, None, logs={"loss": loss})
         assert shown_loss(bar) == f"{loss:.4f}"
-    bar.on_train_end(None, state, None)
+    bar.on_train_end(TRAIN_ARGS, state, None)
 
 
 def test_progress_bar_after_resume_shows_the_checkpoints_last_loss_not_nan():
@@ -117,11 +124,11 @@ def test_progress_bar_after_resume_shows_the_checkpoints_last_loss_not_nan():
     bar = bar_with_terminal()
     state = TrainerState(max_steps=10, global_step=6, log_history=[{"loss": 3.0, "step": 3}, {"eval_loss": 2.9, "step": 3},
                                                                     {"loss": 2.75, "step": 6}])
-    bar.on_train_begin(None, state, None)
+    bar.on_train_begin(TRAIN_ARGS, state, None)
     state.global_step = 7
-    bar.on_step_end(None, state, None)
+    bar.on_step_end(TRAIN_ARGS, state, None)
     assert shown_loss(bar) == "2.7500"
-    bar.on_train_end(None, state, None)
+    bar.on_train_end(TRAIN_ARGS, state, None)
 
 
 # --------------------------------------------------------------------------- plots

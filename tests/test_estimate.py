@@ -133,7 +133,7 @@ def test_train_prints_its_plan_and_one_estimate_after_the_warm_up(monkeypatch):
     progress = cb.progress_callback(lines.append)
     args = SimpleNamespace(max_steps=20, num_train_epochs=3, per_device_train_batch_size=4,
                            gradient_accumulation_steps=1, eval_strategy="steps", eval_steps=5)
-    state = SimpleNamespace(global_step=0, max_steps=20, num_input_tokens_seen=0)
+    state = SimpleNamespace(global_step=0, max_steps=20, num_input_tokens_seen=0, log_history=[])
     progress.on_train_begin(args, state, None)
     for step in range(1, 8):
         progress.on_step_begin(args, state, None)

@@ -319,7 +319,7 @@ def test_liger_stays_off_under_fsdp(monkeypatch):
     gpu = Runtime(device="cuda", precision="bf16", model_dir="unused", world_size=2)
     monkeypatch.setenv("WORLD_SIZE", "2")
     auto = load_config(CONFIG, ["training.distributed=fsdp"])
-    assert apply_liger(None, auto, gpu, "auto").startswith("liger-kernel: off (training.distributed is fsdp: its fused loss")
+    assert apply_liger(None, auto, gpu, "auto").startswith("kernels: plain (training.distributed is fsdp: its fused loss")
     with pytest.raises(BabeltuneError, match=r"backend.options.liger: true, but training.distributed is fsdp"):
         apply_liger(None, load_config(CONFIG, ["training.distributed=fsdp", "backend.options.liger=true"]), gpu, True)
 

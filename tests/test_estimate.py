@@ -35,7 +35,9 @@ def test_shipped_table_reproduces_its_measurements_and_interpolates_between_them
             assert curve.tokens_per_s(record.tokens) == pytest.approx(record.tokens_per_s)
     between = curve.tokens_per_s(4096)
     assert curve.tokens_per_s(1024) < between < curve.tokens_per_s(8192)
-    assert curve.tokens_per_s(65_536) == curve.peak == 51_000   # flat beyond the largest measured shape
+    largest = max((r for r in load_table().records if r.gpu == "h100" and r.params == SMOLLM2_PARAMS and
+                   r.packing == "blocks"), key=lambda r: r.tokens)
+    assert curve.tokens_per_s(65_536) == curve.tokens_per_s(largest.tokens)   # flat beyond the largest measured shape
     assert curve.tokens_per_s(512) == pytest.approx(curve.tokens_per_s(1024) / 2)   # fixed cost per step below
 
 

@@ -255,7 +255,7 @@ def test_sft_lengths_are_measured_on_what_train_feeds(chat_model_dir, tmp_path):
     result = cli("--lang", "mr", "--corpus", PAIRS, "--model", chat_model_dir, "--goal", "sft", "--out", out)
     assert result.exit_code == 0, result.output
     config = load_config(out)
-    assert config.data.mode == "sft" and config.data.packing == "off"
+    assert config.data.mode == "sft" and config.data.packing == "padding_free"   # whole examples packed, none crossing
     reason = next(line for line in out.read_text("utf-8").splitlines() if "tokens per example as train feeds it" in line)
     assert "chat template" in reason
     advice = advise("mr", CorpusSpec(str(PAIRS)), model=str(chat_model_dir), goal="sft", gpu_memory=24)

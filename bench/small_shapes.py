@@ -106,15 +106,10 @@ def empty_cache() -> None:
 
 
 def versions() -> dict:
-    import importlib.metadata as md
-    out = {"python": sys.version.split()[0]}
-    for name in ("torch", "transformers", "peft", "accelerate", "unsloth", "unsloth_zoo", "bitsandbytes",
-                 "liger-kernel", "flash-attn", "babeltune"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_bench import versions as library_versions   # one list of the libraries every GPU result records
+
+    return library_versions()
 
 
 def make_model(arch: str, out_dir: str) -> dict:

@@ -37,7 +37,7 @@ def byte_tokenizer(tmp_path_factory) -> Path:
 
 
 def run_advise(corpus: Path, model: Path, **kwargs):
-    return advise("mr", CorpusSpec(str(corpus)), model=str(model), gpu_memory=24, **kwargs)
+    return advise("mr", CorpusSpec(str(corpus)), model=str(model), gpu_memory=24, probe=False, **kwargs)
 
 
 def values(advice, names=SIZE_RULES) -> dict:
@@ -258,7 +258,7 @@ def test_sft_lengths_are_measured_on_what_train_feeds(chat_model_dir, tmp_path):
     assert config.data.mode == "sft" and config.data.packing == "padding_free"   # whole examples packed, none crossing
     reason = next(line for line in out.read_text("utf-8").splitlines() if "tokens per example as train feeds it" in line)
     assert "chat template" in reason
-    advice = advise("mr", CorpusSpec(str(PAIRS)), model=str(chat_model_dir), goal="sft", gpu_memory=24)
+    advice = advise("mr", CorpusSpec(str(PAIRS)), model=str(chat_model_dir), goal="sft", gpu_memory=24, probe=False)
     examples = advice.measurements.example_lengths
     records = [json.loads(line) for line in PAIRS.read_text("utf-8").splitlines()]
     tokenizer = hf_tokenizer(chat_model_dir)
@@ -289,7 +289,7 @@ def test_bad_fit_with_model_given_names_the_installed_model_that_needs_fewer_tok
 
     from babeltune.models.tokenizers import load_tokenizer
 
-    advice = advise("mr", CorpusSpec(str(MARATHI_TWEETS)), model="smollm2-135m", gpu_memory=24)
+    advice = advise("mr", CorpusSpec(str(MARATHI_TWEETS)), model="smollm2-135m", gpu_memory=24, probe=False)
     note = next(n for n in advice.notes if "installed built-in" in n)
     assert note.startswith("smollm2-135m fits this text badly: 1.1")
     ratio, theirs, ours = re.search(r"needs (\d+\.\d)x fewer tokens for the same text \((\d\.\d+) vs (\d\.\d+)", note).groups()
@@ -300,5 +300,5 @@ def test_bad_fit_with_model_given_names_the_installed_model_that_needs_fewer_tok
     assert float(theirs) == pytest.approx(gemma, abs=5e-4)
     assert float(ratio) == pytest.approx(float(ours) / float(theirs), abs=0.05)
     # the model that fits says nothing of the kind
-    fitting = advise("mr", CorpusSpec(str(MARATHI_TWEETS)), model="gemma-3-270m", gpu_memory=24)
+    fitting = advise("mr", CorpusSpec(str(MARATHI_TWEETS)), model="gemma-3-270m", gpu_memory=24, probe=False)
     assert not any("installed built-in" in n for n in fitting.notes)

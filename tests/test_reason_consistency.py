@@ -129,8 +129,8 @@ def every_advice(tiny_model_dir, babeltune_cache, tmp_path_factory) -> list:
     out = []
     for lang in LANGUAGES:
         for model in models(tiny_model_dir):
-            out.append(advise(lang, CorpusSpec(str(REFERENCE / f"{lang}.txt")), model=model, gpu_memory=24))
-            out.append(advise(lang, CorpusSpec(str(sft_corpus(lang, folder))), model=model, goal="sft", gpu_memory=24))
+            out.append(advise(lang, CorpusSpec(str(REFERENCE / f"{lang}.txt")), model=model, gpu_memory=24, probe=False))
+            out.append(advise(lang, CorpusSpec(str(sft_corpus(lang, folder))), model=model, goal="sft", gpu_memory=24, probe=False))
     return out
 
 
@@ -172,7 +172,7 @@ def test_reasons_agree_on_reference_text_for_both_goals(lang, tiny_model_dir):
 def test_contradiction_check_catches_the_reported_case(tiny_model_dir):
     # Hindi reference text, sft: the learning-rate reason once said "a model that knows the language"
     # while the same config's embeddings reason measured a bad fit.
-    advice = advise("hi", CorpusSpec(str(REFERENCE / "hi.txt")), model=str(tiny_model_dir), gpu_memory=24)
+    advice = advise("hi", CorpusSpec(str(REFERENCE / "hi.txt")), model=str(tiny_model_dir), gpu_memory=24, probe=False)
     assert contradictions(advice) == []
     advice.decisions["learning_rate"].reason = "sft: ... sft on top of a model that knows the language"
     if True in set().union(*(fit_claims(d.reason) for d in advice.decisions.values())):
@@ -186,7 +186,7 @@ SEEDS = re.compile(r"\bseeds\b|\bseeds'|\bseed[- ]tables?\b|\bthe guide('s)?\b",
 
 def test_no_reason_mentions_the_seeds(tiny_model_dir):
     for goal, corpus in (("cpt", REFERENCE / "hi.txt"), ("sft", ROOT / "tests" / "data" / "sft" / "mr_pairs.jsonl")):
-        advice = advise("hi" if goal == "cpt" else "mr", CorpusSpec(str(corpus)), model=str(tiny_model_dir), goal=goal)
+        advice = advise("hi" if goal == "cpt" else "mr", CorpusSpec(str(corpus)), model=str(tiny_model_dir), goal=goal, probe=False)
         texts = [d.reason for d in advice.decisions.values()] + list(advice.notes) + list(advice.config_reasons.values())
         texts += [e for d in advice.decisions.values() for e in d.evidence]
         assert not [t for t in texts if SEEDS.search(t)]

@@ -118,7 +118,7 @@ def batch_reason(ctx: RuleContext, c: BatchChoice) -> str:
         few = steps_for(c.plan.rows, c.efficient, c.epochs)
         efficient = "CPU-sized" if ctx.gpu == CPU else "GPU-efficient"
         return (f"corpus: {rows} give only {few} steps at the {efficient} {c.efficient} x {length} ({measured}); "
-                f"{shape} keeps {steps} >= {MIN_STEPS} optimizer steps for warmup, decay and evaluations")
+                f"{shape} keeps {steps} optimizer steps (at least {MIN_STEPS}) for warmup, decay and evaluations")
     return (f"corpus too small: {rows} = {c.total_rows} rows, fewer than {MIN_STEPS} optimizer steps even at "
             f"{shape}")
 

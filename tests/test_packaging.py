@@ -10,23 +10,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Drops the editable install's finder, as in a plain `pip install .`, then imports from the checkout's root,
-# where `python -m babeltune` / `python -m pytest` find the checkout's babeltune/ folder first.
-WITHOUT_EDITABLE_FINDER = """
-import sys
-sys.meta_path = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", type(f).__name__)]
-import babeltune.advisor.rules, babeltune.trainer.cli, babeltune.plugins, babeltune.lang_profiles, babeltune.config
-print(babeltune.trainer.cli.__file__)
-print(babeltune.config.__file__)
-"""
+def test_wheel_holds_the_mapped_folders_and_their_data(tmp_path):
+    """A plain (non-editable) install: the wheel maps advisor/, trainer/, plugins/, lang_profiles/ and src/babeltune
+    under babeltune/, with the data files the code reads, and nothing else from the checkout."""
+    import zipfile
 
-
-def test_checkout_root_imports_the_mapped_folders_without_an_editable_install():
-    result = subprocess.run([sys.executable, "-c", WITHOUT_EDITABLE_FINDER], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    cli_file, config_file = result.stdout.split()
-    assert Path(cli_file) == ROOT / "trainer" / "cli.py"
-    assert Path(config_file) == ROOT / "babeltune" / "config.py"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("babeltune-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for expected in ["babeltune/config.py", "babeltune/trainer/cli.py", "babeltune/advisor/rules/__init__.py",
+                     "babeltune/plugins/__init__.py", "babeltune/models/builtins.py",
+                     "babeltune/lang_profiles/mr.yaml", "babeltune/advisor/data/throughput.json"]:
+        assert expected in names, expected
+    tops = {name.split("/")[0] for name in names}
+    assert all(top == "babeltune" or top.startswith("babeltune-") for top in tops), tops
+    assert not any(name.startswith(("babeltune/bench/", "babeltune/tests/", "babeltune/src/")) for name in names)
 
 
 def test_no_generic_top_level_names_are_packaged():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build what bench/gpu_env.sh needs on the GPU machine (all git-ignored): .xfer/p0..pN (the two built-in GGUF
-# models, Unsloth's site tarball and the missing wheels, one tar cut in 58 MB parts: a device call carries at most
+# Build what bench/gpu_env.sh needs on the GPU machine (all git-ignored): .xfer/p0..pN (a: the missing wheels,
+# Unsloth's site tarball and SmolLM2's GGUF; b: Gemma-3's GGUF; each tar cut in 50 MB parts: a device call carries at most
 # 64 MiB with the checkout) and .btwhl/ (this checkout's babeltune wheel; rebuild it before each GPU session).
 # Needs: scripts/setup.sh done, `bash ../shared/gpu/pack-unsloth.sh .gpu`, and the wheels in .whl/ (device README).
 set -euo pipefail
@@ -13,8 +13,13 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 cp "$site/SmolLM2-135M-Instruct.Q4_1.gguf" "$work/smollm2.gguf"
 cp "$(python3 -c 'from babeltune.models import builtins; print(builtins.builtin_gguf_path("gemma-3-270m"))')" "$work/gemma.gguf"
 cp .gpu/unsloth-site.tgz "$work/" && mkdir "$work/whl" && cp .whl/*.whl "$work/whl/"
-tar cf "$work/payload.tar" -C "$work" smollm2.gguf gemma.gguf unsloth-site.tgz whl
-sha256sum "$work/payload.tar" | cut -d' ' -f1 > bench/gpu_payload.sha256
-rm -rf .xfer && mkdir .xfer && split -b 58000000 -d -a 1 "$work/payload.tar" "$work/payload.part."
-for f in "$work"/payload.part.*; do mkdir -p ".xfer/p${f##*.}" && mv "$f" ".xfer/p${f##*.}/"; done
-ls -la .xfer/*
+# Two payloads so that a short session can skip Gemma: a = wheels + Unsloth + SmolLM2 (3 parts), b = Gemma (5 parts).
+tar cf "$work/a.tar" -C "$work" whl unsloth-site.tgz smollm2.gguf
+tar cf "$work/b.tar" -C "$work" gemma.gguf
+rm -rf .xfer && mkdir .xfer && : > bench/gpu_payload.sha256
+for p in a b; do
+  sha256sum "$work/$p.tar" | sed "s#$work/##" >> bench/gpu_payload.sha256
+  split -b 50000000 -d -a 1 "$work/$p.tar" "$work/$p.part."
+  for f in "$work/$p".part.*; do mkdir -p ".xfer/$p${f##*.}" && mv "$f" ".xfer/$p${f##*.}/"; done
+done
+du -sh .xfer/*

@@ -2,8 +2,8 @@
 # environment there: the machine has torch/transformers/peft but lacks pydantic, langcodes, gguf, liger, unsloth
 # (see ../shared/gpu/README.md) and has no network.
 #
-# Once per warm machine, the payload (built here by `bench/gpu_payload.sh`) arrives in 50 MB parts, one call each:
-#   mkdir -p /tmp/x && cp .xfer/a0/* /tmp/x/          (carry [".xfer/a0"]; then a1, a2; b0..b4 for Gemma)
+# Once per warm machine, the payload (built here by `bench/gpu_payload.sh`) arrives in 60 MB parts, one call each:
+#   mkdir -p /tmp/x && cp .xfer/a0/* /tmp/x/          (carry [".xfer/a0"]; then a1, a2 (with b4); b0..b3 for Gemma)
 # then every call:  source bench/gpu_env.sh           (carry [".btwhl"] and whatever the bench needs)
 # It joins and checks the parts, unpacks Unsloth + the wheels into /tmp/site, installs this checkout's babeltune
 # wheel (.btwhl/, built by gpu_payload.sh) into /tmp/bt, and converts the two built-in GGUF models once into

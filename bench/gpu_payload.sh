@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build what bench/gpu_env.sh needs on the GPU machine (all git-ignored): .xfer/p0..pN (a: the missing wheels,
-# Unsloth's site tarball and SmolLM2's GGUF; b: Gemma-3's GGUF; each tar cut in 50 MB parts: a device call carries at most
+# Unsloth's site tarball and SmolLM2's GGUF; b: Gemma-3's GGUF; each tar cut in 60 MB parts: a device call carries at most
 # 64 MiB with the checkout) and .btwhl/ (this checkout's babeltune wheel; rebuild it before each GPU session).
 # Needs: scripts/setup.sh done, `bash ../shared/gpu/pack-unsloth.sh .gpu`, and the wheels in .whl/ (device README).
 set -euo pipefail
@@ -19,7 +19,7 @@ tar cf "$work/b.tar" -C "$work" gemma.gguf
 rm -rf .xfer && mkdir .xfer && : > bench/gpu_payload.sha256
 for p in a b; do
   sha256sum "$work/$p.tar" | sed "s#$work/##" >> bench/gpu_payload.sha256
-  split -b 50000000 -d -a 1 "$work/$p.tar" "$work/$p.part."
+  split -b 60000000 -d -a 1 "$work/$p.tar" "$work/$p.part."
   for f in "$work/$p".part.*; do mkdir -p ".xfer/$p${f##*.}" && mv "$f" ".xfer/$p${f##*.}/"; done
 done
 du -sh .xfer/*

@@ -63,8 +63,7 @@ def test_shipped_sample_gets_a_gpu_efficient_step_and_says_so(measure):
 def test_small_corpora_keep_enough_steps_without_single_row_steps(measure, name):
     """Issue 18: ~20 KB of text got 1 x 128 = 128 tokens per step to reach a fixed 200 steps. Now: rows per
     step from the step floor, and the reason names the corpus as what bound it. After the cpt length rule grew
-    rows to 256-512 tokens for context, the same corpora got one row per step again (mr.txt: 1 x 256, a
-    'too small' note): the length now grows only while the corpus fills the step floor with multi-row steps,
+    rows to 256-512 tokens for context, the same corpora got one row per step again: the length now grows only while the corpus fills the step floor with multi-row steps,
     and its reason says so."""
     lang = name.removesuffix(".txt")
     ctx, d = decide(measure(TEXT / name, lang))

@@ -73,16 +73,22 @@ def test_max_seq_length_covers_p95_and_reports_truncation():
 def test_cpt_length_reports_what_blocks_packing_cuts():
     # Blocks packing cuts the token stream every max_seq_length tokens wherever documents end: covering p95
     # keeps documents whole only one per row. The reason gives the simulated share; the length grows until
-    # at most 10% of tokens train without their document's start.
+    # at most 10% of tokens train without their document's start -- when the corpus fills the step floor with
+    # multi-row steps at that length (2M tokens do); 20k tokens stop the growth, and the reason says why.
     from babeltune.advisor.rules.sequence import MAX_CUT_CONTEXT, block_cuts
 
-    m = measurements(tokens_per_char=1.0)
+    m = measurements(tokens_per_char=1.0, total_tokens=2_000_000)
     _, decisions = decide(m)
     length = decisions["max_seq_length"].value
     assert length >= m.doc_tokens_percentiles["p95"] and length % 64 == 0
     crossed, cut = block_cuts(m.doc_token_lengths, length)
     assert cut <= MAX_CUT_CONTEXT
     assert f"{crossed:.0%} of documents cross a cut and {cut:.0%} of tokens" in decisions["max_seq_length"].reason
+    small = measurements(tokens_per_char=1.0)
+    _, decisions = decide(small)
+    length = decisions["max_seq_length"].value
+    assert block_cuts(small.doc_token_lengths, length)[1] > MAX_CUT_CONTEXT
+    assert f"not grown to {2 * length}: the corpus would give only" in decisions["max_seq_length"].reason
 
 
 def test_max_seq_length_capped_by_context_length():

@@ -17,12 +17,11 @@ from babeltune.advisor.rules.context import (
     SMALL_CORPUS_CHARS, THROUGHPUT_TABLE, UNSLOTH_CPT, RuleContext, floor_power_of_two, fmt_tokens,
 )
 from babeltune.advisor.rules.shapes import (
-    CPU, EOS_PER_DOCUMENT, RowPlan, device_label, eval_fraction, gpu_curve, planned_rows, steps_for,
+    CPU, EOS_PER_DOCUMENT, MIN_STEPS, RowPlan, device_label, eval_fraction, gpu_curve, planned_rows, steps_for,
 )
 from babeltune.advisor.types import Decision
 
 TARGET_STEPS = 200          # preferred optimizer steps when the corpus fills them at a GPU-efficient shape
-MIN_STEPS = 50              # heuristic floor: a warmup, a cosine decay and ~10 evaluations need this many steps
 EFFICIENT_SHARE = 0.5       # a step shape is GPU-efficient at >= this share of the measured peak tokens/s
 CPU_TOKENS_PER_STEP = 512   # CPU: tokens/s is flat in the batch size, so small steps (more updates per second)
 MAX_TOKENS_PER_STEP = {"cpt": 65_536, "sft": 32_768}

@@ -8,11 +8,16 @@ What the length means depends on the packing. cpt packs `blocks`: documents are 
 token stream is cut every max_seq_length tokens, wherever the cut falls, so covering the p95 document does
 *not* keep documents whole: a 63-token tweet crosses a 128-token cut about half the time. What matters for
 cpt is how many tokens train without the start of their own document (their context was cut away); the
-length grows until that share is small. sft keeps one example per row and truncates it: what matters is how
+length grows until that share is small -- but only while the corpus still fills the step floor with
+multi-row steps (see grow_for_context): for a small corpus, longer rows mean fewer rows, and a step of one row
+trains on one contiguous stretch of the token stream. sft keeps one example per row and truncates it: what matters is how
 many responses lose tokens, measured on what the trainer feeds (see sft.py).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -20,6 +25,7 @@ from babeltune.advisor.memory import minimum_gpu_gib
 from babeltune.advisor.rules.context import (
     FLASH, MIN_SEQ_LEN, PADDING_FREE, PETROV, QLORA, RuleContext, round_up, tokens_per_char_note,
 )
+from babeltune.advisor.rules.shapes import MIN_ROWS_PER_STEP, MIN_STEPS, blocks_plan
 from babeltune.advisor.types import Decision
 from babeltune.errors import BabeltuneError
 
@@ -64,11 +70,33 @@ def raise_nothing_fits(ctx: RuleContext) -> None:
         f"{need} GiB: {smallest.describe()}; use a smaller model or a GPU with >= {need} GiB)")
 
 
-def grow_for_context(lengths: list[int], length: int, limit: int) -> int:
-    """Double the block length while too many tokens train without their document's start."""
+@dataclass
+class Growth:
+    length: int
+    stopped_by_corpus: Optional[int] = None   # the doubled length the corpus could not fill, if that stopped it
+    rows_there: int = 0                       # training rows over all epochs at that doubled length
+
+
+def corpus_rows(ctx: RuleContext, block: int) -> int:
+    """Training rows over all planned epochs that blocks packing cuts at this block length."""
+    from babeltune.advisor.rules.schedule import planned_epochs
+
+    return blocks_plan(ctx, block).rows * planned_epochs(ctx)
+
+
+def grow_for_context(ctx: RuleContext, lengths: list[int], length: int, limit: int) -> Growth:
+    """Double the block length while too many tokens train without their document's start -- jointly with the
+    schedule: only while the corpus, cut at the doubled length, still gives MIN_STEPS optimizer steps of at
+    least MIN_ROWS_PER_STEP rows. The tokens per step are fixed by the corpus and the step floor whatever the
+    length; what the length changes is how many rows share them. Growing a ~20 KB corpus to 512-1024 tokens
+    left 40-80 rows for 50 steps: steps of one row (one contiguous stretch of the shuffled rows, the gradient
+    from one place of the corpus) or a corpus 'too small to be worth a run' that was not too small at 128."""
     while length * 2 <= min(limit, MAX_GROWN_SEQ_LEN) and block_cuts(lengths, length)[1] > MAX_CUT_CONTEXT:
+        rows = corpus_rows(ctx, length * 2)
+        if rows < MIN_STEPS * MIN_ROWS_PER_STEP:
+            return Growth(length, length * 2, rows)
         length *= 2
-    return length
+    return Growth(length)
 
 
 def rendered_examples(ctx: RuleContext):
@@ -91,7 +119,8 @@ def rule_max_seq_length(ctx: RuleContext) -> Decision:
     limit, limit_why = min(ctx.facts.context_length, MAX_ADVISED_SEQ_LEN), (
         f"context length {ctx.facts.context_length}" if ctx.facts.context_length <= MAX_ADVISED_SEQ_LEN
         else f"babeltune's cap {MAX_ADVISED_SEQ_LEN}")
-    wanted = grow_for_context(m.doc_token_lengths, covering, limit) if ctx.goal == "cpt" else covering
+    growth = grow_for_context(ctx, m.doc_token_lengths, covering, limit) if ctx.goal == "cpt" else Growth(covering)
+    wanted = growth.length
     length, capped = min(wanted, limit), (f"; capped by {limit_why}" if wanted > limit else "")
     while not smallest_config_fits(ctx, length):
         if length <= MIN_SEQ_LEN:
@@ -103,7 +132,10 @@ def rule_max_seq_length(ctx: RuleContext) -> Decision:
         return Decision(length, sft_note(examples, key, percentile, length, capped), [PETROV, QLORA])
     head = f"{key} = {percentile} tokens at {tokens_per_char_note(m)}{capped}"
     if ctx.goal == "cpt":
-        return Decision(length, f"{head}; {blocks_note(m.doc_token_lengths, length, covering)}", [PETROV])
+        note = blocks_note(m.doc_token_lengths, length, covering)
+        if growth.stopped_by_corpus and length == wanted:
+            note += corpus_stop_note(ctx, growth)
+        return Decision(length, f"{head}; {note}", [PETROV])
     share = m.truncated_share(length)
     return Decision(length, f"{head}; {share:.1%} of documents truncated at {length}", [PETROV])
 
@@ -127,6 +159,16 @@ def blocks_note(lengths: list[int], length: int, covering: int) -> str:
         note += (f" (at {covering}, which covers p95: {crossed0:.0%} and {cut0:.0%}; grown while "
                  f"> {MAX_CUT_CONTEXT:.0%})")
     return note
+
+
+def corpus_stop_note(ctx: RuleContext, growth: Growth) -> str:
+    """Why the length did not grow further although blocks still cut > MAX_CUT_CONTEXT: the corpus."""
+    from babeltune.advisor.rules.schedule import planned_epochs
+
+    epochs = planned_epochs(ctx)
+    return (f"; not grown to {growth.stopped_by_corpus}: the corpus would give only {growth.rows_there} rows of "
+            f"{growth.stopped_by_corpus} tokens over {epochs} epoch{'s' if epochs > 1 else ''}, fewer than "
+            f"{MIN_STEPS} steps x {MIN_ROWS_PER_STEP} rows (the step floor with multi-row steps)")
 
 
 def rule_packing(ctx: RuleContext) -> Decision:

@@ -19,6 +19,11 @@ from babeltune.advisor.rules.context import RuleContext
 
 REFERENCE_GPU = "h100"          # the GPU with the most measurements: the efficiency curve of an unnamed GPU
 CPU = "cpu"
+MIN_STEPS = 50                  # heuristic floor: a warmup, a cosine decay and ~10 evaluations need this many steps
+# heuristic: an optimizer step averages at least this many rows. A blocks row is one contiguous stretch of the
+# token stream (neighbouring documents of the file); the HF Trainer shuffles rows, so rows per step = places of
+# the corpus per gradient. The cpt length grows for context only while the corpus fills MIN_STEPS such steps.
+MIN_ROWS_PER_STEP = 8
 EOS_PER_DOCUMENT = 1            # trainer/data.py appends an EOS to every document (and sft example)
 
 
@@ -111,15 +116,21 @@ def rows_per_document(ctx: RuleContext, packing: str, block: int) -> float:
     return greedy_rows(lengths, block, split) / len(lengths)
 
 
+def blocks_plan(ctx: RuleContext, block: int) -> RowPlan:
+    """Rows per epoch that blocks packing cuts from the training split at this block length."""
+    documents = max(1, round(ctx.train_documents * (1 - eval_fraction())))   # what train keeps after data.dedup
+    tokens = round(ctx.train_tokens * (1 - eval_fraction())) + documents * EOS_PER_DOCUMENT
+    rows = max(1, tokens // block)
+    return RowPlan(documents, rows, min(tokens, rows * block), "blocks")
+
+
 def planned_rows(ctx: RuleContext) -> RowPlan:
-    m, block = ctx.measurements, ctx.value("max_seq_length")
-    packing = ctx.value("packing")
+    block, packing = ctx.value("max_seq_length"), ctx.value("packing")
+    if packing == "blocks":
+        return blocks_plan(ctx, block)
     keep = 1 - eval_fraction()
     documents = max(1, round(ctx.train_documents * keep))        # what train keeps after data.dedup
     tokens = round(ctx.train_tokens * keep) + documents * EOS_PER_DOCUMENT
-    if packing == "blocks":
-        rows = max(1, tokens // block)
-        return RowPlan(documents, rows, min(tokens, rows * block), packing)
     rows = max(1, math.ceil(documents * rows_per_document(ctx, packing, block)))
     return RowPlan(documents, rows, tokens, packing)
 

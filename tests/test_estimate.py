@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from babeltune.advisor.throughput import TABLE_PATH, load_table, shape_curve
+from babeltune.advisor.throughput import TABLE_PATH, load_table, shape_curve, table_gpu_for_device
 from babeltune.errors import BabeltuneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +39,15 @@ def test_shipped_table_reproduces_its_measurements_and_interpolates_between_them
                    r.packing == "blocks"), key=lambda r: r.tokens)
     assert curve.tokens_per_s(65_536) == curve.tokens_per_s(largest.tokens)   # flat beyond the largest measured shape
     assert curve.tokens_per_s(512) == pytest.approx(curve.tokens_per_s(1024) / 2)   # fixed cost per step below
+
+
+@pytest.mark.parametrize("driver_name, key", [
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H200", "h200"),
+    ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA A100-SXM4-40GB", "a100-40gb"), ("NVIDIA A10", "a10"),
+    ("NVIDIA GeForce RTX 4090", "rtx4090"), ("Tesla T4", "t4"), ("NVIDIA L40S", "l40s"), ("NVIDIA B200", None)])
+def test_driver_gpu_names_map_to_table_keys(driver_name, key):
+    """The name torch.cuda.get_device_name reports picks the table's GPU (bench/estimate_check.py uses it)."""
+    assert table_gpu_for_device(driver_name) == key
 
 
 def test_adding_a_record_is_all_it_takes(tmp_path):

@@ -12,7 +12,9 @@ tokens/s is reported as a share of it (target >= 50%). Targets: estimate within 
         [--time-budget-s 420] [--models smollm2-135m,gemma-3-270m] [--backends hf-peft,unsloth] [--ud hi,de]
     python bench/estimate_check.py --smoke --out /tmp/estimate_smoke.json     # tiny random model, CPU, < 2 min
 
-DIR holds Hugging Face folders named like the models (smollm2-135m/, gemma-3-270m/), real weights. The corpora:
+DIR holds Hugging Face folders named like the models (smollm2-135m/, gemma-3-270m/), real weights; where no
+weights can travel, --random-init builds the models from their real configs on the GPU instead (after
+`python bench/small_shapes.py prepare` here; Gemma's config then runs with SmolLM2's tokenizer). The corpora:
 the shipped sample (examples/data/marathi/train.txt) and the UD files named by --ud. Each (model, backend) runs in
 its own process (Unsloth patches transformers on import), in the order given, while the time budget lasts; the
 JSON is rewritten after every run (command, GPU, versions, then one row per run as it finishes).
@@ -314,6 +316,20 @@ def smoke_models(folder: Path) -> str:
     return "tiny-llama"
 
 
+def random_init_models(models: list[str]) -> Path:
+    """The models' real configs (``python bench/small_shapes.py prepare`` put them in .gpu/shapes with SmolLM2's
+    tokenizer), random-initialised in bf16 by small_shapes' make-model: no weights travel. Speed does not depend
+    on weight values; the loss curve (early stopping, the NaN guard) does, and the report says which ran."""
+    folder = Path(tempfile.mkdtemp(prefix="bt-estimate-models-"))
+    for model in models:
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "small_shapes.py"), "make-model", model,
+                               str(folder / model)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: make-model {model} failed: {proc.stderr.strip().splitlines()[-1:]}; "
+                             "run `python bench/small_shapes.py prepare` first")
+    return folder
+
+
 def detect_gpu() -> tuple[str, str]:
     """(driver name, throughput-table key); without a GPU (smoke run) the H100's key, for the harness only."""
     import torch
@@ -367,6 +383,8 @@ def parent(a: argparse.Namespace) -> None:
     else:
         models, backends = a.models.split(","), a.backends.split(",")
         corpora = [SAMPLE] + [(lang, a.corpora / f"{lang}.txt") for lang in a.ud.split(",") if lang]
+        if a.random_init:
+            a.models_dir = random_init_models(models)
         for _, path in corpora:
             if not path.is_file():
                 raise SystemExit(f"error: corpus {path} not found; pass --corpora DIR holding {path.name}")
@@ -374,7 +392,9 @@ def parent(a: argparse.Namespace) -> None:
             if not (a.models_dir / model / "config.json").is_file():
                 raise SystemExit(f"error: --models-dir {a.models_dir}: no {model}/config.json; put the HF folder there")
     gpu_name, gpu_key = detect_gpu()
-    report = {"command": " ".join(["python", *sys.argv]), "gpu": gpu_name, "gpu_table_key": gpu_key,
+    weights = "tiny random Llama" if a.smoke else \
+        "real configs random-initialised in bf16 (--random-init)" if a.random_init else "as found in --models-dir"
+    report = {"command": " ".join(["python", *sys.argv]), "gpu": gpu_name, "gpu_table_key": gpu_key, "weights": weights,
               "versions": versions(), "time_budget_s": a.time_budget_s, "models_dir": str(a.models_dir),
               "corpora": [str(path) for _, path in corpora], "reference_shape": list(a.reference),
               "targets": "estimate_over_measured within 0.75-1.25; share_of_reference >= 0.5",
@@ -410,6 +430,8 @@ def main() -> None:
     parser.add_argument("--reference-steps", type=int, default=REFERENCE_STEPS, help="timed steps of the reference")
     parser.add_argument("--startup-guess-s", type=float, default=STARTUP_GUESS_S,
                         help="seconds a run needs beyond its estimate (loads, reload check) before it may start")
+    parser.add_argument("--random-init", action="store_true",
+                        help="no weights: the models' real configs from .gpu/shapes, random-initialised on the GPU")
     parser.add_argument("--smoke", action="store_true", help="tiny random model on this CPU: proves the harness")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -420,8 +442,8 @@ def main() -> None:
     a = parser.parse_args()
     if a.child:
         return child(a)
-    if not a.smoke and a.models_dir is None:
-        parser.error("--models-dir is required (or --smoke)")
+    if not a.smoke and not a.random_init and a.models_dir is None:
+        parser.error("--models-dir is required (or --random-init, or --smoke)")
     if a.smoke and a.time_budget_s == parser.get_default("time_budget_s"):
         a.time_budget_s = 115
     parent(a)

@@ -122,6 +122,12 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def compare(model_dir: str, corpus: str, batch: int, seq: int, steps: int, lr: float, precision: str) -> dict:
     recorded = record_babeltune(model_dir, corpus, batch, seq, steps, lr, precision)
     bare = replay_bare(model_dir, recorded, lr, precision)
@@ -129,7 +135,12 @@ def compare(model_dir: str, corpus: str, batch: int, seq: int, steps: int, lr: f
              "bare_grad_norm": theirs[1], "loss_rel_diff": relative(ours[0], theirs[0]),
              "grad_norm_rel_diff": relative(ours[1], theirs[1])}
             for i, (ours, theirs) in enumerate(zip(recorded["curve"], bare))]
+    def first_nonfinite(side: str):
+        return next((r["step"] for r in rows if not (math.isfinite(r[f"{side}_loss"]) and
+                                                     math.isfinite(r[f"{side}_grad_norm"]))), None)
     return {"model": model_dir, "shape": f"{batch}x{seq}", "precision": precision, "lr": lr,
+            "device": "cuda" if _cuda() else "cpu",
+            "first_nonfinite_step": {"babeltune": first_nonfinite("babeltune"), "bare": first_nonfinite("bare")},
             "batch_keys": sorted(recorded["batches"][0]) if recorded["batches"] else [],
             "babeltune_error": recorded["error"], "steps": rows,
             "max_loss_rel_diff": max((r["loss_rel_diff"] for r in rows), default=None),
@@ -150,6 +161,8 @@ def main() -> None:
     result = compare(a.model, a.corpus, batch, seq, a.steps, a.lr, a.precision)
     text = json.dumps(result, indent=1)
     print(text)
+    print(json.dumps({k: result[k] for k in ("shape", "precision", "device", "first_nonfinite_step",
+                                              "max_loss_rel_diff", "max_grad_norm_rel_diff")}), file=sys.stderr)
     if a.out:
         a.out.write_text(text + "\n")
     sys.exit(0)

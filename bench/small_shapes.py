@@ -14,7 +14,14 @@ Run on the GPU machine from the repository root after `python bench/small_shapes
 
     python bench/small_shapes.py suite --out bench/results/small_shapes.json [--models smollm2-135m,gemma-3-270m]
         [--shapes 8x128,32x256,8x2048] [--stacks peft,liger,unsloth]
-    python bench/small_shapes.py profile --model smollm2-135m --shape 8x128     # where a step's time goes
+        [--time-budget-s S]     # no (model, stack) starts after S seconds; a running one is killed there
+        [--with-1b --steps-1b 8] # first: bench/gpu_bench.py's 1B / 8 x 2048 pairs (targets: unsloth >= 0.97x
+                                 # bare Unsloth, hf-peft with liger >= 1.6x bare transformers+peft)
+    python bench/small_shapes.py profile --model smollm2-135m --shape 8x128 [--stacks unsloth]   # where a step's time goes
+
+Stacks: peft, liger (babeltune hf-peft with liger on), unsloth, and unsloth-plain: an experiment, the unsloth
+backend's model with the core's HF Trainer instead of UnslothTrainer (TRL's SFTTrainer), to see whether the
+gap to bare Unsloth at small shapes is TRL's.
 
 Each result row: tokens/s over the timed steps (after warmup; one device sync at each end), seconds per optimizer
 step, peak GPU memory, and the babeltune/bare ratio. Targets (issue 12): babeltune >= 0.9x the bare loop on

@@ -79,9 +79,6 @@ def prepare() -> dict:
     tokenizer = AutoTokenizer.from_pretrained(smol)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     np.save(TOKENS, np.asarray(ids * 4, dtype=np.int32))
-    # the 1B rows (suite --with-1b) run bench/gpu_bench.py's own pairs, which read .gpu/tok and .gpu/tokens.npy
-    tokenizer.save_pretrained(GPU_BENCH_TOKENIZER)
-    np.save(GPU_BENCH_TOKENS, np.asarray(ids * 4, dtype=np.int32))
     return {"dir": str(SHAPES_DIR), "tokens": len(ids) * 4}
 
 
@@ -447,8 +444,16 @@ def rows_1b(work: Path, steps: int, warmup: int, left, save_to: dict, save) -> d
     sys.path.insert(0, str(GPU_BENCH.parent))
     import gpu_bench
 
-    if not (GPU_BENCH_TOKENS.is_file() and GPU_BENCH_TOKENIZER.is_dir()):
-        return {"error": f"{GPU_BENCH_TOKENS} / {GPU_BENCH_TOKENIZER} missing: run `python bench/small_shapes.py prepare`"}
+    if not TOKENS.is_file():
+        return {"error": f"{TOKENS} missing: run `python bench/small_shapes.py prepare` and carry .gpu"}
+    # gpu_bench.py reads .gpu/tokens.npy and .gpu/tok: the same SmolLM2 tokens and tokenizer as the shapes (copied
+    # here on the GPU machine rather than carried twice)
+    if not GPU_BENCH_TOKENS.is_file():
+        shutil.copy(TOKENS, GPU_BENCH_TOKENS)
+    if not GPU_BENCH_TOKENIZER.is_dir():
+        GPU_BENCH_TOKENIZER.mkdir(parents=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(SHAPES_DIR / "smollm2-135m" / name, GPU_BENCH_TOKENIZER / name)
     model = str(work / "llama-1b")
     warmup = 3   # as the committed 1B rows (bench/results/gpu_throughput.json)
     common = ["--batch", "8", "--seq", "2048", "--steps", str(steps), "--warmup", str(warmup)]

@@ -99,6 +99,31 @@ class ThroughputTable(Strict):
                              "pass the nearest one, and --gpu-memory for its memory")
 
 
+def _squeezed(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def table_gpu_for_device(device_name: str, table: Optional[ThroughputTable] = None) -> Optional[str]:
+    """The table key of a GPU as the driver names it (``torch.cuda.get_device_name``: "NVIDIA H100 80GB HBM3",
+    "NVIDIA A100-SXM4-40GB", "NVIDIA H100 PCIe"), or None when the table has no such GPU. A memory size in the
+    name picks the variant of that size (a100-40gb); otherwise the longest key or alias found in the name wins
+    (a100 before a10, h100-pcie before h100)."""
+    import re
+
+    table = table or load_table()
+    name = _squeezed(device_name)
+    best: Optional[tuple[int, int, str]] = None
+    for key, spec in table.gpus.items():
+        raw = [key, *spec.aliases]
+        # "a100-40gb" is also an "a100"
+        labels = {_squeezed(label) for label in raw} | {_squeezed(re.sub(r"[-_ ]\d+gb?$", "", label)) for label in raw}
+        found = [len(label) for label in labels if label and label in name]
+        if found:
+            rank = (100 * (f"{spec.memory_gib:g}gb" in name) + max(found), -len(key), key)
+            best = max(best, rank) if best else rank
+    return best[2] if best else None
+
+
 def load_table(path: Optional[str | Path] = None) -> ThroughputTable:
     """Read and validate a throughput table (default: the one shipped in the package)."""
     return _load(str(path or TABLE_PATH))

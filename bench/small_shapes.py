@@ -14,7 +14,14 @@ Run on the GPU machine from the repository root after `python bench/small_shapes
 
     python bench/small_shapes.py suite --out bench/results/small_shapes.json [--models smollm2-135m,gemma-3-270m]
         [--shapes 8x128,32x256,8x2048] [--stacks peft,liger,unsloth]
-    python bench/small_shapes.py profile --model smollm2-135m --shape 8x128     # where a step's time goes
+        [--time-budget-s S]     # no (model, stack) starts after S seconds; a running one is killed there
+        [--with-1b --steps-1b 8] # first: bench/gpu_bench.py's 1B / 8 x 2048 pairs (targets: unsloth >= 0.97x
+                                 # bare Unsloth, hf-peft with liger >= 1.6x bare transformers+peft)
+    python bench/small_shapes.py profile --model smollm2-135m --shape 8x128 [--stacks unsloth]   # where a step's time goes
+
+Stacks: peft, liger (babeltune hf-peft with liger on), unsloth, and unsloth-plain: an experiment, the unsloth
+backend's model with the core's HF Trainer instead of UnslothTrainer (TRL's SFTTrainer), to see whether the
+gap to bare Unsloth at small shapes is TRL's.
 
 Each result row: tokens/s over the timed steps (after warmup; one device sync at each end), seconds per optimizer
 step, peak GPU memory, and the babeltune/bare ratio. Targets (issue 12): babeltune >= 0.9x the bare loop on
@@ -39,6 +46,8 @@ SHAPES_DIR = REPO / ".gpu" / "shapes"
 CORPUS = SHAPES_DIR / "corpus.txt"
 TOKENS = SHAPES_DIR / "tokens.npy"
 ARCHS = ("smollm2-135m", "gemma-3-270m")
+GPU_BENCH = Path(__file__).resolve().with_name("gpu_bench.py")
+GPU_BENCH_TOKENS, GPU_BENCH_TOKENIZER = REPO / ".gpu" / "tokens.npy", REPO / ".gpu" / "tok"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # What `advise` writes for these corpora (r 8, rsLoRA alpha 32, all 7 projections); dropout 0 so that
 # Unsloth takes its fast path and every pair trains the same adapter.
@@ -213,6 +222,13 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
     from babeltune.trainer.run import run_training
     from transformers import TrainerCallback
     work = Path(tempfile.mkdtemp(prefix="bt-shapes-"))
+    if backend == "unsloth-plain":   # experiment: Unsloth's model and patches, the core's HF Trainer (no TRL)
+        from babeltune.plugins import unsloth as unsloth_plugin
+        unsloth_plugin.UnslothBackend.trainer_class = lambda self: None
+        backend = "unsloth"
+        plain = True
+    else:
+        plain = False
     from babeltune.config import apply_overrides
     raw = babeltune_config(model_dir, backend, batch, seq, steps + warmup + profile_steps, work, liger)
     config = validate_config(apply_overrides(raw, list(sets)) if sets else raw)
@@ -248,7 +264,8 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
     curve = [(r.get("step"), r.get("loss"), r.get("grad_norm")) for r in map(json.loads, metrics.read_text().splitlines())
              if "loss" in r] if metrics.is_file() else []
     result["curve"] = curve[:12] + curve[-3:]
-    return {"stack": f"babeltune train --backend {backend}" + (f" (liger {liger})" if backend == "hf-peft" else ""),
+    return {"stack": f"babeltune train --backend {backend}" + (f" (liger {liger})" if backend == "hf-peft" else "")
+            + (" with the core's HF Trainer instead of UnslothTrainer" if plain else ""),
             **result, "last_loss": run.final_loss, "notes": notes[:25]}
 
 
@@ -275,12 +292,18 @@ def profiler_stop(prof, steps: int) -> dict:
                               "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1e3 / steps, 2)} for e in top]}
 
 
-def bare_peft_profile(model_dir: str, batch: int, seq: int, steps: int) -> dict:
+def bare_profile(model_dir: str, batch: int, seq: int, steps: int, stack: str = "peft") -> dict:
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": device()})
-    model = get_peft_model(model, LoraConfig(target_modules=LORA_TARGETS, task_type="CAUSAL_LM", **LORA))
+    if stack == "unsloth":
+        from unsloth import FastLanguageModel  # noqa: first, so it patches transformers
+        model, _ = FastLanguageModel.from_pretrained(model_dir, max_seq_length=seq, dtype=torch.bfloat16, load_in_4bit=False)
+        model = FastLanguageModel.get_peft_model(model, target_modules=LORA_TARGETS, bias="none", random_state=3407,
+                                                 use_gradient_checkpointing=False, **LORA)
+    else:
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": device()})
+        model = get_peft_model(model, LoraConfig(target_modules=LORA_TARGETS, task_type="CAUSAL_LM", **LORA))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     timed_loop(model, batch, seq, 3, 2, optimizer, True)
     prof = profiler_start()
@@ -295,9 +318,9 @@ def pairs(stack: str, model_dir: str, shapes: list[str], steps: int, warmup: int
     rows = {}
     for shape in shapes:
         batch, seq = (int(x) for x in shape.split("x"))
-        bare = (bare_unsloth if stack == "unsloth" else bare_peft)(model_dir, batch, seq, steps, warmup)
+        bare = (bare_unsloth if stack.startswith("unsloth") else bare_peft)(model_dir, batch, seq, steps, warmup)
         empty_cache()
-        backend, liger = ("unsloth", False) if stack == "unsloth" else ("hf-peft", stack == "liger")
+        backend, liger = (stack, False) if stack.startswith("unsloth") else ("hf-peft", stack == "liger")
         ours = babeltune_run(model_dir, backend, batch, seq, steps, warmup, liger)
         rows[shape] = {"bare": bare, "babeltune": ours, "ratio": ratio(ours, bare)}
         print(json.dumps({"shape": shape, "stack": stack, "ratio": rows[shape]["ratio"]}), file=sys.stderr, flush=True)
@@ -319,6 +342,8 @@ def child_main(argv: list[str]) -> None:
     parser.add_argument("--liger", default="false")
     parser.add_argument("--set", action="append", default=[])
     a = parser.parse_args(argv)
+    if "unsloth" in {a.cmd == "pairs" and a.arg.split("-")[0], str(a.extra).split("-")[0]}:
+        import unsloth  # noqa: F401 - first, so it patches transformers before anything imports it
     batch, seq = (int(x) for x in a.shape.split("x"))
     liger = {"true": True, "false": False}.get(a.liger, a.liger)
     if a.cmd == "pairs":
@@ -334,14 +359,17 @@ def child_main(argv: list[str]) -> None:
     elif a.cmd == "profile-babeltune":
         result = babeltune_run(a.arg, a.extra, batch, seq, a.steps, a.warmup, liger, profile_steps=5)
     else:
-        result = bare_peft_profile(a.arg, batch, seq, 5)
+        result = bare_profile(a.arg, batch, seq, 5, a.extra or "peft")
     print(json.dumps(result))
 
 
 def run_child(args: list[str], timeout: int = 420) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "UNSLOTH_DISABLE_STATISTICS": "1"}
     started = time.time()
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"killed after {timeout} s (time budget)", "args": args}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": f"exit {proc.returncode}", "args": args, "stderr_tail": proc.stderr[-1500:]}
@@ -356,25 +384,51 @@ def ratio(a: dict, b: dict):
     return round(a["tokens_per_s"] / b["tokens_per_s"], 3) if "tokens_per_s" in a and "tokens_per_s" in b else None
 
 
-def suite(out_path: Path, archs: list[str], shapes: list[str], stacks: dict, steps: int, warmup: int) -> dict:
-    """``stacks``: model -> the stacks to compare on it ("*" for every model)."""
+def gpu_label() -> str:
     import torch
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (smoke run)"
+
+
+STACK_ORDER = ("peft", "unsloth", "liger", "unsloth-plain")
+
+
+def suite(out_path: Path, archs: list[str], shapes: list[str], stacks: dict, steps: int, warmup: int,
+          budget_s: float = 1e9, with_1b: bool = False, steps_1b: int = 8) -> dict:
+    """``stacks``: model -> the stacks to compare on it ("*" for every model). Each (model, stack) starts only
+    while ``budget_s`` lasts (skipped ones are listed); ``with_1b`` first re-checks the 1B / 8 x 2048 rows."""
+    deadline = time.time() + budget_s
     work = Path(tempfile.mkdtemp(prefix="bt-shape-models-"))
-    report = {"command": " ".join(["python", *sys.argv]), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (smoke run)", "versions": versions(),
+    report = {"command": " ".join(["python", *sys.argv]), "gpu": gpu_label(), "versions": versions(),
               "weights": "real configs of the built-ins, random-initialised in bf16 (speed does not depend on weight values)",
               "adapter": {**LORA, "target_modules": LORA_TARGETS}, "optimizer": "torch AdamW, clip 1.0, bf16 autocast",
-              "steps": steps, "warmup": warmup, "models": {}, "results": []}
+              "steps": steps, "warmup": warmup, "time_budget_s": budget_s, "models": {}, "results": [], "skipped": []}
 
     def save():
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(report, indent=2) + "\n")
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, out_path)
+
+    def left() -> float:
+        return deadline - time.time()
+    if with_1b:
+        report["rows_1b"] = rows_1b(work, steps_1b, warmup, left, save_to=report, save=save)
     for arch in archs:
         model_dir = str(work / arch)
-        report["models"][arch] = run_child(["make-model", arch, model_dir])
+        wanted = [x for x in STACK_ORDER if x in stacks.get(arch, stacks.get("*", set()))]
+        if left() < 60:
+            report["skipped"] += [{"model": arch, "stack": x, "why": "time budget spent"} for x in wanted]
+            save()
+            continue
+        report["models"][arch] = run_child(["make-model", arch, model_dir], timeout=int(max(30, left())))
         save()
-        for stack in [x for x in ("peft", "unsloth", "liger") if x in stacks.get(arch, stacks.get("*", set()))]:
+        for stack in wanted:
+            if left() < 60:
+                report["skipped"].append({"model": arch, "stack": stack, "why": "time budget spent"})
+                save()
+                continue
             rows = run_child(["pairs", stack, model_dir, "--shapes", ",".join(shapes), "--steps", str(steps),
-                              "--warmup", str(warmup)])
+                              "--warmup", str(warmup)], timeout=int(max(30, left())))
             if "error" in rows:
                 report["results"].append({"model": arch, "stack": stack, "error": rows})
             for shape in shapes:
@@ -382,6 +436,46 @@ def suite(out_path: Path, archs: list[str], shapes: list[str], stacks: dict, ste
                     report["results"].append({"model": arch, "shape": shape, "stack": stack, **rows[shape]})
             save()
     return report
+
+
+def rows_1b(work: Path, steps: int, warmup: int, left, save_to: dict, save) -> dict:
+    """bench/gpu_bench.py's own 1B / 8 x 2048 pairs (its bare loops, checkpointing, LoRA r16), the rows the
+    README's targets name: unsloth >= 0.97x bare Unsloth, hf-peft (liger) >= 1.6x bare transformers+peft."""
+    sys.path.insert(0, str(GPU_BENCH.parent))
+    import gpu_bench
+
+    if not TOKENS.is_file():
+        return {"error": f"{TOKENS} missing: run `python bench/small_shapes.py prepare` and carry .gpu"}
+    # gpu_bench.py reads .gpu/tokens.npy and .gpu/tok: the same SmolLM2 tokens and tokenizer as the shapes (copied
+    # here on the GPU machine rather than carried twice)
+    if not GPU_BENCH_TOKENS.is_file():
+        shutil.copy(TOKENS, GPU_BENCH_TOKENS)
+    if not GPU_BENCH_TOKENIZER.is_dir():
+        GPU_BENCH_TOKENIZER.mkdir(parents=True)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(SHAPES_DIR / "smollm2-135m" / name, GPU_BENCH_TOKENIZER / name)
+    model = str(work / "llama-1b")
+    warmup = 3   # as the committed 1B rows (bench/results/gpu_throughput.json)
+    common = ["--batch", "8", "--seq", "2048", "--steps", str(steps), "--warmup", str(warmup)]
+    res: dict = {"steps": steps, "warmup": warmup}
+    save_to["rows_1b"] = res
+    plan = [("model", ["make-model", "1b", model]),
+            ("unsloth_bare", ["bare-unsloth", model, *common]), ("unsloth_babeltune", ["babeltune", model, "unsloth", *common]),
+            ("peft_bare", ["bare-peft", model, *common]), ("peft_babeltune_fast", ["babeltune", model, "hf-peft", *common])]
+    for key, args in plan:
+        if left() < 45:
+            res[key] = {"skipped": "time budget spent"}
+        else:
+            started = time.time()
+            try:
+                res[key] = {**gpu_bench.run_child(args, timeout=int(max(30, left())), script=str(GPU_BENCH)),
+                            "process_s": round(time.time() - started, 1)}
+            except subprocess.TimeoutExpired:
+                res[key] = {"error": "killed at the time budget"}
+        res["unsloth_speed_ratio"] = gpu_bench.ratio(res.get("unsloth_babeltune", {}), res.get("unsloth_bare", {}))
+        res["fast_path_speedup_vs_bare"] = gpu_bench.ratio(res.get("peft_babeltune_fast", {}), res.get("peft_bare", {}))
+        save()
+    return res
 
 
 def main() -> None:
@@ -398,6 +492,9 @@ def main() -> None:
     parser.add_argument("--stacks-for", action="append", default=[], help="MODEL=stack,stack for one model")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--time-budget-s", type=float, default=1e9, help="start no (model, stack) after this long")
+    parser.add_argument("--with-1b", action="store_true", help="first re-check the 1B / 8x2048 rows (gpu_bench.py pairs)")
+    parser.add_argument("--steps-1b", type=int, default=8)
     a = parser.parse_args()
     if a.cmd == "prepare":
         print(json.dumps(prepare()))
@@ -406,12 +503,16 @@ def main() -> None:
         for item in a.stacks_for:   # e.g. gemma-3-270m=peft,unsloth
             arch, _, names = item.partition("=")
             stacks[arch] = set(names.split(","))
-        suite(a.out, a.models.split(","), a.shapes.split(","), stacks, a.steps, a.warmup)
+        suite(a.out, a.models.split(",") if a.models else [], a.shapes.split(","), stacks, a.steps, a.warmup,
+              a.time_budget_s, a.with_1b, a.steps_1b)
     else:
         model_dir = str(Path(tempfile.mkdtemp(prefix="bt-prof-")) / a.model)
         run_child(["make-model", a.model, model_dir])
-        result = {"bare": run_child(["profile-bare", model_dir, "--shape", a.shape]),
-                  "babeltune": run_child(["profile-babeltune", model_dir, "hf-peft", "--shape", a.shape, "--steps", "5"])}
+        stack = "unsloth" if a.stacks == "unsloth" else "peft"
+        result = {"stack": stack, "shape": a.shape, "gpu": gpu_label(),
+                  "bare": run_child(["profile-bare", model_dir, stack, "--shape", a.shape]),
+                  "babeltune": run_child(["profile-babeltune", model_dir, "unsloth" if stack == "unsloth" else "hf-peft",
+                                          "--shape", a.shape, "--steps", "5"])}
         text = json.dumps(result, indent=1)
         print(text)
         if a.out:

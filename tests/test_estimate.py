@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from babeltune.advisor.throughput import TABLE_PATH, load_table, shape_curve
+from babeltune.advisor.throughput import TABLE_PATH, load_table, shape_curve, table_gpu_for_device
 from babeltune.errors import BabeltuneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,16 +29,29 @@ def table_with(tmp_path, *records) -> Path:
 
 
 def test_shipped_table_reproduces_its_measurements_and_interpolates_between_them():
+    for backend in ("hf-peft", "unsloth"):   # each backend's curve reproduces its own measured records
+        own = shape_curve(load_table(), "h100", SMOLLM2_PARAMS, backend=backend)
+        records = [r for r in load_table().records if r.gpu == "h100" and r.packing == "blocks"
+                   and r.params == SMOLLM2_PARAMS and r.backend == backend]
+        assert records
+        for record in records:
+            assert own.tokens_per_s(record.tokens) == pytest.approx(record.tokens_per_s)
     curve = shape_curve(load_table(), "h100", SMOLLM2_PARAMS)
-    for record in load_table().records:
-        if record.gpu == "h100" and record.packing == "blocks" and record.params == SMOLLM2_PARAMS:
-            assert curve.tokens_per_s(record.tokens) == pytest.approx(record.tokens_per_s)
     between = curve.tokens_per_s(4096)
     assert curve.tokens_per_s(1024) < between < curve.tokens_per_s(8192)
     largest = max((r for r in load_table().records if r.gpu == "h100" and r.params == SMOLLM2_PARAMS and
                    r.packing == "blocks"), key=lambda r: r.tokens)
     assert curve.tokens_per_s(65_536) == curve.tokens_per_s(largest.tokens)   # flat beyond the largest measured shape
     assert curve.tokens_per_s(512) == pytest.approx(curve.tokens_per_s(1024) / 2)   # fixed cost per step below
+
+
+@pytest.mark.parametrize("driver_name, key", [
+    ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H200", "h200"),
+    ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA A100-SXM4-40GB", "a100-40gb"), ("NVIDIA A10", "a10"),
+    ("NVIDIA GeForce RTX 4090", "rtx4090"), ("Tesla T4", "t4"), ("NVIDIA L40S", "l40s"), ("NVIDIA B200", None)])
+def test_driver_gpu_names_map_to_table_keys(driver_name, key):
+    """The name torch.cuda.get_device_name reports picks the table's GPU (bench/estimate_check.py uses it)."""
+    assert table_gpu_for_device(driver_name) == key
 
 
 def test_adding_a_record_is_all_it_takes(tmp_path):

@@ -334,7 +334,10 @@ def environment(args) -> dict:
     return {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                         "python": sys.version.split()[0], "babeltune_commit": commit or None},
+                         "python": sys.version.split()[0],
+                         "babeltune_commit": commit or os.environ.get("BABELTUNE_COMMIT") or None},
+            # >1 when bench/parallel.sh ran cells side by side on one GPU: wall times include the others' share
+            "concurrent_processes": int(os.environ.get("BENCH_CONCURRENT_PROCESSES", "1")),
             "test_split": f"seeded {TEST_SHARE:.0%} of the documents (seed {SPLIT_SEED}), at most {args.max_test_docs}",
             "english": f"{args.english} (first {args.english_docs} documents)", "cells": {}}
 

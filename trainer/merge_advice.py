@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 from babeltune.errors import BabeltuneError
 from babeltune.trainer.merge import (DEFAULT_DENSITY, MERGED, METHODS, PRUNING, SAME_RANK, MergeEval, MergeSpec,
-                                     add_merged, base_model_dir, check_compatible, eval_rows, load_inputs,
-                                     read_eval_texts, read_inputs, reference_scores, score_all)
+                                     add_merged, base_model_dir, check_compatible, eval_rows, input_name, load_inputs,
+                                     merge_spec, read_eval_texts, read_inputs, reference_scores, score_all)
 
 DEFAULT_WITHIN = 5.0   # percent of the own adapter's bits/char
 
@@ -42,13 +42,17 @@ class MergeAdvice:
             return ["merge: no evaluated language has an adapter of its own, so nothing can be judged; give --eval "
                     "LANG=FILE for the languages of the --adapter options"]
         shown = "; ".join(_row_text(row) for row in best.rows if row.own is not None)
+        notes = [f"note: {row.language}: {self.within:g}% of its own adapter's bits/char ({row.own * self.within / 100:.3f}) "
+                 f"is more than the adapter's gain over the base ({row.base - row.own:.3f}), so a merge that kept none "
+                 "of the gain would pass; lower --within" for row in best.rows
+                 if row.own is not None and row.own * self.within / 100 >= row.base - row.own]
         tried = f"best of {len(self.candidates)} merges measured on {_documents(self.documents)}"
         if self.passed:
             return [f"merge = {best.spec.describe()}: keeps every language within {self.within:g}% of its own "
-                    f"adapter's bits/char: {shown} ({tried})"]
+                    f"adapter's bits/char: {shown} ({tried})"] + notes
         return [f"merge: none of {len(self.candidates)} merges keeps every language within {self.within:g}% of its own "
                 f"adapter; the closest is {best.spec.describe()}: {shown}; keep one adapter per language, or train "
-                "one adapter on the mixed corpus"]
+                "one adapter on the mixed corpus"] + notes
 
     def to_dict(self) -> dict:
         best = self.best
@@ -58,17 +62,20 @@ class MergeAdvice:
 
 
 def _row_text(row) -> str:
-    return f"{row.language} {row.vs_own_percent:+.2f}% ({row.merged:.3f} vs {row.own:.3f} bits/char, base {row.base:.3f})"
+    kept = "" if row.gain_kept_percent is None else f", {row.gain_kept_percent:.0f}% of its gain kept"
+    return (f"{row.language} {row.vs_own_percent:+.2f}% ({row.merged:.3f} vs {row.own:.3f} bits/char, base "
+            f"{row.base:.3f}{kept})")
 
 
 def _documents(documents: dict[str, int]) -> str:
     return ", ".join(f"{count:,} {language} documents" for language, count in documents.items())
 
 
-def candidate_specs(count: int, ranks_equal: bool, seed: int = 0) -> tuple[list[MergeSpec], list[str]]:
+def candidate_specs(count: int, ranks_equal: bool, seed: int = 0,
+                    methods: tuple[str, ...] = METHODS) -> tuple[list[MergeSpec], list[str]]:
     """The grid, and the candidates left out (methods that need one rank when the ranks differ)."""
     specs, skipped = [], []
-    for method in METHODS:
+    for method in methods:
         if method in SAME_RANK and not ranks_equal:
             skipped.append(f"{method}: needs adapters of one rank")
             continue
@@ -80,7 +87,10 @@ def candidate_specs(count: int, ranks_equal: bool, seed: int = 0) -> tuple[list[
 
 def advise_merge(adapters: dict[str, str], evals: dict[str, str], *, within: float = DEFAULT_WITHIN,
                  model_spec: Optional[str] = None, max_documents: Optional[int] = None, max_length: int = 1024,
-                 batch_size: int = 4, seed: int = 0, echo: Callable[[str], None] = print) -> MergeAdvice:
+                 batch_size: int = 4, seed: int = 0, methods: tuple[str, ...] = METHODS,
+                 echo: Callable[[str], None] = print) -> MergeAdvice:
+    for method in methods:
+        merge_spec(method, None, None, len(adapters))   # an unknown name is one line before anything loads
     missing = [label for label in adapters if label not in evals]
     if missing:
         raise BabeltuneError(f"--eval: no held-out text for {', '.join(missing)}; advise --merge compares every "
@@ -89,7 +99,7 @@ def advise_merge(adapters: dict[str, str], evals: dict[str, str], *, within: flo
     check_compatible(inputs, MergeSpec("cat", (1.0,) * len(inputs)))   # base, tokenizer, modules; ranks below
     model_dir = base_model_dir(inputs, model_spec, warn=echo)
     texts = read_eval_texts(evals, max_documents, echo)
-    specs, skipped = candidate_specs(len(inputs), len({item.rank for item in inputs}) == 1, seed)
+    specs, skipped = candidate_specs(len(inputs), len({item.rank for item in inputs}) == 1, seed, methods)
     model, tokenizer = load_inputs(inputs, model_dir)
     kwargs = {"max_length": max_length, "batch_size": batch_size}
     reference = reference_scores(model, tokenizer, texts, [item.label for item in inputs], echo, kwargs)
@@ -98,6 +108,7 @@ def advise_merge(adapters: dict[str, str], evals: dict[str, str], *, within: flo
         echo(f"advise --merge: [{index}/{len(specs)}] {spec.describe()}")
         add_merged(model, len(inputs), spec, name=MERGED)
         merged = score_all(model, tokenizer, texts, {"merged": MERGED}, **kwargs)["merged"]
+        model.set_adapter(input_name(0))   # the merged one is deleted for the next candidate
         model.delete_adapter(MERGED)
         advice.candidates.append(MergeEval(spec, eval_rows(reference["base"], reference["own"], merged)))
     return advice

@@ -103,9 +103,11 @@ def merge_command(adapter_options, model_spec, max_documents, max_length, batch_
 @click.option("--within", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="PERCENT",
               help="A merge passes when every language's bits/char is at most this much above its own adapter's.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for dare_ties.")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="Try only these methods (repeatable; default: linear, cat, ties, dare_ties, svd).")
 @handle_errors
 def advise_merge_command(adapter_options, model_spec, max_documents, max_length, batch_size, as_json,
-                         trust_remote_code, eval_options, within, seed):
+                         trust_remote_code, eval_options, within, seed, methods):
     """Try each merge method with weights 1 and 1/n, measure bits/char per language, and advise the merge whose
     worst language stays closest to its own adapter (passing when within --within percent)."""
     from babeltune.trainer.merge import parse_pairs
@@ -118,7 +120,8 @@ def advise_merge_command(adapter_options, model_spec, max_documents, max_length,
 
     with allow_remote_code(trust_remote_code), quiet_libraries():
         advice = advise_merge(adapters, evals, within=within, model_spec=model_spec, max_documents=max_documents,
-                              max_length=max_length, batch_size=batch_size, seed=seed, echo=_echo_stderr)
+                              max_length=max_length, batch_size=batch_size, seed=seed, echo=_echo_stderr,
+                              **({"methods": tuple(methods)} if methods else {}))
     if as_json:
         import json
 

@@ -208,12 +208,12 @@ def base_model_dir(inputs: list[AdapterInput], model_spec: Optional[str], warn: 
 
 
 def _trained_model_name(item: AdapterInput) -> Optional[str]:
-    import yaml
+    from babeltune.config import read_yaml
 
     path = item.folder / "babeltune_config.yaml"
     if not path.is_file():
         return None
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = read_yaml(path)   # babeltune's one YAML loader (limits, no aliases)
     name = (data.get("model") or {}).get("name") if isinstance(data, dict) else None
     return name if isinstance(name, str) else None
 

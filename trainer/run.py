@@ -140,7 +140,7 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
         gradient_checkpointing=tr.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if tr.gradient_checkpointing else None,
         seed=tr.seed, data_seed=tr.seed, bf16=runtime.precision == "bf16", fp16=runtime.precision == "fp16",
-        use_cpu=runtime.device == "cpu", report_to="none", disable_tqdm=True, remove_unused_columns=False,
+        use_cpu=runtime.device == "cpu", report_to=tr.report_to, disable_tqdm=True, remove_unused_columns=False,
         label_names=["labels"], include_num_input_tokens_seen=True, dataloader_num_workers=0,
         load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,

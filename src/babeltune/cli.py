@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "eval": ("babeltune.trainer.evaluate_cli:eval_command", "Bits per character per language, before and after an adapter."),
     "models": ("babeltune.models.cli:models", "Built-in models and named tokenizers (offline)."),
     "plugins": ("babeltune.trainer.plugins_cli:plugins_command", "List training backends and the plugins that provide them."),
+    "merge": ("babeltune.trainer.merge_cli:merge_command", "One LoRA adapter for several languages (PEFT add_weighted_adapter), measured per language."),
     "demo": ("babeltune.demo:demo", "advise -> train -> eval on the shipped Marathi sample and SmolLM2-135M."),
 }
 

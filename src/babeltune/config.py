@@ -156,6 +156,20 @@ class TrainingConfig(Section):
     max_nonfinite_losses: int = Field(3, ge=1, le=MAX_COUNT, description="NaN guard: stop after this many optimizer steps with a non-finite loss (the last good checkpoint is kept).")
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="With train --gpus N: ddp = a full copy of the model on every GPU; fsdp = the frozen base weights sharded over the GPUs (PyTorch FSDP2), for models that do not fit one GPU.")
+    report_to: Union[Literal["none"], list[str]] = Field(
+        "none", description="Logging integrations the HF Trainer reports to, e.g. [tensorboard] or [wandb, mlflow] (each must be installed); none = only babeltune's own metrics.jsonl and loss.png, which are written either way.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _integration_list(cls, value):
+        # one name may be given as a string; an empty list means none
+        if isinstance(value, str) and value != "none":
+            value = [value]
+        if isinstance(value, list) and not value:
+            return "none"
+        if value == "none" or (isinstance(value, list) and all(isinstance(v, str) and v and v != "none" for v in value)):
+            return value
+        raise ValueError("expected none or a list of integration names, e.g. [tensorboard]")
 
     @model_validator(mode="after")
     def _one_length(self):
@@ -408,6 +422,32 @@ def _context_problems(data: Any) -> list[str]:
     return []
 
 
+# pip package of each HF Trainer integration whose name differs from it
+INTEGRATION_PACKAGES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte": "flytekit", "kubeflow": "kfp"}
+
+
+def report_to_problems(report_to: Union[str, list[str]]) -> list[str]:
+    """training.report_to: every name must be an integration the installed transformers knows and is installed
+    (transformers is imported only when a name is set, so the default costs nothing)."""
+    if report_to == "none":
+        return []
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    known, available = sorted(INTEGRATION_TO_CALLBACK), set(get_available_reporting_integrations())
+    problems = []
+    for name in report_to:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(one_line(f"training.report_to: {name!r} is not an integration of the HF Trainer; {hint}"
+                                     f"use one of {', '.join(known)}, or none"))
+        elif name not in available:
+            package = INTEGRATION_PACKAGES.get(name, name)
+            problems.append(one_line(f"training.report_to: {name} is not installed; pip install {package} "
+                                     "(or remove it from training.report_to)"))
+    return problems
+
+
 def option_problems(options_model: type[BaseModel], options: Any, backend: str) -> tuple[Optional[BaseModel], list[str]]:
     """``backend.options`` validated against a backend's Options model: (the typed options, []) or
     (None, one ``backend.options.key: message`` line per problem)."""
@@ -432,6 +472,8 @@ def validate_config(data: dict, source: str = "config", options_model: Optional[
     except ValidationError as exc:
         lines += error_lines(exc, TrainConfig)
     lines += _context_problems(data)
+    if config is not None:
+        lines += report_to_problems(config.training.report_to)
     if options_model is not None:
         section = data.get("backend") if isinstance(data, dict) else None
         options = section.get("options") if isinstance(section, dict) else None

@@ -58,6 +58,20 @@ def translate_config(config: "TrainConfig") -> dict[str, Any]:
     return {"from_pretrained": from_pretrained, "get_peft_model": get_peft_model, "training_args": training_args}
 
 
+def vocab_peft_args(get_peft_model, model, extension) -> dict[str, Any]:
+    """get_peft_model arguments that train the new rows: PEFT's trainable_token_indices where this Unsloth passes it
+    on, else embed_tokens/lm_head in full (modules_to_save). Not run here: this machine has no GPU."""
+    import inspect
+
+    from babeltune.plugins import common
+    from babeltune.trainer.vocab import peft_token_indices
+
+    parameters = inspect.signature(get_peft_model).parameters
+    if "trainable_token_indices" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return {"trainable_token_indices": peft_token_indices(model, extension, common.tied_embeddings(model))}
+    return {"modules_to_save": ["embed_tokens", "lm_head"]}
+
+
 def unsupported(config: "TrainConfig") -> list[str]:
     """Config values Unsloth's fast path cannot honour; ``load`` refuses them rather than drop them."""
     problems = []
@@ -107,8 +121,17 @@ class UnslothBackend(Backend):
         model, tokenizer = FastLanguageModel.from_pretrained(model_name=runtime.model_dir, **from_pretrained)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = FastLanguageModel.get_peft_model(model, **args["get_peft_model"])
-        return self._loaded(model, tokenizer, config)
+        from babeltune.trainer.vocab import extend_for_training
+
+        # vocab.extend: the same extended tokenizer, resized rows and mean-of-pieces start as hf-peft (shared code)
+        tokenizer, extension, vocab_notes = extend_for_training(config, model, tokenizer)
+        peft_args = dict(args["get_peft_model"])
+        if extension is not None:
+            peft_args.update(vocab_peft_args(FastLanguageModel.get_peft_model, model, extension))
+        model = FastLanguageModel.get_peft_model(model, **peft_args)
+        loaded = self._loaded(model, tokenizer, config)
+        loaded.notes.extend(vocab_notes)
+        return loaded
 
     def _loaded(self, model, tokenizer, config: "TrainConfig") -> LoadedModel:
         from babeltune.plugins.hf_peft import lora_expected_trainable

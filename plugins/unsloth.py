@@ -59,17 +59,19 @@ def translate_config(config: "TrainConfig") -> dict[str, Any]:
 
 
 def vocab_peft_args(get_peft_model, model, extension) -> dict[str, Any]:
-    """get_peft_model arguments that train the new rows: PEFT's trainable_token_indices where this Unsloth passes it
-    on, else embed_tokens/lm_head in full (modules_to_save). Not run here: this machine has no GPU."""
+    """get_peft_model arguments that train only the new rows (PEFT trainable_token_indices). Training embed_tokens in
+    full instead would move every existing row and change other languages, so an Unsloth that cannot pass the
+    argument on is refused here, or by the trainable-parameter check right after loading. Not run here (no GPU)."""
     import inspect
 
     from babeltune.plugins import common
     from babeltune.trainer.vocab import peft_token_indices
 
     parameters = inspect.signature(get_peft_model).parameters
-    if "trainable_token_indices" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-        return {"trainable_token_indices": peft_token_indices(model, extension, common.tied_embeddings(model))}
-    return {"modules_to_save": ["embed_tokens", "lm_head"]}
+    if "trainable_token_indices" not in parameters and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        raise BabeltuneError("vocab.extend: this Unsloth's get_peft_model takes no trainable_token_indices, so the new "
+                             "rows cannot train alone; use --backend hf-peft or set vocab.extend: 0")
+    return {"trainable_token_indices": peft_token_indices(model, extension, common.tied_embeddings(model))}
 
 
 def unsupported(config: "TrainConfig") -> list[str]:

@@ -124,3 +124,24 @@ def safe_open_names(path: Path) -> list[str]:
 
     with safe_open(str(path), "pt") as handle:
         return list(handle.keys())
+
+
+def test_unsloth_gets_trainable_token_indices_or_a_clear_refusal(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from babeltune.errors import BabeltuneError
+    from babeltune.plugins.unsloth import vocab_peft_args
+    from babeltune.trainer.vocab import VocabExtension
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    extension = VocabExtension(base_rows=10, rows=12, new_ids=[10, 11], pieces=[[1, 2], [3, 4]])
+
+    def passes_kwargs(model, r=16, **kwargs):
+        pass
+
+    def fixed(model, r=16, modules_to_save=None):
+        pass
+
+    assert vocab_peft_args(passes_kwargs, model, extension) == {"trainable_token_indices": {"embed_tokens": [10, 11]}}
+    with pytest.raises(BabeltuneError, match="vocab.extend: .*--backend hf-peft"):
+        vocab_peft_args(fixed, model, extension)

@@ -145,3 +145,28 @@ def test_unsloth_gets_trainable_token_indices_or_a_clear_refusal(tiny_model_dir)
     assert vocab_peft_args(passes_kwargs, model, extension) == {"trainable_token_indices": {"embed_tokens": [10, 11]}}
     with pytest.raises(BabeltuneError, match="vocab.extend: .*--backend hf-peft"):
         vocab_peft_args(fixed, model, extension)
+
+
+@pytest.mark.slow
+def test_resume_of_an_extended_run_rebuilds_the_same_tokenizer_and_ends_with_the_same_rows(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from babeltune.trainer.checkpoints import last_complete_checkpoint
+    from babeltune.trainer.run import run_training
+
+    sets = ("vocab.extend=60", "training.save_steps=2", "eval.evaluation_strategy=no")
+    straight = run_training(config(tiny_model_dir, tmp_path / "straight", *sets), evaluate=False, echo=quiet)
+    out = tmp_path / "resumed"
+    run_training(config(tiny_model_dir, out, *sets), evaluate=False, echo=quiet)
+    marker = next((out / "checkpoint-4").glob("babeltune_complete*"))
+    marker.unlink()                                           # as if killed while saving checkpoint-4
+    assert last_complete_checkpoint(out).name == "checkpoint-2"
+    resumed = run_training(config(tiny_model_dir, out, *sets), resume=True, evaluate=False, echo=quiet)
+    assert resumed.resumed_from == out / "checkpoint-2" and resumed.steps == 4
+    a = load_file(str(straight.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.adapter_dir / "adapter_model.safetensors"))
+    rows = [k for k in a if "trainable_tokens_delta" in k]
+    assert rows and a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert (straight.adapter_dir / "tokenizer.json").read_bytes() == (resumed.adapter_dir / "tokenizer.json").read_bytes()

@@ -170,3 +170,12 @@ def test_resume_of_an_extended_run_rebuilds_the_same_tokenizer_and_ends_with_the
     assert rows and a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert (straight.adapter_dir / "tokenizer.json").read_bytes() == (resumed.adapter_dir / "tokenizer.json").read_bytes()
+
+
+def test_ia3_refuses_a_vocabulary_extension_in_one_line(tiny_model_dir):
+    from babeltune.errors import BabeltuneError
+    from babeltune.plugins.ia3 import IA3Backend
+
+    cfg = config(tiny_model_dir, Path("unused"), "vocab.extend=50", "backend.name=ia3")
+    with pytest.raises(BabeltuneError, match="vocab.extend: 50 .*--backend hf-peft"):
+        IA3Backend().load(cfg, runtime=None)

@@ -69,8 +69,9 @@ def tokenizer_figures(model_dir: Path, train: list[str], heldout: list[str], eng
             "tokens_per_char_after": round(after, 4), "cut": round(before / after, 3), "english_ids_unchanged": same}
 
 
-def time_budget_backend(seconds: float, clock: dict):
-    """hf-peft whose Trainer stops after ``seconds`` of training (equal GPU time for both variants)."""
+def time_budget_backend(seconds: float, clock: dict, min_steps: int):
+    """hf-peft whose Trainer stops after ``seconds`` of training (equal GPU time for both variants), and not before
+    ``min_steps`` optimizer steps (an adapter that took no step past warmup would fail the reload check)."""
     import torch
     from transformers import Trainer, TrainerCallback
 
@@ -90,7 +91,7 @@ def time_budget_backend(seconds: float, clock: dict):
             clock["seconds"] = time.perf_counter() - clock["start"]
             clock["tokens"] = state.num_input_tokens_seen
             clock["steps"] = state.global_step
-            if clock["seconds"] >= seconds:
+            if clock["seconds"] >= seconds and state.global_step >= min_steps:
                 control.should_training_stop = True
 
     class Timed(Trainer):
@@ -114,7 +115,7 @@ def train_variant(model_dir: Path, lang: str, files: dict, extend: int, args, ou
         "data": {"train": str(files["train"]), "eval": str(files["heldout"]), "mode": "cpt", "packing": "blocks"},
         "adapter": {"r": 16, "lora_alpha": 16, "target_modules": "all-linear"},
         "training": {"output_dir": str(out), "per_device_train_batch_size": args.batch, "learning_rate": args.lr,
-                     "max_steps": 100_000, "warmup_steps": 10, "lr_scheduler_type": "constant_with_warmup",
+                     "max_steps": 100_000, "warmup_steps": args.warmup, "lr_scheduler_type": "constant_with_warmup",
                      "gradient_checkpointing": False, "logging_steps": 50, "save_steps": 100_000, "seed": 3407},
         "eval": {"evaluation_strategy": "no", "save_strategy": "no", "max_eval_documents": args.eval_docs,
                  "extra_corpora": {"en": str(files["english"])}},
@@ -122,7 +123,7 @@ def train_variant(model_dir: Path, lang: str, files: dict, extend: int, args, ou
     }, source="bench")
     clock: dict = {}
     started = time.perf_counter()
-    result = run_training(config, backend=time_budget_backend(args.seconds, clock), echo=lambda line: None,
+    result = run_training(config, backend=time_budget_backend(args.seconds, clock, args.min_steps), echo=lambda line: None,
                           overwrite=True)
     report = json.loads(result.eval_report.read_text())["languages"]
     tpc = files["tokens_per_char"][bool(extend)]
@@ -230,6 +231,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/vocab_extension.json")
     parser.add_argument("--extend", type=int, default=4000, help="new merges for the extended runs")
     parser.add_argument("--seconds", type=float, default=12.0, help="training time per run (equal for both variants)")
+    parser.add_argument("--min-steps", type=int, default=20, help="optimizer steps each run takes at least")
+    parser.add_argument("--warmup", type=int, default=10, help="warmup steps")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -242,6 +245,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.corpora = REPO / "tests/data"
         args.seconds, args.seq_len, args.batch, args.eval_docs, args.gen_tokens, args.extend = 2, 64, 4, 16, 16, 100
+        args.min_steps, args.warmup, args.lr = 4, 1, 5e-3
         plan = [("tiny", "mr")]
         models = {"tiny": smoke_model(work, args.corpora)}
     else:

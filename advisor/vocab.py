@@ -25,6 +25,8 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional
 
+from babeltune.errors import BabeltuneError
+
 SIZES = (1_000, 4_000, 16_000)          # extension sizes `advise` measures
 VOCAB_SAMPLE_CHARS = 5_000_000          # characters read to train the candidate (~11 s per 0.7M chars measured)
 HELDOUT_EVERY = 10                      # every 10th sampled document (by hash) measures; the rest train
@@ -105,9 +107,13 @@ def _split_then_bytes(node: dict, pattern: str) -> list[dict]:
     return [split, {**node, "use_regex": False}]
 
 
+def _is_regex_bytelevel(node: Any) -> bool:
+    return isinstance(node, dict) and node.get("type") == "ByteLevel" and node.get("use_regex", True)
+
+
 def _replace_bytelevel_regex(node: Any, pattern: str) -> Any:
     """A copy of a pre_tokenizer node whose regex-using ByteLevel splits by ``pattern`` instead."""
-    is_bytes = lambda n: isinstance(n, dict) and n.get("type") == "ByteLevel" and n.get("use_regex", True)  # noqa: E731
+    is_bytes = _is_regex_bytelevel
     if isinstance(node, dict) and node.get("type") == "Sequence":
         parts: list = []
         for child in node.get("pretokenizers", []):
@@ -268,7 +274,7 @@ def tokenizer_source(model: str, tokenizer: Optional[str]) -> Optional[str]:
         from babeltune.models.resolve import resolve_model_dir
 
         return str(resolve_model_dir(model))
-    except Exception:   # a built-in not pulled or a GGUF not converted: measured elsewhere, not extended here
+    except (BabeltuneError, OSError):   # a built-in not pulled or a GGUF not converted: nothing to extend here
         return None
 
 

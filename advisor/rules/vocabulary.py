@@ -12,13 +12,14 @@ from __future__ import annotations
 from babeltune.advisor.rules.context import RuleContext, fmt_tokens
 from babeltune.advisor.types import Decision
 
-YAMAGUCHI = "Yamaguchi et al. 2024, An Empirical Study on Cross-lingual Vocabulary Adaptation for Efficient Generative LLM Inference"
+YAMAGUCHI = ("Yamaguchi et al. 2024, How Can We Effectively Expand the Vocabulary of LLMs with 0.01GB of Target "
+             "Language Text?")
 GEE_FVT = "Gee et al. 2022, Fast Vocabulary Transfer for Language Model Compression"
 TAMIL_LLAMA = "Balachandran 2023, Tamil-LLaMA (+16k tokens, LoRA)"
 
 MIN_EXTENSION_CHARS = 3_000_000
 """Unique text (English-equivalent characters) below which an extension does not pay. Yamaguchi et al. 2024 find
-about 30k target-language sentences enough to adapt new embeddings when they start from a heuristic initialisation
+0.01 GB (about 30k target-language sentences) enough to adapt new embeddings when they start from a heuristic initialisation
 (babeltune starts each new row as the mean of its pieces' rows, the fast vocabulary transfer of Gee et al. 2022);
 30k sentences of ~100 characters = 3M characters. Tamil-LLaMA added 16k tokens and trained them with LoRA on far
 more text. To be calibrated by bench/vocab_extension.py (held-out bits/char at equal GPU time, extended vs not)."""

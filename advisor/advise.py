@@ -38,7 +38,7 @@ CONFIG_KEYS = {
     "save_steps": "training.save_steps", "evaluation_strategy": "eval.evaluation_strategy",
     "eval_steps": "eval.eval_steps", "save_strategy": "eval.save_strategy",
     "early_stopping_patience": "eval.early_stopping_patience",
-    "distributed": "training.distributed",
+    "distributed": "training.distributed", "vocab_extend": "vocab.extend",
 }
 
 
@@ -224,7 +224,7 @@ def build_config(decisions: dict[str, Decision], *, language: str, model: str, t
                              "text_field": corpus.text_field, "text_column": corpus.text_column},
                     "adapter": {}, "training": {"output_dir": f"runs/{language}-{Path(model).stem}",
                                                 "seed": DEFAULT_TRAINING_SEED},
-                    "eval": {}, "backend": {"name": backend}}
+                    "eval": {}, "vocab": {}, "backend": {"name": backend}}
     for name, key in CONFIG_KEYS.items():
         section, leaf = key.split(".")
         value = decisions[name].value
@@ -326,6 +326,11 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
         if warning:
             notes.append(warning)
     facts = model_facts(model)
+    if goal == "cpt":
+        from babeltune.advisor.vocab import measure_for_advice
+
+        measurements.vocab_extension = measure_for_advice(model, config_tokenizer(tokenizer), corpus,
+                                                          tied=bool(facts.tied_embeddings), echo=echo)
     names = dict(language=profile.code, model=model, tokenizer=tokenizer, corpus=corpus, goal=goal, backend=backend,
                  kernels=kernels)
 

@@ -73,6 +73,8 @@ class Measurements:
     example_lengths: Any = field(default=None, repr=False)
     sft_examples: dict[str, Any] = field(default_factory=dict)
     sample_documents: list[str] = field(default_factory=list, repr=False)   # a uniform sample, for comparisons
+    # what extending the tokenizer would buy (babeltune.advisor.vocab.VocabReport.to_dict()); {} = not measured
+    vocab_extension: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         lengths, self.example_lengths = self.example_lengths, None

@@ -59,10 +59,14 @@ def lora_kwargs(config: "TrainConfig", tied: Optional[bool] = None) -> dict[str,
     return kwargs
 
 
-def make_lora_config(config: "TrainConfig", tied: Optional[bool] = None):
+def make_lora_config(config: "TrainConfig", tied: Optional[bool] = None, model=None):
     from peft import LoraConfig
 
     kwargs = lora_kwargs(config, tied)
+    if model is not None:   # vocab.extend: the new embedding rows train beside LoRA (babeltune.trainer.vocab)
+        from babeltune.trainer.vocab import extension_of, peft_token_indices
+
+        kwargs["trainable_token_indices"] = peft_token_indices(model, extension_of(model), bool(tied))
     known = {field.name for field in dataclasses.fields(LoraConfig)}
     if "ensure_weight_tying" in kwargs and "ensure_weight_tying" not in known:
         kwargs.pop("ensure_weight_tying")  # older PEFT: tied modules_to_save are untied (noted at load)
@@ -72,6 +76,8 @@ def make_lora_config(config: "TrainConfig", tied: Optional[bool] = None):
 def lora_expected_trainable(config: "TrainConfig", model=None) -> list[str]:
     """Name fragments that must receive a non-zero gradient after step 1."""
     fragments = ["lora_A", "lora_B"]
+    if config.vocab.extend > 0:
+        fragments.append("trainable_tokens_delta")
     if config.adapter.use_dora:
         fragments.append("lora_magnitude_vector")
     return fragments + saved_module_fragments(config, model)
@@ -130,6 +136,10 @@ def load_prepared_base(config: "TrainConfig", runtime: Runtime, liger: LigerSett
     notes = [f"attention: {attn} ({why})", f"weights: {runtime.precision} on {runtime.device}"]
     tokenizer = common.load_tokenizer(config, runtime)
     model = common.load_base_model(config, runtime, attn)
+    from babeltune.trainer.vocab import extend_for_training
+
+    tokenizer, _, vocab_notes = extend_for_training(config, model, tokenizer)   # before checkpointing hooks the embeddings
+    notes += vocab_notes
     if config.model.load_in_4bit:
         notes.append("QLoRA: base weights in 4-bit NF4 (bitsandbytes, double quantisation)")
     notes.append(apply_liger(model, config, runtime, liger))
@@ -152,7 +162,7 @@ class HfPeftBackend(Backend):
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
         tokenizer, base, attn, notes = load_prepared_base(config, runtime, self.parse_options(config).liger)
         tied = common.tied_embeddings(base)
-        model = common.attach_adapter(base, make_lora_config(config, tied), "adapter.target_modules")
+        model = common.attach_adapter(base, make_lora_config(config, tied, base), "adapter.target_modules")
         upcast = common.upcast_trainable(model, runtime.precision)
         expected = lora_expected_trainable(config, model)
         common.check_fragments_trainable(model, expected, "adapter.target_modules/modules_to_save")

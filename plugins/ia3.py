@@ -122,6 +122,9 @@ class IA3Backend(Backend):
         from babeltune.plugins.hf_peft import load_prepared_base
 
         options = ia3_options(config)
+        if config.vocab.extend > 0:   # the new rows would stay at their starting values: (IA)^3 cannot train them
+            raise BabeltuneError(f"vocab.extend: {config.vocab.extend} needs rows trained beside the adapter (PEFT "
+                                 "trainable_token_indices), which (IA)^3 has not; use --backend hf-peft or set vocab.extend: 0")
         tokenizer, base, attn, notes = load_prepared_base(config, runtime, options.liger)
         peft_config = ia3_config(base.config.model_type, config)
         model = common.attach_adapter(base, peft_config, "backend.options.target_modules (ia3)")

@@ -58,6 +58,22 @@ def translate_config(config: "TrainConfig") -> dict[str, Any]:
     return {"from_pretrained": from_pretrained, "get_peft_model": get_peft_model, "training_args": training_args}
 
 
+def vocab_peft_args(get_peft_model, model, extension) -> dict[str, Any]:
+    """get_peft_model arguments that train only the new rows (PEFT trainable_token_indices). Training embed_tokens in
+    full instead would move every existing row and change other languages, so an Unsloth that cannot pass the
+    argument on is refused here, or by the trainable-parameter check right after loading. Not run here (no GPU)."""
+    import inspect
+
+    from babeltune.plugins import common
+    from babeltune.trainer.vocab import peft_token_indices
+
+    parameters = inspect.signature(get_peft_model).parameters
+    if "trainable_token_indices" not in parameters and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        raise BabeltuneError("vocab.extend: this Unsloth's get_peft_model takes no trainable_token_indices, so the new "
+                             "rows cannot train alone; use --backend hf-peft or set vocab.extend: 0")
+    return {"trainable_token_indices": peft_token_indices(model, extension, common.tied_embeddings(model))}
+
+
 def unsupported(config: "TrainConfig") -> list[str]:
     """Config values Unsloth's fast path cannot honour; ``load`` refuses them rather than drop them."""
     problems = []
@@ -107,8 +123,17 @@ class UnslothBackend(Backend):
         model, tokenizer = FastLanguageModel.from_pretrained(model_name=runtime.model_dir, **from_pretrained)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = FastLanguageModel.get_peft_model(model, **args["get_peft_model"])
-        return self._loaded(model, tokenizer, config)
+        from babeltune.trainer.vocab import extend_for_training
+
+        # vocab.extend: the same extended tokenizer, resized rows and mean-of-pieces start as hf-peft (shared code)
+        tokenizer, extension, vocab_notes = extend_for_training(config, model, tokenizer)
+        peft_args = dict(args["get_peft_model"])
+        if extension is not None:
+            peft_args.update(vocab_peft_args(FastLanguageModel.get_peft_model, model, extension))
+        model = FastLanguageModel.get_peft_model(model, **peft_args)
+        loaded = self._loaded(model, tokenizer, config)
+        loaded.notes.extend(vocab_notes)
+        return loaded
 
     def _loaded(self, model, tokenizer, config: "TrainConfig") -> LoadedModel:
         from babeltune.plugins.hf_peft import lora_expected_trainable

@@ -492,6 +492,9 @@ def _attach_adapter(model, adapter: str, tokenizer):
     from peft import PeftModel
 
     try:
+        from babeltune.trainer.vocab import resize_for_adapter
+
+        resize_for_adapter(model, folder)   # vocab.extend: the base grows to the adapter's rows first
         wrapped = PeftModel.from_pretrained(model, str(folder))
     except (RuntimeError, ValueError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

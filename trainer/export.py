@@ -19,6 +19,7 @@ import yaml
 from babeltune.errors import BabeltuneError, atomic_write_text, is_disk_full, write_failure
 from babeltune.models.identity import check_adapter_base, write_identity
 from babeltune.models.safety import adapter_folder_problem, load_kwargs
+from babeltune.trainer.vocab import extension_of, resize_for_adapter, write_extension
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
@@ -78,8 +79,13 @@ def save_final(model: Any, tokenizer: Any, config: "TrainConfig", output_dir: st
                              "be saved; the backend must return a peft.PeftModel")
 
     def write(staging: Path) -> None:
-        model.save_pretrained(str(staging), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
+        # vocab.extend: the adapter holds the trained new rows; the rest of the resized matrix is rebuilt from the
+        # base on reload (babeltune.trainer.vocab.resize_for_adapter), so PEFT need not copy whole embedding matrices
+        extended = {"save_embedding_layers": False} if extension_of(model) is not None else {}
+        model.save_pretrained(str(staging), safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}),
+                              **extended)
         tokenizer.save_pretrained(str(staging))
+        write_extension(model, staging)
         atomic_write_text(staging / RESOLVED_CONFIG, resolved_config_yaml(config))
         if model_dir is not None:
             write_identity(staging, model_dir)
@@ -181,6 +187,7 @@ def load_saved(folder: Path, model_dir: str, in_memory: Any) -> Any:
         base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     else:
         base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(reference.device)
+    resize_for_adapter(base, folder)
     return PeftModel.from_pretrained(base, str(folder)).eval()
 
 
@@ -191,6 +198,7 @@ def load_base_and_adapter(folder: Path, model_dir: str, *, dtype: Any, device: A
 
     kwargs: dict[str, Any] = {"dtype": dtype, **({"attn_implementation": attn} if attn else {})}
     base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(device)
+    resize_for_adapter(base, folder)
     return PeftModel.from_pretrained(base, str(folder)).eval()
 
 
@@ -250,6 +258,7 @@ def merge(reloaded_model: Any, tokenizer: Any, folder: Path, *, adapter_dir: Opt
         from transformers import AutoModelForCausalLM
 
         base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, use_safetensors=True, **load_kwargs())
+        resize_for_adapter(base, adapter_dir)
         reloaded_model = PeftModel.from_pretrained(base, str(adapter_dir))
     merged = reloaded_model.merge_and_unload()
 

@@ -2,6 +2,7 @@
 
 Where to find a rule:
   data.py        dedup
+  vocabulary.py  vocab_extend (measured by babeltune.advisor.vocab)
   adapter.py     r, use_rslora, lora_alpha, lora_dropout, target_modules, bias
   sequence.py    max_seq_length, packing, flash_attention
   embeddings.py  modules_to_save, embedding_learning_rate
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from babeltune.advisor.rules import adapter, data, embeddings, evaluation, hardware, schedule, sequence
+from babeltune.advisor.rules import adapter, data, embeddings, evaluation, hardware, schedule, sequence, vocabulary
 from babeltune.advisor.rules.context import RuleContext
 from babeltune.advisor.types import Decision
 
@@ -27,6 +28,7 @@ Rule = Callable[[RuleContext], Decision]
 
 RULE_ORDER: list[tuple[str, Rule]] = [
     ("dedup", data.rule_dedup),
+    ("vocab_extend", vocabulary.rule_vocab_extend),
     ("r", adapter.rule_r),
     ("use_rslora", adapter.rule_use_rslora),
     ("lora_alpha", adapter.rule_lora_alpha),

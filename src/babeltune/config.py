@@ -199,6 +199,10 @@ class EvalConfig(Section):
     _strategy_no = field_validator("evaluation_strategy", "save_strategy", mode="before")(_yaml_false_as("no"))
 
 
+class VocabConfig(Section):
+    extend: int = Field(0, ge=0, le=262_144, description="New tokenizer merges/pieces to learn from data.train and append to the base tokenizer (existing ids and other languages' tokenisation unchanged); each gets a new embedding row started as the mean of its pieces' rows and trained with the adapter. 0 = the base tokenizer as is. `advise` decides it from measured tokens/char and corpus size.")
+
+
 class BackendConfig(Section):
     name: str = Field("hf-peft", description="Training backend plugin (see `babeltune plugins`).")
     options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options, checked against the backend's Options model (see `babeltune plugins --options NAME`).")
@@ -212,6 +216,7 @@ class TrainConfig(Section):
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     training: TrainingConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    vocab: VocabConfig = Field(default_factory=VocabConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
 
     @model_validator(mode="after")

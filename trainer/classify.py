@@ -300,13 +300,18 @@ class Scores:
     accuracy: float
     macro_f1: float
     confusion: list[list[int]] = field(default_factory=list)
+    gold_logprob: Optional[float] = None      # mean summed log-probability of the gold label's tokens
 
     @classmethod
-    def of(cls, gold: list[int], predicted: list[int], classes: int) -> "Scores":
-        return cls(accuracy(gold, predicted), macro_f1(gold, predicted, classes), confusion_matrix(gold, predicted, classes))
+    def of(cls, gold: list[int], predicted: list[int], classes: int, gold_logprob: Optional[float] = None) -> "Scores":
+        return cls(accuracy(gold, predicted), macro_f1(gold, predicted, classes), confusion_matrix(gold, predicted, classes),
+                   gold_logprob)
 
     def to_dict(self) -> dict:
-        return {"accuracy": round(self.accuracy, 4), "macro_f1": round(self.macro_f1, 4), "confusion": self.confusion}
+        out = {"accuracy": round(self.accuracy, 4), "macro_f1": round(self.macro_f1, 4), "confusion": self.confusion}
+        if self.gold_logprob is not None:
+            out["mean_gold_label_logprob"] = round(self.gold_logprob, 6)
+        return out
 
 
 def majority_baseline(gold: list[int], classes: int) -> tuple[int, Scores]:
@@ -318,3 +323,7 @@ def majority_baseline(gold: list[int], classes: int) -> tuple[int, Scores]:
 
 def predictions(scores) -> list[int]:
     return [int(row.argmax()) for row in scores]
+
+
+def mean_gold_logprob(scores, gold: list[int]) -> float:
+    return float(sum(float(scores[i, g]) for i, g in enumerate(gold)) / max(1, len(gold)))

@@ -180,35 +180,32 @@ def read_corpora(corpora: dict[str, str], settings: ClassifySettings, limit: Opt
     return examples, skipped_all
 
 
-def score_loaded(model, tokenizer, examples: dict[str, list], space: cl.LabelSpace, prompt: str, *,
-                 after_tokenizer=None, batch_size: int = 8, max_length: int = 512, progress=None,
-                 echo: Callable[[str], None] = lambda line: None) -> dict[str, CorpusResult]:
-    """Scores per corpus with an already-loaded model (a PeftModel: base inside disable_adapter, then adapted)."""
-    from babeltune.trainer.evaluate import _is_peft_model
-
-    is_peft = _is_peft_model(model)
+def score_corpora(model, tokenizer, examples: dict[str, list], space: cl.LabelSpace, prompt: str, *, what: str,
+                  batch_size: int = 8, max_length: int = 512, progress=None,
+                  echo: Callable[[str], None] = lambda line: None) -> dict[str, cl.Scores]:
+    """Scores per corpus of one model as it is (``what`` names it in the log: base or adapter)."""
     results = {}
     for name, rows in examples.items():
         texts, gold = [ex.text for ex in rows], [space.index(ex.label) for ex in rows]
-        echo(f"eval {name}: scoring {len(rows):,} examples x {len(space.labels)} labels"
-             + (" before and after the adapter" if is_peft else ""))
-        counter = progress(f"classify {name}", (2 if is_peft else 1) * len(rows)) if progress else nullcontext()
+        echo(f"eval {name} ({what}): scoring {len(rows):,} examples x {len(space.labels)} labels")
+        counter = progress(f"classify {name} ({what})", len(rows)) if progress else nullcontext()
         with counter as bar:
-            advance = bar.advance if bar is not None else None
-            with (model.disable_adapter() if is_peft else nullcontext()):
-                base = cl.score_labels(model, tokenizer, texts, space, prompt, batch_size=batch_size,
-                                       max_length=max_length, on_examples=advance)
-            after = None
-            if is_peft:
-                after = cl.score_labels(model, after_tokenizer or tokenizer, texts, space, prompt,
-                                        batch_size=batch_size, max_length=max_length, on_examples=advance)
-        majority, majority_scores = cl.majority_baseline(gold, len(space.labels))
-        classes = len(space.labels)
-        results[name] = CorpusResult(
-            name, "", len(rows), {label: gold.count(i) for i, label in enumerate(space.labels)},
-            space.labels[majority], majority_scores, cl.Scores.of(gold, cl.predictions(base), classes),
-            cl.Scores.of(gold, cl.predictions(after), classes) if after is not None else None)
+            scores = cl.score_labels(model, tokenizer, texts, space, prompt, batch_size=batch_size,
+                                     max_length=max_length, on_examples=bar.advance if bar is not None else None)
+        results[name] = cl.Scores.of(gold, cl.predictions(scores), len(space.labels), cl.mean_gold_logprob(scores, gold))
     return results
+
+
+def corpus_results(examples: dict[str, list], space: cl.LabelSpace, base: dict[str, cl.Scores],
+                   adapted: Optional[dict[str, cl.Scores]], corpora: dict[str, str]) -> dict[str, CorpusResult]:
+    out = {}
+    for name, rows in examples.items():
+        gold = [space.index(ex.label) for ex in rows]
+        majority, majority_scores = cl.majority_baseline(gold, len(space.labels))
+        out[name] = CorpusResult(name, corpora.get(name, ""), len(rows),
+                                 {label: gold.count(i) for i, label in enumerate(space.labels)},
+                                 space.labels[majority], majority_scores, base[name], adapted[name] if adapted else None)
+    return out
 
 
 def evaluate_classify(model_spec: str, corpora: dict[str, str], *, adapter: Optional[str] = None,
@@ -241,13 +238,15 @@ def evaluate_classify(model_spec: str, corpora: dict[str, str], *, adapter: Opti
          + f"; prompt {settings.prompt!r} (settings from {settings.source if not any(overrides.values()) else 'the command line'})")
     tokenizer = ev._load_tokenizer(model_dir)
     model = ev._load_model(model_dir, device, echo)
-    after_tokenizer = None
+    run = dict(batch_size=batch_size, max_length=max_length, progress=progress, echo=echo)
+    # The base model is scored before the adapter is attached: with BitFit (ia3) the trained biases replace the
+    # base ones in place, so PEFT's disable_adapter() would not give the base model back.
+    base = score_corpora(model, tokenizer, examples, space, settings.prompt, what="base", **run)
+    adapted = None
     if adapter is not None:
         model, after_tokenizer = ev._attach_adapter(model, adapter, tokenizer)
-    results = score_loaded(model, tokenizer, examples, space, settings.prompt, after_tokenizer=after_tokenizer,
-                           batch_size=batch_size, max_length=max_length, progress=progress, echo=echo)
-    for name, result in results.items():
-        result.source = corpora[name]
+        adapted = score_corpora(model, after_tokenizer, examples, space, settings.prompt, what="adapter", **run)
+    results = corpus_results(examples, space, base, adapted, corpora)
     return ClassifyReport(str(model_spec), adapter, space.to_dict(), settings.prompt, settings.source, results, skipped)
 
 

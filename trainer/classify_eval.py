@@ -145,9 +145,11 @@ class ClassifyReport:
                 scores = getattr(self.corpora[name], kind)
                 ax = axes[i][j]
                 ax.imshow(scores.confusion, cmap="Blues")
+                darkest = max(max(row) for row in scores.confusion) or 1
                 for g, row in enumerate(scores.confusion):
                     for p, count in enumerate(row):
-                        ax.text(p, g, str(count), ha="center", va="center", fontsize=9)
+                        ax.text(p, g, str(count), ha="center", va="center", fontsize=9,
+                                color="white" if count > darkest / 2 else "black")
                 ax.set_xticks(range(len(labels)), labels)
                 ax.set_yticks(range(len(labels)), labels)
                 ax.set_xlabel("predicted")

@@ -65,3 +65,15 @@ def test_missing_label_column_is_one_line(tiny_model_dir):
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert errors == [f"error: corpus: {SAMPLE}: no label column 'stars' (columns: tweet, label, political); "
                       "set --label-column to the column that holds the labels"]
+
+
+def test_classify_reasons_agree_with_each_other(tiny_model_dir):
+    from test_reason_consistency import contradictions
+
+    from babeltune.advisor.advise import advise as run_advise
+    from babeltune.advisor.corpus import CorpusSpec
+
+    advice = run_advise("mr", CorpusSpec(str(SAMPLE), text_column="tweet"), model=str(tiny_model_dir), goal="classify",
+                        gpu="h100", probe=False)
+    assert advice.decisions["learning_rate"].reason.startswith("classify: trained as sft (loss on the label tokens only); lr x alpha")
+    assert contradictions(advice) == []

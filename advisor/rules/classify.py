@@ -129,6 +129,10 @@ def apply_classify(decisions: dict[str, Decision], config: dict, reasons: dict[s
     reasons["data.mode"] = "--goal classify: loss on the label tokens only (labels -100 on the prompt)"
     if "packing" in decisions:
         decisions["packing"] = Decision("off", "classify: one example per row, padded per batch (what train does)")
+    rate = decisions.get("learning_rate")
+    if rate is not None:
+        decisions["learning_rate"] = Decision(rate.value, "classify: trained as sft (loss on the label tokens only); "
+                                              + rate.reason.removeprefix("sft: "), rate.evidence)
     length = decisions.get("max_seq_length")
     why = length_reason(labelled, length.value) if length is not None else None
     if why:

@@ -80,8 +80,9 @@ def test_rows_train_only_the_label_tokens(tokenizer):
     label_ids = {verb: tokenizer(" " + verb, add_special_tokens=False)["input_ids"] for verb in VERBALIZERS.values()}
     eos = tokenizer.eos_token_id
     assert prepared.stats["train_documents"] + prepared.stats["eval_documents"] == 180
-    assert prepared.stats["train_examples_per_class"] == {"-1": 57, "0": 58, "1": 56} or \
-        sum(prepared.stats["train_examples_per_class"].values()) == prepared.stats["train_documents"]
+    per_class = prepared.stats["train_examples_per_class"]
+    held = prepared.stats["eval_examples_per_class"]
+    assert {label: per_class[label] + held[label] for label in VERBALIZERS} == {"-1": 60, "0": 60, "1": 60}
     seen = set()
     for row in prepared.train.rows:
         ids, labels = row["input_ids"], row["labels"]
@@ -113,7 +114,9 @@ def test_skipped_rows_are_counted_and_strict_stops(tmp_path, tokenizer):
     assert prepared.stats["label_verbalizers"] == {"0": "0", "1": "1"}          # auto: the labels themselves
     notes = "\n".join(prepared.notes)
     assert "row with an empty text" in notes and "row with an empty label ('label')" in notes
-    assert prepared.stats["skipped_records"] == 2 if "skipped_records" in prepared.stats else True
+    assert prepared.stats["skipped_records"] == 2
+    assert {entry["reason"] for entry in prepared.stats["skipped"]} == {"row with an empty text",
+                                                                        "row with an empty label ('label')"}
     with pytest.raises(BabeltuneError, match="row with an empty text"):
         prepare_data(classify_config(path, label_verbalizers={}, strict=True), tokenizer)
 
@@ -251,3 +254,19 @@ def test_cli_classify_base_model_table_json_and_png(tiny_model_dir, tmp_path):
     assert tweets["majority_class"]["accuracy"] == pytest.approx(max(counts.values()) / 30, abs=1e-4)
     png = (report_dir / "confusion.png").read_bytes()
     assert png.startswith(b"\x89PNG") and (report_dir / "classify.json").is_file()
+
+
+def test_jsonl_number_labels_and_missing_label_column_at_train_time(tmp_path, tokenizer):
+    from babeltune.trainer.data import prepare_data
+
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"text": f"वाक्य {i}", "stars": i % 2 * 2 - 1}) + "\n" for i in range(12)),
+                    encoding="utf-8")
+    prepared = prepare_data(classify_config(path, text_column=None, label_column="stars",
+                                            label_verbalizers={"-1": "bad", "1": "good"}), tokenizer)
+    assert sum(prepared.stats["train_examples_per_class"].values()) + prepared.stats["eval_documents"] == 12
+    assert set(prepared.stats["train_examples_per_class"]) == {"-1", "1"}          # JSON -1 / 1 read as "-1" / "1"
+    with pytest.raises(BabeltuneError) as err:
+        prepare_data(classify_config(path, text_column=None, label_column="label"), tokenizer)
+    assert str(err.value) == (f"corpus: {path}: no label column 'label' (columns: text, stars); "
+                              "set data.label_column to the column that holds the labels")

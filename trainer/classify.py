@@ -250,9 +250,7 @@ def score_labels(model, tokenizer, texts: list[str], space: LabelSpace, template
         input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=device)
         mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                           logits_to_keep=longest + 1).logits.float()
+        logits = _tail_logits(model, input_ids, mask, positions, longest + 1)
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)       # position k predicts token k+1 of the tail
         for row, (i, c) in enumerate(pairs):
             label = torch.tensor(ids[c], device=device)
@@ -262,6 +260,18 @@ def score_labels(model, tokenizer, texts: list[str], space: LabelSpace, template
         if on_examples is not None:
             on_examples(len(pairs) // len(ids))
     return scores
+
+
+def _tail_logits(model, input_ids, mask, positions, keep: int):
+    """Logits of the last ``keep`` positions; models without ``logits_to_keep`` compute all and are sliced."""
+    import torch
+
+    with torch.no_grad():
+        try:
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+        except TypeError:       # an older or custom forward without logits_to_keep
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions)
+    return out.logits[:, -keep:].float()
 
 
 # --------------------------------------------------------------------------------------------- metrics

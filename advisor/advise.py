@@ -268,7 +268,7 @@ def resolve_target(gpu: Optional[str], gpu_gib: Optional[float]) -> tuple[Option
 
 
 def decide(ctx, *, language: str, model: str, tokenizer: Optional[str], corpus, goal: str, backend: str = "hf-peft",
-           kernels: str = "plain") -> tuple[dict, dict, dict]:
+           kernels: str = "plain", labelled=None) -> tuple[dict, dict, dict]:
     """Run every rule on ``ctx`` and build the validated config from the decisions."""
     from babeltune.advisor.rules import apply_rules
     from babeltune.config import validate_config
@@ -276,6 +276,10 @@ def decide(ctx, *, language: str, model: str, tokenizer: Optional[str], corpus, 
     decisions = apply_rules(ctx)
     config, reasons = build_config(decisions, language=language, model=model, tokenizer=tokenizer, corpus=corpus,
                                    goal=goal, backend=backend, kernels=kernels)
+    if labelled is not None:             # --goal classify: its keys and reasons (advisor/rules/classify.py)
+        from babeltune.advisor.rules.classify import apply_classify
+
+        apply_classify(decisions, config, reasons, labelled)
     validate_config(config, source="advised config")
     return decisions, config, reasons
 
@@ -284,7 +288,7 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
            gpu_memory: Optional[str | float] = None, goal: str = "cpt", full: bool = False, seed: int = 0,
            backend: str = "hf-peft", kernels: str = "plain", gpus: int = 1,
            gpu: Optional[str] = None, max_steps: Optional[int] = None, minutes: Optional[float] = None,
-           probe: bool = True, command: str = "advise",
+           probe: bool = True, command: str = "advise", label_column: str = "label",
            echo: Callable[[str], None] = lambda line: None) -> Advice:
     """Measure ``corpus`` (a CorpusSpec) for language ``lang`` and decide every training parameter.
     ``backend`` is written to the config; memory is sized for ``kernels``, the kernels it trains with
@@ -314,6 +318,14 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
         reader=sft_documents if goal == "sft" else None)
     if goal == "sft":
         measure_sft_examples(measurements, corpus, model, tokenizer, seed=seed, echo=echo)
+    labelled = None
+    if goal == "classify":               # trains like sft: rules see the rendered example lengths
+        from babeltune.advisor.rules.classify import measure_labelled
+
+        echo(f"reading labels ({label_column!r}) and rendering {corpus.path} examples as train feeds them ...")
+        labelled = measure_labelled(corpus, label_column, model, tokenizer, seed=seed)
+        if labelled.lengths is not None:
+            measurements.example_lengths, measurements.sft_examples = labelled.lengths, labelled.lengths.to_dict()
     if not candidates:                   # --model given: would an installed built-in fit much better?
         better = better_builtin_note(model, tokenizer, measurements, profile)
         if better:
@@ -332,11 +344,11 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
         measurements.vocab_extension = measure_for_advice(model, config_tokenizer(tokenizer), corpus,
                                                           tied=bool(facts.tied_embeddings), echo=echo)
     names = dict(language=profile.code, model=model, tokenizer=tokenizer, corpus=corpus, goal=goal, backend=backend,
-                 kernels=kernels)
+                 kernels=kernels, labelled=labelled)
 
     def context(**extra):
         return RuleContext(measurements=measurements, facts=facts, profile=profile, gpu_memory_gib=float(gpu_gib),
-                           goal=goal, gpu=target, max_steps=max_steps, kernels=kernels, gpus=gpus,
+                           goal="sft" if goal == "classify" else goal, gpu=target, max_steps=max_steps, kernels=kernels, gpus=gpus,
                            precision="fp32" if target == "cpu" else "bf16", **extra)
 
     ctx = context()

@@ -148,7 +148,8 @@ def next_step_hint(out) -> str:
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="GPUs of one machine the run will use (train --gpus N): with several, a copy per GPU (DDP) or the "
                    "model sharded over them (FSDP), whichever the memory model says fits.")
-@click.option("--goal", type=click.Choice(["cpt", "sft"]), default="cpt", show_default=True, help="cpt = continued pretraining on raw text; sft = instruction tuning.")
+@click.option("--goal", type=click.Choice(["cpt", "sft", "classify"]), default="cpt", show_default=True, help="cpt = continued pretraining on raw text; sft = instruction tuning; classify = labelled text (--text-column, --label-column).")
+@click.option("--label-column", default="label", show_default=True, help="--goal classify: column/field with the labels.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the explained YAML config here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (measurements, parameters, memory).")
 @click.option("--report", type=click.Path(file_okay=False), default=None, help="Write a PNG histogram of document token lengths into this folder.")
@@ -173,7 +174,7 @@ def next_step_hint(out) -> str:
               help="Instead of a config: which merge of trained adapters keeps every language within X% of its own "
                    "adapter, measured (see `advise --merge --help`).")
 @handle_errors
-def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, out, as_json, report, compare, full, strict,
+def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, label_column, out, as_json, report, compare, full, strict,
            doc_split, text_field, text_column, seed, backend, trust_remote_code, gpu, minutes, max_steps, no_probe):
     """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
     reason that cites the measured number."""
@@ -194,7 +195,8 @@ def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, out, as_jso
     advice = run_advise(lang, spec, model=models[0] if models else None,
                         tokenizer=tokenizers[0] if tokenizers else None, gpu_memory=gpu_memory, goal=goal,
                         full=full, seed=seed, backend=backend, kernels=kernels, gpus=gpus, gpu=gpu, minutes=minutes,
-                        max_steps=max_steps, probe=not no_probe, command=command_line(), echo=echo)
+                        max_steps=max_steps, probe=not no_probe, command=command_line(), label_column=label_column,
+                        echo=echo)
     write_outputs(advice, out=out, as_json=as_json, report=report, echo=echo)
 
 

@@ -431,12 +431,12 @@ def cpt_rows(tokenizer, documents: list[str], packing: str, block: int) -> list[
 def effective_packing(config: "TrainConfig", padding_free_supported: bool, notes: list[str]) -> str:
     packing = config.data.packing
     if packing == "padding_free" and not padding_free_supported:
-        instead = "one example per row (padded per batch)" if config.data.mode == "sft" else "blocks"
+        instead = "one example per row (padded per batch)" if config.data.mode != "cpt" else "blocks"
         notes.append("data.packing padding_free needs flash-attention varlen or transformers' packed-sequence masks "
                      f"(sdpa/eager), which this backend's model load does not support; using {instead} instead")
-        return "off" if config.data.mode == "sft" else "blocks"
-    if config.data.mode == "sft" and packing == "blocks":
-        notes.append("sft: one example per row (padded per batch); blocks packing applies to cpt only")
+        return "off" if config.data.mode != "cpt" else "blocks"
+    if config.data.mode != "cpt" and packing == "blocks":
+        notes.append(f"{config.data.mode}: one example per row (padded per batch); blocks packing applies to cpt only")
         return "off"
     return packing
 
@@ -447,6 +447,11 @@ def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False
     notes: list[str] = []
     packing = effective_packing(config, padding_free or packed_rows, notes)
     block = config.model.max_seq_length
+    if config.data.mode == "classify":
+        from babeltune.trainer.classify import prepare_classify
+
+        train_rows, eval_rows, eval_texts, source, stats = prepare_classify(config, tokenizer, packing, notes)
+        return _prepared(config, train_rows, eval_rows, eval_texts, source, stats, notes, packing, padding_free, tokenizer)
     sft = config.data.mode == "sft"
     read = read_records if sft else read_documents
     key = record_text if sft else (lambda text: text)
@@ -478,6 +483,10 @@ def prepare_data(config: "TrainConfig", tokenizer, *, padding_free: bool = False
         train_rows = cpt_rows(tokenizer, train_items, packing, block)
         eval_rows = cpt_rows(tokenizer, eval_items, "off" if packing == "blocks" else packing, block)
         eval_texts = list(eval_items)
+    return _prepared(config, train_rows, eval_rows, eval_texts, source, stats, notes, packing, padding_free, tokenizer)
+
+
+def _prepared(config, train_rows, eval_rows, eval_texts, source, stats, notes, packing, padding_free, tokenizer) -> PreparedData:
     if not train_rows:
         raise BabeltuneError(f"{config.data.train}: no training rows after tokenisation; check data.mode and the fields")
     train, evaluation = TokenRows(train_rows), (TokenRows(eval_rows) if eval_rows else None)

@@ -72,11 +72,24 @@ Examples:
 @click.option("--out", "out_file", default=None, metavar="FILE", help="Also write the JSON report to FILE.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow Python code that a model/adapter folder names in auto_map to run (off: such folders are refused).")
+@click.option("--task", type=click.Choice(["bits", "classify"]), default="bits", show_default=True,
+              help="bits = bits per character; classify = accuracy and macro-F1 on labelled CSV/JSONL/parquet, "
+                   "predicting the label whose text the model finds most likely (--corpus NAME=PATH: a language or domain).")
+@click.option("--label-column", default=None, metavar="C", help="classify: column/field with the labels (default: the adapter's, else 'label').")
+@click.option("--text-column", default=None, metavar="C", help="classify: CSV/parquet column with the text (default: the adapter's, else 'text').")
+@click.option("--labels", "labels_option", default=None, metavar="L=TEXT,...",
+              help="classify: label -> verbaliser, e.g. \"-1=negative,0=neutral,1=positive\" (default: the adapter's, else each label's own text).")
+@click.option("--prompt", default=None, metavar="TEMPLATE", help="classify: prompt with {text} (default: the adapter's, else '{text}\\nLabel:').")
+@click.option("--report", "report_dir", default=None, metavar="DIR", help="classify: also write DIR/confusion.png and DIR/classify.json.")
 @handle_errors
 def eval_command(model_spec, adapter, corpus_options, max_documents, max_length, batch_size, as_json, out_file,
-                 trust_remote_code):
+                 trust_remote_code, task, label_column, text_column, labels_option, prompt, report_dir):
     """Bits per character per language (total nats / ln 2 / characters): comparable across
-    tokenizers, so it shows what an adapter gained on its language and what English lost."""
+    tokenizers, so it shows what an adapter gained on its language and what English lost.
+    With --task classify: accuracy and macro-F1 per language or domain, base model vs adapter."""
+    if task == "classify":
+        return _classify(model_spec, adapter, corpus_options, max_documents, max_length, batch_size, as_json,
+                         out_file, trust_remote_code, label_column, text_column, labels_option, prompt, report_dir)
     corpora = resolve_corpora(corpus_options)
     if out_file:
         check_writable(out_file, "--out")   # before minutes of loading and scoring
@@ -91,6 +104,38 @@ def eval_command(model_spec, adapter, corpus_options, max_documents, max_length,
     if out_file:
         path = report.write_json(out_file)
         _echo_stderr(f"eval: report written to {path}")
+    if as_json:
+        click.echo(report.to_json(), nl=False)
+    else:
+        from babeltune.console import table_console
+        table_console().print(report.render_table())
+
+
+def _classify(model_spec, adapter, corpus_options, max_documents, max_length, batch_size, as_json, out_file,
+              trust_remote_code, label_column, text_column, labels_option, prompt, report_dir):
+    from babeltune.trainer.classify_eval import corpora_by_name, parse_labels_option
+
+    corpora = corpora_by_name(corpus_options)
+    labels = parse_labels_option(labels_option) if labels_option else None
+    for path, what in ((out_file, "--out"), (report_dir, "--report")):
+        if path:
+            check_writable(path, what, folder=what == "--report")
+    from babeltune.console import CountProgress, quiet_libraries
+    from babeltune.models.safety import allow_remote_code
+    from babeltune.trainer.classify_eval import evaluate_classify
+
+    with allow_remote_code(trust_remote_code), quiet_libraries():
+        report = evaluate_classify(model_spec, corpora, adapter=adapter, label_column=label_column,
+                                   text_column=text_column, labels=labels, prompt=prompt, max_examples=max_documents,
+                                   batch_size=batch_size, max_length=min(max_length, 1024), echo=_echo_stderr,
+                                   progress=CountProgress)
+    if out_file:
+        _echo_stderr(f"eval: report written to {report.write_json(out_file)}")
+    if report_dir:
+        from pathlib import Path
+
+        report.write_json(Path(report_dir) / "classify.json")
+        _echo_stderr(f"eval: confusion matrices written to {report.write_confusion_png(report_dir)}")
     if as_json:
         click.echo(report.to_json(), nl=False)
     else:

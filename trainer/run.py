@@ -269,6 +269,7 @@ class Session:
     started: float
     checkpoint: Optional[Path] = None
     record: dict = field(default_factory=dict)          # the config and corpus hashes every checkpoint records
+    trainable: dict = field(default_factory=dict)       # trainable / total parameters at load (manifest)
     allow_config_change: bool = False
     resume_command: Optional[str] = None                # said when a signal stops the run
     runtime: Optional[Runtime] = None
@@ -294,6 +295,10 @@ def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
     session.loaded = session.backend.load(config, session.runtime)
     for note in session.loaded.notes:
         echo(f"{session.backend.name}: {note}")
+    from babeltune.plugins.common import trainable_share
+
+    trainable, total, share = trainable_share(session.loaded.model)
+    session.trainable = {"trainable": trainable, "total": total, "percent": round(share, 4)}
     if session.checkpoint is not None:
         check_trainable_names(session.checkpoint, session.loaded.model)   # cannot be overridden: checked first
         session.record["config_changes"] = resume_config.resume_history(
@@ -382,7 +387,8 @@ def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, 
 def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
     state, loaded, data = session.trainer.state, session.loaded, session.data
     return {
-        "backend_notes": loaded.notes, "attn_implementation": loaded.attn_implementation, "data": data.stats,
+        "backend_notes": loaded.notes, "trainable_parameters": session.trainable,
+        "attn_implementation": loaded.attn_implementation, "data": data.stats,
         "data_notes": data.notes, "heldout_source": data.heldout_source,
         "resumed_from": str(session.checkpoint) if session.checkpoint else None,
         "resume": {"from": str(session.checkpoint), "config_changes": session.record.get("config_changes", [])}

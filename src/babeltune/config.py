@@ -94,8 +94,8 @@ def _yaml_false_as(word: str):
 class DataConfig(Section):
     train: str = Field(description="Training corpus: a file or a folder (.txt, .jsonl, .csv, .tsv, .parquet).")
     eval: Optional[str] = Field(None, description="Held-out corpus; when absent a deterministic split of `train` is used.")
-    mode: Literal["cpt", "sft"] = Field("cpt", description="cpt = continued pretraining on raw text; sft = instruction/response pairs, loss on responses only.")
-    text_field: str = Field("text", description="JSONL/parquet field holding the text (cpt mode).")
+    mode: Literal["cpt", "sft", "classify"] = Field("cpt", description="cpt = continued pretraining on raw text; sft = instruction/response pairs, loss on responses only; classify = labelled text (text_column/text_field + label_column), each label's verbaliser appended after classify_prompt and trained with loss on the label tokens only.")
+    text_field: str = Field("text", description="JSONL/parquet field holding the text (cpt and classify modes).")
     text_column: Optional[str] = Field(None, description="CSV/TSV column holding the text; default: a column named text, else the first.")
     doc_split: Literal["line", "paragraph", "file"] = Field("line", description="How .txt files split into documents.")
     strict: bool = Field(False, description="Fail on anything the corpus reader would skip (an unreadable or binary file, a line with undecodable bytes, a malformed CSV row) instead of skipping it and reporting the count.")
@@ -108,7 +108,37 @@ class DataConfig(Section):
 
     dedup: Literal["off", "exact", "near"] = Field(
         "off", description="Remove repeated training documents before the held-out split: exact = identical text; near = identical after dropping URLs, @mentions, ASCII case, spaces and punctuation. The first copy is kept; how many were removed is logged and written to the manifest. `advise` decides it from the duplicates it counted.")
+    label_column: str = Field("label", description="classify: the CSV/TSV/parquet column or JSONL field holding each example's label.")
+    label_verbalizers: dict[str, str] = Field(default_factory=dict, description="classify: label value (as written in the data) -> the short text the model learns to write for it, e.g. {'-1': negative, '0': neutral, '1': positive}; empty = auto: each label's own text. Every label in the data must be listed when set.")
+    classify_prompt: str = Field("{text}\nLabel:", description="classify: the prompt before the label; {text} stands for the example's text (the label follows after one space).")
     _packing_off = field_validator("packing", mode="before")(_yaml_false_as("off"))
+
+    @field_validator("classify_prompt")
+    @classmethod
+    def _one_text_slot(cls, value: str) -> str:
+        if value.count("{text}") != 1:
+            raise ValueError("must contain {text} exactly once (where the example's text goes), e.g. '{text}\\nLabel:'")
+        return value
+
+    @field_validator("label_verbalizers", mode="before")
+    @classmethod
+    def _labels_as_written(cls, value):
+        # YAML reads `-1: negative` with an int key; labels are compared as the text the data holds
+        if isinstance(value, dict):
+            return {(str(k) if isinstance(k, (int, float)) and not isinstance(k, bool) else k): v for k, v in value.items()}
+        return value
+
+    @field_validator("label_verbalizers")
+    @classmethod
+    def _distinct_verbalizers(cls, value: dict[str, str]) -> dict[str, str]:
+        empty = [label for label, text in value.items() if not text.strip()]
+        if empty:
+            raise ValueError(f"label {empty[0]!r} has an empty verbaliser; give every label a short non-empty text")
+        texts = [text.strip() for text in value.values()]
+        repeated = sorted({text for text in texts if texts.count(text) > 1})
+        if repeated:
+            raise ValueError(f"verbaliser {repeated[0]!r} is given to more than one label; each label needs its own text")
+        return value
     _dedup_off = field_validator("dedup", mode="before")(_yaml_false_as("off"))
 
 

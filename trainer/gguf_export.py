@@ -48,11 +48,12 @@ def check_request(config: dict, fmt: str, dtype: str, source: str) -> str:
     allowed = GGUF_DTYPES if fmt == "gguf" else HF_DTYPES
     if dtype not in allowed:
         raise BabeltuneError(f"--dtype {dtype!r} is not supported for --format {fmt}: use one of {', '.join(allowed)}")
-    model_type = config.get("model_type")
+    model_type = str(config.get("model_type"))
+    if fmt == "hf":   # any causal LM transformers loads can be merged and saved
+        return ARCHITECTURES.get(model_type, model_type)
     if model_type not in ARCHITECTURES:
-        raise BabeltuneError(f"{source}: model_type {model_type!r} cannot be exported (supported: "
-                             f"{', '.join(ARCHITECTURES)}); use --format hf for a merged Hugging Face folder"
-                             if fmt == "gguf" else f"{source}: model_type {model_type!r} is not a causal LM babeltune exports")
+        raise BabeltuneError(f"{source}: model_type {model_type!r} cannot be exported to GGUF (supported: "
+                             f"{', '.join(ARCHITECTURES)}); use --format hf for a merged Hugging Face folder")
     return ARCHITECTURES[model_type]
 
 

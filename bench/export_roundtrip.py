@@ -159,7 +159,7 @@ def measure(name: str, model_dir: Path, workdir: Path, dtypes: list[str], steps:
         log(f"{name}: exporting {dtype}")
         started = time.time()
         exported = export_adapter(str(adapter), str(workdir / f"{name}.{dtype}.gguf"), dtype=dtype, echo=log)
-        entry = {"file_bytes": exported.bytes, "file_mib": round(exported.bytes / 2**20, 1),
+        entry = {"summary": exported.summary(), "file_bytes": exported.bytes, "file_mib": round(exported.bytes / 2**20, 1),
                  "tensor_types": exported.tensor_types, "export_seconds": round(time.time() - started, 1)}
         log(f"{name}: {dtype} {entry['file_mib']} MiB; loading it back")
         entry.update(round_trip(exported.path, workdir, tokenizer, texts, reference))

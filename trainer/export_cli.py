@@ -131,8 +131,6 @@ def export_command(adapter, fmt, dtype, out, model_spec, name):
     with quiet_libraries():
         result = export_adapter(adapter, out, fmt=fmt, dtype=dtype, model_spec=model_spec, name=name)
     if isinstance(result, ExportResult):
-        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(result.tensor_types.items()))
-        click.echo(f"wrote {result.path}: {result.architecture}, {result.tensors} tensors ({kinds}), "
-                   f"{result.bytes / 2**20:,.1f} MiB")
+        click.echo(result.summary())
     else:
         click.echo(f"wrote {result}")

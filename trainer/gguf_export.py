@@ -40,6 +40,10 @@ class ExportResult:
     bytes: int
     tensor_types: dict[str, int] = field(default_factory=dict)   # ggml type name -> tensor count
 
+    def summary(self) -> str:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.tensor_types.items()))
+        return f"wrote {self.path}: {self.architecture}, {self.tensors} tensors ({kinds}), {self.bytes / 2**20:,.1f} MiB"
+
 
 def check_request(config: dict, fmt: str, dtype: str, source: str) -> str:
     """The gguf architecture name, or a one-line error for an unsupported format, dtype or architecture."""

@@ -9,8 +9,9 @@ it is. The inverse of babeltune's GGUF reader (babeltune.models.gguf_tokenizer),
   llama.cpp's SentencePiece tokenizer merges the adjacent pair whose concatenation has the highest score, so the
   scores must rank pieces in the order the merges do. When the merge order follows the token ids (a
   SentencePiece vocabulary is sorted by score, and appended pieces come last) the score is minus the rank of the
-  id among normal pieces, which is exactly what llama.cpp's own converter writes for Gemma-3; otherwise minus the
-  rank of the first merge that builds the piece.
+  id among normal pieces: for Gemma-3 the same order as the scores llama.cpp's own converter writes, and the same
+  values up to one gap in the original model that the tokenizer.json does not record; otherwise minus the rank
+  of the first merge that builds the piece.
 
 Token types: added special tokens are control tokens, other added tokens user-defined (matched as raw text
 first), ``<0xXX>`` pieces of a byte-fallback model are byte tokens, ids without a piece are unused padding.

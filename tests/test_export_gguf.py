@@ -9,14 +9,13 @@ identical. The slow tests do the same with the real SmolLM2-135M."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from conftest import TEXT, build_tiny_llama, build_tiny_tokenizer
+from conftest import TEXT, build_tiny_llama
 
 from babeltune.errors import BabeltuneError
 

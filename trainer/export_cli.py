@@ -45,6 +45,16 @@ def base_model_of(adapter_dir: Path) -> str:
                          "base_model_name_or_path in adapter_config.json); pass --model")
 
 
+def _resize_for_extended_vocabulary(base: Any, adapter_dir: Path) -> None:
+    """An adapter trained with vocab.extend needs the base's embeddings grown first (babeltune.trainer.vocab, where
+    that module exists in this tree)."""
+    try:
+        from babeltune.trainer.vocab import resize_for_adapter
+    except ImportError:
+        return
+    resize_for_adapter(base, adapter_dir)
+
+
 def merged_model(adapter_dir: Path, model_dir: Path, echo: Callable[[str], None] = _echo_stderr) -> tuple[Any, Any]:
     """(the base model in fp32 with the adapter folded in, the adapter's tokenizer or else the base's)."""
     import torch
@@ -58,6 +68,7 @@ def merged_model(adapter_dir: Path, model_dir: Path, echo: Callable[[str], None]
     check_adapter_base(adapter_dir, model_dir, what="--adapter", warn=echo)
     echo(f"export: loading {model_dir} (fp32) + {adapter_dir}")
     base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True, **load_kwargs())
+    _resize_for_extended_vocabulary(base, adapter_dir)
     try:
         adapted = PeftModel.from_pretrained(base, str(adapter_dir))
     except (RuntimeError, ValueError, KeyError) as exc:

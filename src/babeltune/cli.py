@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "advise": ("babeltune.advisor.cli:advise", "Measure a corpus under the model's own tokenizer and write an explained config."),
     "train": ("babeltune.trainer.cli:train", "Train an adapter from a config written by `advise`."),
     "eval": ("babeltune.trainer.evaluate_cli:eval_command", "Bits per character per language, before and after an adapter."),
+    "export": ("babeltune.trainer.export_cli:export_command", "Merge an adapter into its base and write a GGUF (llama.cpp) or HF folder."),
     "models": ("babeltune.models.cli:models", "Built-in models and named tokenizers (offline)."),
     "plugins": ("babeltune.trainer.plugins_cli:plugins_command", "List training backends and the plugins that provide them."),
     "merge": ("babeltune.trainer.merge_cli:merge_command", "One LoRA adapter for several languages (PEFT add_weighted_adapter), measured per language."),

@@ -74,6 +74,10 @@ class Backend(abc.ABC):
     supports_fsdp: bool = False         # may shard its model under `train --gpus N --fsdp` (the model must stay a
                                         # plain transformers + PEFT module that FSDP2 can wrap); False is refused
 
+    def prepare_process(self) -> None:
+        """Per-process setup that must happen before transformers is imported (unsloth imports itself here,
+        because it patches transformers on import). Called once the backend is chosen and usable."""
+
     def availability(self) -> tuple[bool, str]:
         """(usable on this machine, why not). Must not import heavy packages when they are missing."""
         return True, ""

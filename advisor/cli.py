@@ -47,7 +47,7 @@ def check_single(models: tuple[str, ...], tokenizers: tuple[str, ...], compare: 
 
 def check_outputs(out, report) -> None:
     """--out/--report must be writable: fail before measuring, not after."""
-    from babeltune.errors import check_writable
+    from babeltune.atomic import check_writable
 
     if out:
         check_writable(out, "--out")
@@ -94,7 +94,7 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 
     from babeltune.advisor.render import estimate_lines, memory_line, render_table, render_yaml
     from babeltune.config import parse_yaml, validate_config
-    from babeltune.errors import atomic_write_text
+    from babeltune.atomic import atomic_write_text
 
     if out:
         text = render_yaml(advice, command_line())

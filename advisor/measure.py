@@ -212,10 +212,8 @@ def reference_premium(tokenizer: "TextTokenizer", profile: Optional["LangProfile
     (Petrov et al. 2023's tokenizer premium); None when the language ships no reference text."""
     if profile is None:
         return None
-    try:
-        from babeltune.advisor.profiles import english_reference_lines, reference_lines
-    except ImportError:  # language profiles not installed yet
-        return None
+    from babeltune.advisor.profiles import english_reference_lines, reference_lines
+
     lines = reference_lines(profile)
     english = english_reference_lines()
     if not lines or not english:
@@ -230,10 +228,8 @@ def reference_char_ratio(profile: Optional["LangProfile"]) -> Optional[float]:
     much text the language needs to say the same thing (tokenizer-free); None without reference text."""
     if getattr(profile, "reference", None) is None:
         return None
-    try:
-        from babeltune.advisor.profiles import english_reference_lines, reference_lines
-    except ImportError:
-        return None
+    from babeltune.advisor.profiles import english_reference_lines, reference_lines
+
     lines, english = reference_lines(profile), english_reference_lines()
     if not lines or not english:
         return None

@@ -147,7 +147,7 @@ def test_hf_peft_4bit_on_cpu_is_a_one_line_error(tiny_model_dir):
 
 
 def test_attention_choice_on_cpu():
-    from babeltune.plugins.common import choose_attention
+    from babeltune.plugins.toolkit import choose_attention
 
     runtime = Runtime(device="cpu", precision="fp32", model_dir=".")
     impl, why = choose_attention(runtime, "auto")

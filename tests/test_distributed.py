@@ -100,7 +100,7 @@ def test_single_process_with_several_gpus_trains_on_one(monkeypatch):
 
 
 def test_fsdp_launch_is_detected_so_the_loader_leaves_the_model_on_cpu(monkeypatch):
-    from babeltune.plugins.common import fsdp_enabled
+    from babeltune.plugins.toolkit import fsdp_enabled
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     assert not fsdp_enabled()

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from babeltune.errors import BabeltuneError, atomic_write_text
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import atomic_write_text
 
 MARKER = "babeltune_complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")

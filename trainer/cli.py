@@ -122,7 +122,7 @@ def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_
     click.get_current_context().with_resource(quiet_libraries())   # no library tqdm bars or FutureWarnings
     if gpus > 1 and not os.environ.get(distributed.LAUNCHED_ENV):
         distributed.check_gpus(gpus)
-        from babeltune.trainer.run import resolve_model_dir
+        from babeltune.models.resolve import resolve_model_dir
 
         resolve_model_dir(config.model.name)   # convert a built-in/GGUF model once, before N processes want it
         args = worker_args(click.get_current_context().params)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from babeltune.errors import BabeltuneError, check_writable
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import check_writable
 from babeltune.trainer import callbacks as cb
 from babeltune.trainer import distributed, fsdp, resume_config
 from babeltune.trainer.backend import Backend, Runtime
@@ -50,19 +51,6 @@ class RunResult:
 # Runtime and seeding
 
 
-def resolve_model_dir(spec: str) -> str:
-    """A local HF folder for model.name: built-in names and GGUF files through the models package."""
-    try:
-        from babeltune.models.resolve import resolve_model_dir as resolve
-    except ImportError:  # models package not in this tree: plain HF folders still work
-        folder = Path(spec).expanduser()
-        if (folder / "config.json").is_file():
-            return str(folder)
-        raise BabeltuneError(f"model.name: {spec!r} is not a Hugging Face folder (no config.json); "
-                             "pass a folder with config.json and weights") from None
-    return str(resolve(spec))
-
-
 def resolve_precision(requested: str, device: str) -> str:
     import torch
 
@@ -80,9 +68,11 @@ def resolve_precision(requested: str, device: str) -> str:
 def make_runtime(config: "TrainConfig") -> Runtime:
     import torch
 
+    from babeltune.models.resolve import resolve_model_dir
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return Runtime(device=device, precision=resolve_precision(config.training.precision, device),
-                   model_dir=resolve_model_dir(config.model.name),
+                   model_dir=str(resolve_model_dir(config.model.name)),
                    world_size=distributed.world_size(), local_rank=distributed.local_rank())
 
 
@@ -174,10 +164,8 @@ def build_optimizer(backend: Backend, model: Any, config: "TrainConfig", args: A
 
 
 def plugin_callbacks(config: "TrainConfig") -> list:
-    try:
-        from babeltune.trainer.plugins import get_plugin_manager
-    except ImportError:
-        return []
+    from babeltune.trainer.plugins import get_plugin_manager
+
     return [callback for result in get_plugin_manager().hook.extra_callbacks(config=config) for callback in (result or [])]
 
 
@@ -233,7 +221,7 @@ def nonfinite_error(guard, config: "TrainConfig", output_dir: Path) -> Babeltune
 
 
 def write_heldout(texts: list[str], output_dir: Path) -> Path:
-    from babeltune.errors import atomic_write_text
+    from babeltune.atomic import atomic_write_text
 
     return atomic_write_text(output_dir / HELDOUT_FILE, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
 

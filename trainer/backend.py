@@ -33,6 +33,8 @@ class Runtime:
     model_dir: str              # resolved local Hugging Face folder (built-ins converted already)
     world_size: int = 1
     local_rank: int = 0
+    gradient_accumulation_steps: Optional[int] = None   # per process under torchrun (the config's / world_size);
+                                                        # None = training.gradient_accumulation_steps
 
 
 @dataclass

@@ -42,6 +42,7 @@ def library_versions() -> dict[str, Optional[str]]:
 
 def device_facts(runtime: "Runtime") -> dict[str, Any]:
     facts: dict[str, Any] = {"device": runtime.device, "precision": runtime.precision, "world_size": runtime.world_size,
+                             "gradient_accumulation_steps_per_process": runtime.gradient_accumulation_steps,
                              "platform": platform.platform(), "machine": platform.machine()}
     import torch
 

@@ -65,7 +65,7 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
-def make_runtime(config: "TrainConfig") -> Runtime:
+def make_runtime(config: "TrainConfig", echo: Callable[[str], Any] = print) -> Runtime:
     import torch
 
     from babeltune.models.resolve import resolve_model_dir
@@ -73,7 +73,8 @@ def make_runtime(config: "TrainConfig") -> Runtime:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return Runtime(device=device, precision=resolve_precision(config.training.precision, device),
                    model_dir=str(resolve_model_dir(config.model.name)),
-                   world_size=distributed.world_size(), local_rank=distributed.local_rank())
+                   world_size=distributed.world_size(), local_rank=distributed.local_rank(),
+                   gradient_accumulation_steps=distributed.accumulation_per_process(config, distributed.world_size(), echo))
 
 
 def seed_everything(seed: int) -> None:
@@ -121,7 +122,8 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir), per_device_train_batch_size=tr.per_device_train_batch_size,
         per_device_eval_batch_size=ev.per_device_eval_batch_size,
-        gradient_accumulation_steps=tr.gradient_accumulation_steps, learning_rate=tr.learning_rate,
+        gradient_accumulation_steps=runtime.gradient_accumulation_steps or tr.gradient_accumulation_steps,
+        learning_rate=tr.learning_rate,
         num_train_epochs=tr.num_train_epochs or 1.0, max_steps=tr.max_steps or -1, weight_decay=tr.weight_decay,
         optim=tr.optimizer, lr_scheduler_type=tr.lr_scheduler_type, max_grad_norm=tr.max_grad_norm,
         logging_strategy="steps", logging_steps=tr.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
@@ -274,7 +276,7 @@ def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
     from babeltune.trainer.data import prepare_data
 
     config, echo = session.config, session.echo
-    session.runtime = make_runtime(config)
+    session.runtime = make_runtime(config, echo)
     echo(f"device {session.runtime.device}, precision {session.runtime.precision}, model {session.runtime.model_dir}")
     seed_everything(config.training.seed)
     session.backend = pick_backend(backend, config, echo)
@@ -399,8 +401,7 @@ def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = 
 
     from babeltune.trainer.output_dir import RunLock, check_output_dir
 
-    record = resume_config.run_record(config)      # as given: --gpus N scales the accumulation below
-    config = distributed.scale_accumulation(config, distributed.world_size(), echo)
+    record = resume_config.run_record(config)
     session = Session(config, Path(config.training.output_dir), echo, time.time(), record=record,
                       allow_config_change=allow_config_change, resume_command=resume_command)
     main = distributed.is_main_process()           # rank 0 alone locks and checks the folder it writes

@@ -96,10 +96,19 @@ def pick_backend(choice: Union[str, Backend, None], config: "TrainConfig", echo:
 # Trainer arguments, optimizer, callbacks
 
 
-def supported(cls: type, kwargs: dict) -> dict:
-    """Keep only the arguments this transformers version knows (the GPU machine runs an older one)."""
+def known_arguments(cls: type, kwargs: dict) -> dict:
+    """``kwargs`` when ``cls`` (TrainingArguments) takes every one of them; an argument this transformers version
+    lacks is an error, not dropped: the run would silently train with the library's default instead. Renamed
+    arguments are translated before this (warmup_ratio, activation_checkpointing)."""
     known = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in kwargs.items() if k in known}
+    unknown = sorted(key for key in kwargs if key not in known)
+    if unknown:
+        import transformers
+
+        raise BabeltuneError(f"transformers {transformers.__version__}: {cls.__name__} takes no {', '.join(unknown)}, "
+                             "which this run sets; install the transformers version babeltune requires "
+                             "(pip install -U babeltune, or see its pyproject.toml)")
+    return kwargs
 
 
 def warmup_kwargs(config: "TrainConfig", known: set) -> dict:
@@ -143,7 +152,7 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
     if "activation_checkpointing" in known:  # the newer name; the old one warns
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
         kwargs["activation_checkpointing_kwargs"] = kwargs.pop("gradient_checkpointing_kwargs")
-    return TrainingArguments(**supported(TrainingArguments, kwargs))
+    return TrainingArguments(**known_arguments(TrainingArguments, kwargs))
 
 
 def keep_to_one_gpu(args, echo: Callable) -> None:

@@ -64,7 +64,7 @@ def run_compare(lang, spec, models, tokenizers, *, full, seed, as_json, echo) ->
 
     profile, candidates, best = compare(lang, spec, models=list(models), tokenizers=list(tokenizers),
                                         full=full, seed=seed, echo=echo)
-    from babeltune.advisor.readlog import report_lines
+    from babeltune.corpus.readlog import report_lines
 
     for line in report_lines(candidates[0].measurements.skipped if candidates else []):   # same corpus for all
         echo(line)
@@ -112,7 +112,7 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 
         render_table(advice, table_console(), header=not out)   # with --out the header lines go to stderr
     if out or as_json:
-        from babeltune.advisor.readlog import report_lines
+        from babeltune.corpus.readlog import report_lines
 
         for line in report_lines(advice.measurements.skipped):   # the table shows these; here stderr does
             echo(line)
@@ -171,7 +171,7 @@ def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, out, as_jso
     """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
     reason that cites the measured number."""
     from babeltune.advisor.advise import advise as run_advise
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
 
     check_single(models, tokenizers, compare, out, report)
     check_outputs(out, report)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from babeltune.errors import BabeltuneError
-from babeltune.models.safety import check_model_folder, load_kwargs, remote_code_trusted
+from babeltune.models.safety import check_model_folder, load_kwargs, model_class_for  # noqa: F401 - toolkit API
+from babeltune.trainer.distributed import fsdp_enabled
 from babeltune.trainer.checkpoints import trainable_names  # noqa: F401 - part of the toolkit (hf_peft uses it)
 
 if TYPE_CHECKING:
@@ -31,25 +31,6 @@ def torch_dtype(precision: str):
     if precision not in PRECISION_DTYPES:
         raise BabeltuneError(f"training.precision: {precision!r} is not one of bf16, fp16, fp32")
     return getattr(torch, PRECISION_DTYPES[precision])
-
-
-def model_class_for(model_dir: str):
-    """The transformers causal-LM class for a folder, read from config.json only (no weights)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    check_model_folder(model_dir)
-    config = AutoConfig.from_pretrained(model_dir, **load_kwargs())
-    remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
-    if remote and remote_code_trusted():   # --trust-remote-code: the folder's own class
-        from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
-        return get_class_from_dynamic_module(remote, model_dir)
-    try:
-        return AutoModelForCausalLM._model_mapping[type(config)]
-    except KeyError:
-        raise BabeltuneError(
-            f"{model_dir}: model_type {config.model_type!r} is not a causal language model transformers knows; "
-            "use a decoder-only model (Llama, Qwen, Gemma, Mistral, ...)") from None
 
 
 def flash_attention_status(runtime: "Runtime", model_class: Any = None) -> tuple[bool, str]:
@@ -146,11 +127,6 @@ def quantization_config(config: "TrainConfig", runtime: "Runtime"):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=torch_dtype(runtime.precision))
-
-
-def fsdp_enabled() -> bool:
-    """`accelerate launch` with an FSDP config sets this; the model must then stay on the CPU until sharded."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
 
 
 def sharded_run(config: "TrainConfig") -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from babeltune.advisor.advise import advise
-from babeltune.advisor.corpus import CorpusSpec
+from babeltune.corpus.reader import CorpusSpec
 
 pytest.importorskip("babeltune.models.facts", reason="model facts (models helper) not installed yet")
 
@@ -163,7 +163,7 @@ def test_cpt_length_reason_says_what_blocks_packing_does(tiny_model_dir):
 
     from transformers import AutoTokenizer
 
-    from babeltune.advisor.corpus import iter_documents
+    from babeltune.corpus.reader import iter_documents
 
     advice = run_advise(MARATHI_TWEETS, tiny_model_dir)
     length, reason = advice.decisions["max_seq_length"].value, advice.decisions["max_seq_length"].reason

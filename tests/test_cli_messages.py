@@ -93,7 +93,7 @@ def test_error_lines_are_the_errors_arguments_each_escaped(capsys):
 
 
 def test_an_approximate_language_name_is_said_not_silently_replaced():
-    from babeltune.advisor.language import resolve_language
+    from babeltune.languages.language import resolve_language
 
     notes: list[str] = []
     assert resolve_language("marathii", note=notes.append).code == "mr"

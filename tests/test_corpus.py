@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from babeltune.advisor import corpus as corpus_module
-from babeltune.advisor.corpus import (
+from babeltune.corpus import reader as corpus_module
+from babeltune.corpus.reader import (
     CorpusSpec, FileProblem, corpus_files, corpus_sha256, iter_documents, iter_records, iter_text_chunks,
 )
 from babeltune.advisor.types import SkippedFile

@@ -1,4 +1,4 @@
-"""Fuzz the corpus reader (babeltune.advisor.corpus) with hypothesis: random bytes, mis-encoded text,
+"""Fuzz the corpus reader (babeltune.corpus.reader) with hypothesis: random bytes, mis-encoded text,
 truncated multi-byte sequences, NUL bytes, empty files, JSONL with wrong types or missing fields, CSV/TSV
 without the text column, corrupt and odd parquet, random extensions, folders mixing all of these.
 
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from babeltune.errors import BabeltuneError
 
-corpus = pytest.importorskip("babeltune.advisor.corpus")
+corpus = pytest.importorskip("babeltune.corpus.reader")
 from babeltune.advisor.types import SkippedFile  # noqa: E402
 
 FUZZ = settings(max_examples=1000, deadline=None, database=None,
@@ -289,7 +289,7 @@ def line_oracle(data: bytes, limit: int):
     """(documents, lines or pieces skipped) of a .txt file read one document per line, computed plainly: a
     line longer than ``limit`` bytes is cut where readlog.cut_point says, and each piece kept or skipped on
     its own. None for a binary file (a NUL byte in its first 8000 bytes: skipped whole)."""
-    from babeltune.advisor.readlog import cut_point
+    from babeltune.corpus.readlog import cut_point
 
     if b"\x00" in data[:8000]:
         return None
@@ -322,7 +322,7 @@ text_lines = st.one_of(sentences.map(lambda s: s.encode("utf-8")), misencoded(),
 @given(lines=st.lists(text_lines, max_size=25), bom=st.booleans(), chunk=st.integers(1, 64),
        limit=st.sampled_from([None, 4, 9, 32]), doc_split=st.sampled_from(["line", "line", "paragraph", "file"]))
 def test_txt_lines_read_plus_lines_skipped_add_up(lines, bom, chunk, limit, doc_split):
-    from babeltune.advisor import readlog
+    from babeltune.corpus import readlog
     from babeltune.advisor.measure import count_corpus
 
     data = (b"\xef\xbb\xbf" if bom else b"") + b"\n".join(lines)

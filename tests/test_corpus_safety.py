@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from babeltune.advisor import corpus as corpus_module
+from babeltune.corpus import reader as corpus_module
 from babeltune.advisor import measure, textscan
-from babeltune.advisor.corpus import CorpusSpec, iter_documents, iter_records
+from babeltune.corpus.reader import CorpusSpec, iter_documents, iter_records
 from babeltune.errors import BabeltuneError
 
 TEXT = Path(__file__).parent / "data" / "text"
@@ -178,7 +178,7 @@ def test_a_fifo_in_the_corpus_is_reported_and_never_opened(tmp_path, mr_lines):
 
 
 def test_a_file_swapped_for_a_fifo_after_listing_does_not_block(tmp_path):
-    from babeltune.advisor.textread import open_regular
+    from babeltune.corpus.textread import open_regular
 
     os.mkfifo(tmp_path / "late.txt")
     try:
@@ -314,7 +314,7 @@ def test_a_document_without_newlines_is_cut_into_pieces_in_bounded_memory(tmp_pa
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB reading one 16 MiB line"
-    from babeltune.advisor import readlog
+    from babeltune.corpus import readlog
 
     assert len(pieces) > 60 and max(len(p.encode("utf-8")) for p in pieces) <= readlog.MAX_DOCUMENT_BYTES
     assert " ".join(pieces) == text.strip()               # cut at spaces: nothing lost
@@ -367,7 +367,7 @@ def test_huge_jsonl_csv_and_parquet_records_are_cut_or_skipped(tmp_path, monkeyp
         skipped: list = []
         pieces = documents(tmp_path / name, skipped)
         assert len(pieces) > 30 and " ".join(pieces[:-1] if name == "wide.csv" else pieces) == long_text.strip(), name
-        from babeltune.advisor import readlog
+        from babeltune.corpus import readlog
 
         assert max(len(p.encode("utf-8")) for p in pieces) <= readlog.MAX_DOCUMENT_BYTES
         assert [(s.kind, s.count) for s in skipped] == [("cut", 1)], name
@@ -381,7 +381,7 @@ def test_huge_jsonl_csv_and_parquet_records_are_cut_or_skipped(tmp_path, monkeyp
 def test_advise_on_a_file_without_newlines_says_it_cut_it(tmp_path, monkeypatch, tiny_model_dir):
     from click.testing import CliRunner
 
-    from babeltune.advisor import readlog
+    from babeltune.corpus import readlog
     from babeltune.advisor.cli import advise
 
     monkeypatch.setattr(readlog, "MAX_DOCUMENT_BYTES", 16 << 10)
@@ -394,7 +394,7 @@ def test_advise_on_a_file_without_newlines_says_it_cut_it(tmp_path, monkeypatch,
 
 
 def test_tokenizer_batches_are_bounded_by_characters():
-    from babeltune.advisor import readlog
+    from babeltune.corpus import readlog
 
     texts = ["x" * 600_000, "y" * 600_000, "z", "w" * 2_000_000, "v"]
     assert [list(map(len, b)) for b in readlog.batches(texts, 1000, max_chars=1 << 20)] == [

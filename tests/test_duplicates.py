@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from babeltune.advisor import duplicates, textscan
-from babeltune.advisor.corpus import CorpusSpec, iter_documents
+from babeltune.advisor import textscan
+from babeltune.corpus import duplicates
+from babeltune.corpus.reader import CorpusSpec, iter_documents
 from babeltune.advisor.measure import measure_corpus
 
 DATA = Path(__file__).parent / "data"

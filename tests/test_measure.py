@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from babeltune.advisor import corpus as corpus_module
+from babeltune.corpus import reader as corpus_module
 from babeltune.advisor import measure, textscan
-from babeltune.advisor.corpus import CorpusSpec, iter_documents
+from babeltune.corpus.reader import CorpusSpec, iter_documents
 from babeltune.advisor.measure import measure_corpus, reference_premium
 from babeltune.advisor.scripts import mostly_space_delimited, script_mix
 from babeltune.errors import BabeltuneError
@@ -49,7 +49,7 @@ def lines(name: str) -> list[str]:
 
 
 def profile(code: str):
-    profiles = pytest.importorskip("babeltune.advisor.profiles")
+    profiles = pytest.importorskip("babeltune.languages.profiles")
     return profiles.get_profile(code)
 
 
@@ -223,7 +223,7 @@ def test_english_corpus_declared_marathi_is_a_mismatch(tokenizer):
 
 
 def test_premium_vs_english_on_the_parallel_reference(tokenizer):
-    profiles = pytest.importorskip("babeltune.advisor.profiles")
+    profiles = pytest.importorskip("babeltune.languages.profiles")
     hindi = profiles.get_profile("hi")
     own, english = profiles.reference_lines(hindi), profiles.english_reference_lines()
     if not own:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from advisor_fixtures import JAPANESE, LLAMA2_7B, MARATHI, SMOLLM2, char_lengths, measurements
 from babeltune.advisor.advise import build_config
-from babeltune.advisor.corpus import CorpusSpec
+from babeltune.corpus.reader import CorpusSpec
 from babeltune.advisor.memory import BUDGET_SHARE
 from babeltune.advisor.rules import RULE_ORDER, RULES, RuleContext, apply_rules
 from babeltune.advisor.rules.hardware import SATURATED_SHARE

@@ -44,6 +44,11 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def fsdp_enabled() -> bool:
+    """`accelerate launch` with an FSDP config sets this; the model must then stay on the CPU until sharded."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
+
+
 def main_process_echo(echo: Callable[[str], Any]) -> Callable[[str], Any]:
     """``echo`` on rank 0, silence elsewhere (errors are raised, not echoed, so every rank still reports them)."""
     return echo if is_main_process() else (lambda _line: None)

@@ -421,7 +421,7 @@ def evaluate_corpora(model_spec: str, corpora: dict[str, Any], *, adapter: Optio
 
 def _read_corpora(corpora: dict[str, Any], max_documents: Optional[int]):
     """LANG -> documents via the advisor's corpus reader (same formats and errors as `advise`)."""
-    from babeltune.advisor.corpus import CorpusSpec, iter_documents
+    from babeltune.corpus.reader import CorpusSpec, iter_documents
 
     documents, sources, skipped_all = {}, {}, []
     for language, spec in corpora.items():

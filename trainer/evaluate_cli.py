@@ -37,7 +37,7 @@ def resolve_corpora(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def _language_code(language: str, option: str) -> str:
-    from babeltune.advisor.language import resolve_language
+    from babeltune.languages.language import resolve_language
 
     try:
         return resolve_language(language, note=lambda line: click.echo(line, err=True)).code

@@ -51,10 +51,9 @@ def active(config: "TrainConfig") -> bool:
 def check_config(config: "TrainConfig", echo: Callable[[str], Any]) -> None:
     """What FSDP cannot shard in these releases, as one error line naming the key; a note when there is one
     process (nothing to shard: the run trains as on one GPU)."""
-    from babeltune.plugins.toolkit import fsdp_enabled
 
     if not requested(config):
-        if fsdp_enabled() and distributed.world_size() > 1:   # `accelerate launch` with an FSDP config file
+        if distributed.fsdp_enabled() and distributed.world_size() > 1:   # `accelerate launch` with an FSDP config file
             raise BabeltuneError("training.distributed: ddp, but accelerate launch asked for FSDP (ACCELERATE_USE_FSDP); "
                                  "add --set training.distributed=fsdp, or run train --gpus N --fsdp")
         return
@@ -334,7 +333,7 @@ def layer_classes_from_folder(model_dir: str) -> Optional[list[str]]:
     None when the model is not a local folder yet (built-in names and GGUF files are converted at launch)."""
     if not (Path(model_dir).expanduser() / "config.json").is_file():
         return None
-    from babeltune.plugins.toolkit import model_class_for
+    from babeltune.models.safety import model_class_for
 
     return list(getattr(model_class_for(str(Path(model_dir).expanduser())), "_no_split_modules", None) or []) or None
 

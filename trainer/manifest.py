@@ -77,7 +77,7 @@ def config_hash(config: "TrainConfig") -> str:
 
 
 def corpus_hash(config: "TrainConfig", path: str) -> Optional[str]:
-    from babeltune.advisor.corpus import corpus_sha256
+    from babeltune.corpus.reader import corpus_sha256
 
     from babeltune.trainer.data import corpus_spec
 

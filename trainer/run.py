@@ -240,7 +240,7 @@ def write_heldout(texts: list[str], output_dir: Path) -> Path:
 
 def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, output_dir: Path, echo: Callable) -> Path:
     """Bits per character on the held-out split (+ eval.extra_corpora), before and after the adapter."""
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
     from babeltune.trainer.evaluate import evaluate_corpora
 
     corpora: dict[str, Any] = {config.language: CorpusSpec(path=str(heldout), text_field="text")}

@@ -10,7 +10,6 @@ import pytest
 from babeltune.advisor.advise import advise
 from babeltune.corpus.reader import CorpusSpec
 
-pytest.importorskip("babeltune.models.facts", reason="model facts (models helper) not installed yet")
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent

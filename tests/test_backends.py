@@ -8,12 +8,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from babeltune.config import validate_config
 from babeltune.errors import BabeltuneError
 from babeltune.trainer.backend import Runtime
-
-torch = pytest.importorskip("torch")
 
 
 def make_config(**sections) -> "object":

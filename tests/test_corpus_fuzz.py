@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from babeltune.errors import BabeltuneError
 
-corpus = pytest.importorskip("babeltune.corpus.reader")
-from babeltune.advisor.types import SkippedFile  # noqa: E402
+from babeltune.corpus import reader as corpus
+from babeltune.corpus.skipped import SkippedFile
 
 FUZZ = settings(max_examples=1000, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -16,7 +16,6 @@ import pytest
 from babeltune.advisor.advise import advise
 from babeltune.corpus.reader import CorpusSpec
 
-pytest.importorskip("babeltune.models.facts", reason="model facts (models helper) not installed yet")
 
 ROOT = Path(__file__).parent.parent
 REFERENCE = ROOT / "lang_profiles" / "reference"

@@ -16,6 +16,19 @@ DATA = Path(__file__).parent / "data"
 TEXT = DATA / "text"
 
 
+FAST_LANE = False   # `-m "not slow"`: property tests run a tenth of their examples (the full suite runs them all)
+
+
+def pytest_configure(config):
+    global FAST_LANE
+    FAST_LANE = "not slow" in (config.getoption("markexpr", "") or "")
+
+
+def examples(full: int) -> int:
+    """How many examples a hypothesis test runs: ``full`` in the full suite, a tenth (at least 20) in the fast lane."""
+    return full if not FAST_LANE else min(full, max(20, full // 10))
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

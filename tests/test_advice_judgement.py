@@ -282,6 +282,7 @@ def installed(*names: str) -> bool:
     return set(names) <= set(installed_builtins())
 
 
+@pytest.mark.slow   # the real built-in tokenizers (converted once per cache)
 @pytest.mark.skipif(not installed("smollm2-135m", "gemma-3-270m"), reason="built-in models not installed")
 def test_bad_fit_with_model_given_names_the_installed_model_that_needs_fewer_tokens(babeltune_cache):
     import re

@@ -16,6 +16,8 @@ from babeltune.corpus.reader import (
 from babeltune.advisor.types import SkippedFile
 from babeltune.errors import BabeltuneError
 
+from conftest import examples as lane_examples
+
 TEXT = Path(__file__).parent / "data" / "text"
 
 
@@ -267,7 +269,7 @@ def test_reported_offset_is_the_first_bad_byte_for_any_bytes_and_chunk_size(tmp_
     content = st.lists(st.one_of(text_bytes, st.binary(max_size=6), st.sampled_from([b"\n", b"\xe0\xa4", b"\xa4"])),
                        max_size=12).map(b"".join)
 
-    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=lane_examples(300), deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(data=content, chunk=st.integers(1, 64))
     def check(data, chunk):

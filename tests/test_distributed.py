@@ -82,6 +82,7 @@ def test_resolved_config_of_a_two_process_run_is_the_users_config(tiny_model_dir
     assert manifest["device"]["gradient_accumulation_steps_per_process"] == 1
 
 
+@pytest.mark.slow   # two torchrun processes, twice
 def test_two_process_run_matches_one_process_writes_once_and_resumes(tiny_model_dir, tmp_path):
     from babeltune.trainer.run import run_training
 

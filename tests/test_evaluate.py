@@ -16,6 +16,8 @@ from babeltune.trainer.evaluate import (
 )
 from babeltune.trainer.evaluate_cli import eval_command, parse_corpus_option, resolve_corpora
 
+from conftest import examples as lane_examples
+
 TEXT = Path(__file__).parent / "data" / "text"
 
 
@@ -100,7 +102,7 @@ def test_sliding_window_with_large_max_length_equals_one_pass(tiny, marathi_line
     assert windowed.bits_per_char == pytest.approx(single.bits_per_char, rel=0.05)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=lane_examples(200), deadline=None)
 @given(n=st.integers(0, 300), max_length=st.integers(8, 80), data=st.data(), with_prefix=st.booleans())
 def test_windows_predict_every_token_exactly_once(n, max_length, data, with_prefix):
     prefix = 7 if with_prefix else None

@@ -44,6 +44,7 @@ def hold_lock(out: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow   # a lock-holding process and a second train process
 def test_a_second_train_on_the_same_output_dir_gets_one_error_naming_the_holder(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     holder = hold_lock(out)

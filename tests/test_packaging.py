@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+@pytest.mark.slow   # pip wheel
 def test_wheel_holds_the_mapped_folders_and_their_data(tmp_path):
     """A plain (non-editable) install: the wheel maps advisor/, trainer/, plugins/, lang_profiles/ and src/babeltune
     under babeltune/, with the data files the code reads, and nothing else from the checkout."""

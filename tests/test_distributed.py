@@ -61,18 +61,18 @@ def test_accumulation_is_divided_to_keep_the_effective_batch():
     assert distributed.accumulation_per_process(config, 1, lines.append) == 4 and len(lines) == 2
 
 
-def test_resolved_config_of_a_two_process_run_is_the_users_config(tiny_model_dir, tmp_path, monkeypatch):
+def test_resolved_config_of_a_two_process_run_is_the_users_config(tiny_run_config, monkeypatch):
     """The accumulation divided over the processes is a runtime setting: the config saved with the adapter and in
     the manifest is the one the user gave (running it again on one GPU must not halve the effective batch)."""
+    from pathlib import Path
+
     import yaml
 
     from babeltune.trainer.run import run_training
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)   # what each torchrun worker of `train --gpus 2` sees
-    out = tmp_path / "run"
-    config = load_config(CONFIGS / "tiny-cpt.yaml", [f"model.name={tiny_model_dir}", f"training.output_dir={out}",
-                                                     f"data.train={TEXT / 'mr.txt'}", "training.gradient_accumulation_steps=2",
-                                                     "training.max_steps=2", "eval.evaluation_strategy=no"])
+    config = tiny_run_config("training.gradient_accumulation_steps=2", "training.max_steps=2", "eval.evaluation_strategy=no")
+    out = Path(config.training.output_dir)
     lines: list[str] = []
     run_training(config, evaluate=False, echo=lines.append)
     assert any("gradient_accumulation_steps 2 -> 1" in line for line in lines)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -13,16 +12,9 @@ from babeltune.config import load_config
 from babeltune.errors import BabeltuneError
 from babeltune.trainer.backend import Backend
 
-from conftest import DATA, TEXT
+from conftest import DATA, tiny_config
 
 CONFIGS = DATA / "configs"
-
-
-def tiny_config(name: str, model_dir: Path, output_dir: Path, *sets: str):
-    data_train = {"tiny-cpt.yaml": TEXT / "mr.txt", "tiny-sft.yaml": DATA / "sft" / "mr_pairs.jsonl",
-                  "tiny-padding-free.yaml": TEXT / "hi.txt"}[name]
-    return load_config(CONFIGS / name, [f"model.name={model_dir}", f"training.output_dir={output_dir}",
-                                        f"data.train={data_train}", *sets])
 
 
 def quiet(_line):

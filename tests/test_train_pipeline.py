@@ -3,7 +3,6 @@ installed transformers lacks is an error, never dropped) and the CLI flags as ov
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

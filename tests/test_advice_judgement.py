@@ -242,6 +242,7 @@ def trainer_truncation(config, tokenizer, records: list[dict], length: int) -> t
     return lost / len(records), dropped / len(records)
 
 
+@pytest.mark.slow   # ~14 s in the fast lane (over ~10 s: slow)
 def test_sft_lengths_are_measured_on_what_train_feeds(chat_model_dir, tmp_path):
     import json
 

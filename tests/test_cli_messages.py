@@ -103,6 +103,7 @@ def test_an_approximate_language_name_is_said_not_silently_replaced():
     assert notes == ["taking 'marathii' as Marathi"]
 
 
+@pytest.mark.slow   # ~15 s in the fast lane (over ~10 s: slow)
 def test_advise_says_which_language_it_took(tiny_model_dir):
     result = invoke("advise", "--lang", "marathii", "--corpus", MARATHI, "--model", tiny_model_dir, "--json")
     assert result.exit_code == 0, result.output

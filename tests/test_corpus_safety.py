@@ -139,6 +139,7 @@ def test_train_strict_flag_is_recorded_in_the_resolved_config(tmp_path):
                                       "resume": None, "sets": (), "merge": False, "no_eval": False, "strict": True})
 
 
+@pytest.mark.slow   # ~15 s in the fast lane (over ~10 s: slow)
 def test_advise_names_the_file_and_counts_the_skipped_line(tmp_path, mr_lines, tiny_model_dir):
     from click.testing import CliRunner
 
@@ -217,6 +218,7 @@ def test_dangling_links_link_loops_and_folder_loops_are_reported_skips(tmp_path,
         documents(tmp_path / "dangling.txt")
 
 
+@pytest.mark.slow   # ~14 s in the fast lane (over ~10 s: slow)
 def test_an_unreadable_file_is_a_reported_skip_not_a_traceback(tmp_path, mr_lines, monkeypatch, tiny_model_dir):
     # Tests run as root, where chmod 000 still reads: make every way of opening the file fail instead.
     secret = str(tmp_path / "secret.txt")
@@ -378,6 +380,7 @@ def test_huge_jsonl_csv_and_parquet_records_are_cut_or_skipped(tmp_path, monkeyp
     assert skipped[0].describe().startswith(f"{tmp_path / 'long.jsonl'}: skipped 1 line (line longer than 1,048,576 bytes")
 
 
+@pytest.mark.slow   # ~16 s in the fast lane (over ~10 s: slow)
 def test_advise_on_a_file_without_newlines_says_it_cut_it(tmp_path, monkeypatch, tiny_model_dir):
     from click.testing import CliRunner
 

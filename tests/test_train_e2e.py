@@ -61,6 +61,7 @@ def test_cpt_run_writes_a_loadable_adapter_metrics_plot_manifest_and_eval(tiny_m
     assert all((out / c / "babeltune_complete.json").is_file() for c in checkpoints)
 
 
+@pytest.mark.slow   # ~15 s in the fast lane (over ~10 s: slow)
 def test_sft_run_with_checkpointing_and_merge(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -117,6 +118,7 @@ def test_gradient_check_names_a_module_that_gets_no_gradient(tiny_model_dir, tmp
         run_training(tiny_config("tiny-cpt.yaml", tiny_model_dir, tmp_path / "g"), backend=Wrapped(orphan), echo=quiet)
 
 
+@pytest.mark.slow   # ~12 s in the fast lane (over ~10 s: slow)
 def test_nan_guard_stops_keeps_the_last_good_checkpoint_and_lists_causes(tiny_model_dir, tmp_path):
     from babeltune.trainer.run import run_training
 
@@ -160,6 +162,7 @@ def test_modules_to_save_with_their_own_learning_rate_train_and_reload(tiny_mode
     assert check["relative_diff"] <= check["tolerance"] or check["unexplained_share"] <= 0.25
 
 
+@pytest.mark.slow   # ~12 s in the fast lane (over ~10 s: slow)
 def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(tiny_model_dir, tmp_path):
     from babeltune.trainer.run import run_training
 

@@ -297,7 +297,7 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
     ``minutes``: with gpu "cpu", size the run to finish in that time; ``probe``: time the model on this CPU
     when the target is the CPU or this machine has no GPU."""
     from babeltune.advisor import estimate as est
-    from babeltune.advisor.language import resolve_language
+    from babeltune.languages.language import resolve_language
     from babeltune.advisor.rules import RuleContext
     from babeltune.models.facts import model_facts
 
@@ -339,7 +339,7 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
             notes.append(warning)
     facts = model_facts(model)
     if goal == "cpt":
-        from babeltune.advisor.vocab import measure_for_advice
+        from babeltune.vocab import measure_for_advice
 
         measurements.vocab_extension = measure_for_advice(model, config_tokenizer(tokenizer), corpus,
                                                           tied=bool(facts.tied_embeddings), echo=echo)
@@ -400,7 +400,7 @@ def compare(lang: str, corpus, *, models: list[str], tokenizers: list[str], full
             echo: Callable[[str], None] = lambda line: None) -> tuple[Any, list[Candidate], Candidate]:
     """Measure the corpus under each model's and tokenizer's tokenizer; the best fit spends the fewest
     tokens per character (on one corpus, the premium vs English ranks the same way)."""
-    from babeltune.advisor.language import resolve_language
+    from babeltune.languages.language import resolve_language
 
     profile = resolve_language(lang, note=echo)
     specs = [(m, "model") for m in models] + [(t, "tokenizer") for t in tokenizers]

@@ -51,7 +51,7 @@ def check_single(models: tuple[str, ...], tokenizers: tuple[str, ...], compare: 
 
 def check_outputs(out, report) -> None:
     """--out/--report must be writable: fail before measuring, not after."""
-    from babeltune.errors import check_writable
+    from babeltune.atomic import check_writable
 
     if out:
         check_writable(out, "--out")
@@ -68,7 +68,7 @@ def run_compare(lang, spec, models, tokenizers, *, full, seed, as_json, echo) ->
 
     profile, candidates, best = compare(lang, spec, models=list(models), tokenizers=list(tokenizers),
                                         full=full, seed=seed, echo=echo)
-    from babeltune.advisor.readlog import report_lines
+    from babeltune.corpus.readlog import report_lines
 
     for line in report_lines(candidates[0].measurements.skipped if candidates else []):   # same corpus for all
         echo(line)
@@ -98,7 +98,7 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 
     from babeltune.advisor.render import estimate_lines, memory_line, render_table, render_yaml
     from babeltune.config import parse_yaml, validate_config
-    from babeltune.errors import atomic_write_text
+    from babeltune.atomic import atomic_write_text
 
     if out:
         text = render_yaml(advice, command_line())
@@ -116,7 +116,7 @@ def write_outputs(advice, *, out, as_json, report, echo) -> None:
 
         render_table(advice, table_console(), header=not out)   # with --out the header lines go to stderr
     if out or as_json:
-        from babeltune.advisor.readlog import report_lines
+        from babeltune.corpus.readlog import report_lines
 
         for line in report_lines(advice.measurements.skipped):   # the table shows these; here stderr does
             echo(line)
@@ -179,7 +179,7 @@ def advise(lang, corpus, models, tokenizers, gpu_memory, gpus, goal, label_colum
     """Measure CORPUS under the model's own tokenizer and advise every LoRA training parameter, each with a
     reason that cites the measured number."""
     from babeltune.advisor.advise import advise as run_advise
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
 
     check_single(models, tokenizers, compare, out, report)
     check_outputs(out, report)

@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import regex
 
-from babeltune.advisor.corpus import (CorpusSpec, bad_file_error, check_listing, corpus_files, documents_in_file,
+from babeltune.corpus.reader import (CorpusSpec, bad_file_error, check_listing, corpus_files, documents_in_file,
                                       empty_corpus_error)
-from babeltune.advisor.readlog import ReadTally, batches
-from babeltune.advisor.duplicates import DuplicateCounter, summarise
+from babeltune.corpus.readlog import ReadTally, batches
+from babeltune.corpus.duplicates import DuplicateCounter, summarise
 from babeltune.advisor.mojibake import find_mojibake
-from babeltune.advisor.scripts import mostly_space_delimited, script_mix
+from babeltune.languages.scripts import mostly_space_delimited, script_mix
 from babeltune.advisor.textscan import Counts, DocumentReader, SampleFolder, SamplePool, ScanResult, scan_files
 from babeltune.advisor.types import Measurements, SkippedFile
 
 if TYPE_CHECKING:
-    from babeltune.advisor.profiles import LangProfile
+    from babeltune.languages.profiles import LangProfile
     from babeltune.models.types import TextTokenizer
 
 EXACT_BELOW_CHARS = 2_000_000   # below this, tokenizing everything takes about a second: always exact
@@ -212,10 +212,8 @@ def reference_premium(tokenizer: "TextTokenizer", profile: Optional["LangProfile
     (Petrov et al. 2023's tokenizer premium); None when the language ships no reference text."""
     if profile is None:
         return None
-    try:
-        from babeltune.advisor.profiles import english_reference_lines, reference_lines
-    except ImportError:  # language profiles not installed yet
-        return None
+    from babeltune.languages.profiles import english_reference_lines, reference_lines
+
     lines = reference_lines(profile)
     english = english_reference_lines()
     if not lines or not english:
@@ -230,10 +228,8 @@ def reference_char_ratio(profile: Optional["LangProfile"]) -> Optional[float]:
     much text the language needs to say the same thing (tokenizer-free); None without reference text."""
     if getattr(profile, "reference", None) is None:
         return None
-    try:
-        from babeltune.advisor.profiles import english_reference_lines, reference_lines
-    except ImportError:
-        return None
+    from babeltune.languages.profiles import english_reference_lines, reference_lines
+
     lines, english = reference_lines(profile), english_reference_lines()
     if not lines or not english:
         return None

@@ -63,7 +63,7 @@ def damaged_runs(document: str) -> list[tuple[str, str, str]]:
 
 def script_of(text: str) -> Optional[str]:
     """The most common script of the letters of ``text`` (regex \\p{Script} names), or None."""
-    from babeltune.advisor.scripts import letter_counts_by_script
+    from babeltune.languages.scripts import letter_counts_by_script
 
     counts = letter_counts_by_script([text])
     return counts.most_common(1)[0][0] if counts else None

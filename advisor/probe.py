@@ -77,12 +77,12 @@ def probe_cpu(config: "TrainConfig", steps: int = PROBE_STEPS) -> ProbeResult:
 
     from babeltune.plugins.hf_peft import HfPeftBackend
     from babeltune.trainer.backend import Runtime
-    from babeltune.trainer.run import resolve_model_dir
+    from babeltune.models.resolve import resolve_model_dir
 
     length = config.model.max_seq_length
     micro = max(1, min(config.training.per_device_train_batch_size, PROBE_MAX_TOKENS // length))
     started = time.monotonic()
-    runtime = Runtime(device="cpu", precision="fp32", model_dir=resolve_model_dir(config.model.name))
+    runtime = Runtime(device="cpu", precision="fp32", model_dir=str(resolve_model_dir(config.model.name)))
     loaded = HfPeftBackend().load(config, runtime)
     load_s = time.monotonic() - started
     model = loaded.model

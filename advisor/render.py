@@ -10,7 +10,7 @@ import yaml
 from babeltune import __version__
 from babeltune.advisor.advise import CONFIG_KEYS, Advice, Candidate
 from babeltune.advisor.memory import BUDGET_SHARE
-from babeltune.advisor.readlog import report_lines
+from babeltune.corpus.readlog import report_lines
 
 KEY_TO_DECISION = {key: name for name, key in CONFIG_KEYS.items()}
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from babeltune.errors import BabeltuneError, atomic_write_bytes
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import atomic_write_bytes
 
 REPORT_NAME = "doc_token_lengths.png"
 

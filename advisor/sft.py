@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from babeltune.advisor.corpus import CorpusSpec, check_file, corpus_files, records_in_file
+from babeltune.corpus.reader import CorpusSpec, check_file, corpus_files, records_in_file
 from babeltune.errors import BabeltuneError
 
 SAMPLE_RECORDS = 2_000        # records rendered for the length distribution (all of them below this)

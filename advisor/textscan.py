@@ -6,7 +6,7 @@ chunks (in parallel processes for big corpora): UTF-8 validation and character c
 ``bytes.decode``, whitespace from one ``bytes.translate`` into byte classes, words from numpy on those
 classes. Other formats go document by document. The counts equal what a brute-force loop over
 ``iter_documents`` computes (``len(doc)``, ``len(doc.encode())``, ``len(doc.split())``). The same pass feeds
-every document to a bounded duplicate counter (``babeltune.advisor.duplicates``).
+every document to a bounded duplicate counter (``babeltune.corpus.duplicates``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from babeltune.advisor.corpus import CorpusSpec, FileProblem, check_file, documents_in_file, iter_text_chunks
-from babeltune.advisor.readlog import ReadTally
-from babeltune.advisor.textread import open_regular
-from babeltune.advisor.duplicates import DuplicateCounter
+from babeltune.corpus.reader import CorpusSpec, FileProblem, check_file, documents_in_file, iter_text_chunks
+from babeltune.corpus.readlog import ReadTally
+from babeltune.corpus.textread import open_regular
+from babeltune.corpus.duplicates import DuplicateCounter
 
 # documents of one file (default: documents_in_file; the tally counts what reading skips or cuts)
 DocumentReader = Callable[[Path, CorpusSpec, ReadTally], Iterator[str]]

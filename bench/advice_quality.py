@@ -115,10 +115,10 @@ def advise_config(lang: str, train_path: Path, model_dir: Path, out_yaml: Path, 
     """What `advise --lang L --corpus F --model M --gpu-memory 80 --no-probe --out a.yaml` writes, via its functions."""
     from babeltune.advisor.advise import advise
     from babeltune.advisor.cli import backend_kernels
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
     from babeltune.advisor.render import render_yaml
     from babeltune.config import parse_yaml, validate_config
-    from babeltune.errors import atomic_write_text
+    from babeltune.atomic import atomic_write_text
 
     advice = advise(lang, CorpusSpec(path=str(train_path)), model=str(model_dir), gpu_memory=80, probe=False,
                     kernels=backend_kernels("hf-peft", log), command=command)
@@ -314,7 +314,7 @@ def print_table(results: dict) -> None:
 
 
 def save(results: dict, out: Path) -> None:
-    from babeltune.errors import atomic_write_text
+    from babeltune.atomic import atomic_write_text
 
     results["summary"] = summary(results)
     atomic_write_text(out, json.dumps(results, indent=1, ensure_ascii=False, default=str))

@@ -98,7 +98,7 @@ def tokenizer_for_bench(cache: Path):
 
 def worker(folder: Path, cache: Path, full: bool) -> dict:
     """Runs in a fresh process: measure the folder, report time and peak memory."""
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
     from babeltune.advisor.measure import measure_corpus
 
     tokenizer, how = tokenizer_for_bench(cache)

@@ -173,7 +173,7 @@ def advise_config(lang: str, corpus: Path, model_dir: str, gpu_key: str, backend
     """`advise --gpu KEY --no-probe --backend B --out FILE` through the CLI's library calls; the config as
     `train --config FILE` reads it."""
     from babeltune.advisor.advise import advise
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
     from babeltune.advisor.render import render_yaml
     from babeltune.config import apply_overrides, parse_yaml, validate_config
     from babeltune.trainer.plugins import kernels_for

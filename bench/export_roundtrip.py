@@ -170,7 +170,7 @@ def measure(name: str, model_dir: Path, workdir: Path, dtypes: list[str], steps:
 
 
 def write(path: Path, report: dict) -> None:
-    from babeltune.errors import atomic_write_text
+    from babeltune.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 

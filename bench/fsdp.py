@@ -232,7 +232,7 @@ def estimate(facts, spec: dict, shards: int):
 
 def advise_for(model_dir: str, gpus: int, gpu_gib: float):
     from babeltune.advisor.advise import advise
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
 
     return advise("mr", CorpusSpec(path=str(MAHASENT)), model=model_dir, gpu_memory=gpu_gib, gpus=gpus)
 

@@ -204,7 +204,7 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
         return plugin.extra_callbacks(config)
     timing_impl = types.SimpleNamespace(extra_callbacks=hookimpl(extra_callbacks))
     get_plugin_manager().register(timing_impl, name="bench-timing")
-    result = run_training(config, backend=backend, evaluate=False)
+    result = run_training(config, evaluate=False)
     return {"stack": f"babeltune train --backend {backend}", "overrides": sets, **plugin.result,
             "final_loss": getattr(result, "final_loss", None)}
 
@@ -258,7 +258,7 @@ def padding_run(model_dir: str, packing: str, batch: int, seq: int, steps: int, 
                     marks[state.global_step] = (time.perf_counter(), counters[0].tokens, state.num_input_tokens_seen)
         return [Marks()]
     get_plugin_manager().register(types_namespace(extra_callbacks=hookimpl(extra_callbacks)), name="bench-marks")
-    run_training(config, backend="hf-peft", evaluate=False)
+    run_training(config, evaluate=False)
     (t0, real0, all0), (t1, real1, all1) = marks[warmup], marks[warmup + steps]
     return {"packing": packing, "batch": batch, "seq": seq, "timed_steps": steps,
             "real_tokens_per_s": round((real1 - real0) / (t1 - t0), 1), "padded_tokens_per_s": round((all1 - all0) / (t1 - t0), 1),

@@ -81,7 +81,7 @@ def measure_one(model_dir: str, case: dict) -> dict:
                 peaks["reserved"] = torch.cuda.max_memory_reserved()
         return [Probe()]
     get_plugin_manager().register(types.SimpleNamespace(extra_callbacks=hookimpl(extra_callbacks)), name="memory-probe")
-    result = run_training(config, backend=backend, evaluate=False, echo=lambda line: print(line, file=sys.stderr))
+    result = run_training(config, evaluate=False, echo=lambda line: print(line, file=sys.stderr))
     gib = 2 ** 30
     return {**case, "context_gib": round(context / gib, 3), "peak_allocated_gib": round(peaks["allocated"] / gib, 3),
             "peak_reserved_gib": round(peaks["reserved"] / gib, 3),

@@ -254,7 +254,7 @@ def babeltune_run(model_dir: str, backend: str, batch: int, seq: int, steps: int
     manager = get_plugin_manager()
     manager.register(impl, name=f"bench-timing-{id(impl)}")
     try:
-        run = run_training(config, backend=backend, evaluate=False, echo=lambda line: notes.append(str(line)))
+        run = run_training(config, evaluate=False, echo=lambda line: notes.append(str(line)))
     except Exception as exc:   # a NaN stop still reports its timing and the curve
         run = types.SimpleNamespace(final_loss=f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
     finally:

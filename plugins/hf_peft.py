@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from babeltune.errors import BabeltuneError
-from babeltune.plugins import common
+from babeltune.plugins import toolkit
 from babeltune.trainer.backend import Backend, Kernels, LoadedModel, Runtime
 from babeltune.trainer.hookspecs import hookimpl
 
@@ -88,8 +88,8 @@ def saved_module_fragments(config: "TrainConfig", model=None) -> list[str]:
     keeps one shared copy of embed_tokens/lm_head, named under embed_tokens whichever was listed."""
     names = list(config.adapter.modules_to_save)
     head = {"embed_tokens", "lm_head"}
-    if model is not None and head & set(names) and common.tied_embeddings(model):
-        owned = common.trainable_names(model)
+    if model is not None and head & set(names) and toolkit.tied_embeddings(model):
+        owned = toolkit.trainable_names(model)
         present = [n for n in ("embed_tokens", "lm_head") if any(f"{n}.modules_to_save" in o for o in owned)]
         names = present + [n for n in names if n not in head]
     return [f"{name}.modules_to_save" for name in names]
@@ -105,10 +105,10 @@ def apply_liger(model, config: "TrainConfig", runtime: Runtime, setting: LigerSe
     if setting is False:
         return "kernels: plain (backend.options.liger: false)"
     installed = importlib.util.find_spec("liger_kernel") is not None
-    if runtime.device != "cuda" or not installed or common.sharded_run(config):
+    if runtime.device != "cuda" or not installed or toolkit.sharded_run(config):
         why = ("liger-kernel needs a GPU" if runtime.device != "cuda" else
                "training.distributed is fsdp: its fused loss reads the lm_head weight directly, outside FSDP's "
-               "gathering (not verified sharded)" if common.sharded_run(config) else
+               "gathering (not verified sharded)" if toolkit.sharded_run(config) else
                f"liger not installed: {LIGER_INSTALL}")
         if setting is True:
             raise BabeltuneError(f"backend.options.liger: true, but {why}; set liger: auto or false")
@@ -131,11 +131,11 @@ def apply_liger(model, config: "TrainConfig", runtime: Runtime, setting: LigerSe
 def load_prepared_base(config: "TrainConfig", runtime: Runtime, liger: LigerSetting = "auto") -> tuple[Any, Any, str, list[str]]:
     """Tokenizer, base model (dtype, attention, 4-bit, checkpointing, fused kernels) and notes, ready for
     an adapter. Shared by the LoRA and IA3 backends (``liger``: their backend.options.liger)."""
-    model_class = common.model_class_for(runtime.model_dir)
-    attn, why = common.choose_attention(runtime, config.model.attn_implementation, model_class)
+    model_class = toolkit.model_class_for(runtime.model_dir)
+    attn, why = toolkit.choose_attention(runtime, config.model.attn_implementation, model_class)
     notes = [f"attention: {attn} ({why})", f"weights: {runtime.precision} on {runtime.device}"]
-    tokenizer = common.load_tokenizer(config, runtime)
-    model = common.load_base_model(config, runtime, attn)
+    tokenizer = toolkit.load_tokenizer(config, runtime)
+    model = toolkit.load_base_model(config, runtime, attn)
     from babeltune.trainer.vocab import extend_for_training
 
     tokenizer, _, vocab_notes = extend_for_training(config, model, tokenizer)   # before checkpointing hooks the embeddings
@@ -143,7 +143,7 @@ def load_prepared_base(config: "TrainConfig", runtime: Runtime, liger: LigerSett
     if config.model.load_in_4bit:
         notes.append("QLoRA: base weights in 4-bit NF4 (bitsandbytes, double quantisation)")
     notes.append(apply_liger(model, config, runtime, liger))
-    model = common.prepare_for_training(model, config)
+    model = toolkit.prepare_for_training(model, config)
     if config.training.gradient_checkpointing:
         notes.append("gradient checkpointing: non-reentrant, input embeddings require grad")
     return tokenizer, model, attn, notes
@@ -161,22 +161,22 @@ class HfPeftBackend(Backend):
 
     def load(self, config: "TrainConfig", runtime: Runtime) -> LoadedModel:
         tokenizer, base, attn, notes = load_prepared_base(config, runtime, self.parse_options(config).liger)
-        tied = common.tied_embeddings(base)
-        model = common.attach_adapter(base, make_lora_config(config, tied, base), "adapter.target_modules")
-        upcast = common.upcast_trainable(model, runtime.precision)
+        tied = toolkit.tied_embeddings(base)
+        model = toolkit.attach_adapter(base, make_lora_config(config, tied, base), "adapter.target_modules")
+        upcast = toolkit.upcast_trainable(model, runtime.precision)
         expected = lora_expected_trainable(config, model)
-        common.check_fragments_trainable(model, expected, "adapter.target_modules/modules_to_save")
+        toolkit.check_fragments_trainable(model, expected, "adapter.target_modules/modules_to_save")
         notes += self._adapter_notes(config, model, tied, upcast)
         return LoadedModel(model=model, tokenizer=tokenizer, attn_implementation=attn, notes=notes,
                            expected_trainable=expected, padding_free=attn == "flash_attention_2",
-                           packed_rows=common.packed_rows_supported(attn))
+                           packed_rows=toolkit.packed_rows_supported(attn))
 
     def _adapter_notes(self, config: "TrainConfig", model, tied: bool, upcast: list) -> list[str]:
         adapter = config.adapter
         kind = "DoRA" if adapter.use_dora else "LoRA"
         scale = f"alpha/sqrt(r) = {adapter.lora_alpha / adapter.r ** 0.5:.3g} (rsLoRA)" if adapter.use_rslora \
             else f"alpha/r = {adapter.lora_alpha / adapter.r:.3g}"
-        trainable, total, share = common.trainable_share(model)
+        trainable, total, share = toolkit.trainable_share(model)
         notes = [f"{kind} r={adapter.r}, scale {scale}, on {adapter.target_modules}",
                  f"trainable: {trainable:,} of {total:,} parameters ({share:.3f}%)"]
         if adapter.modules_to_save:
@@ -190,7 +190,7 @@ class HfPeftBackend(Backend):
         return notes
 
     def optimizer_param_groups(self, model: Any, config: "TrainConfig") -> Optional[list[dict]]:
-        return common.optimizer_param_groups(model, config, special=saved_module_fragments(config, model),
+        return toolkit.optimizer_param_groups(model, config, special=saved_module_fragments(config, model),
                                              special_lr=config.adapter.embedding_learning_rate)
 
     def translate(self, config: "TrainConfig") -> dict[str, Any]:

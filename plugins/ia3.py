@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from pydantic import Field
 
 from babeltune.errors import BabeltuneError
-from babeltune.plugins import common
+from babeltune.plugins import toolkit
 from babeltune.plugins.hf_peft import HfPeftOptions, auto_kernels
 from babeltune.trainer.backend import Backend, Kernels, LoadedModel, Runtime
 from babeltune.trainer.hookspecs import hookimpl
@@ -127,20 +127,20 @@ class IA3Backend(Backend):
                                  "trainable_token_indices), which (IA)^3 has not; use --backend hf-peft or set vocab.extend: 0")
         tokenizer, base, attn, notes = load_prepared_base(config, runtime, options.liger)
         peft_config = ia3_config(base.config.model_type, config)
-        model = common.attach_adapter(base, peft_config, "backend.options.target_modules (ia3)")
+        model = toolkit.attach_adapter(base, peft_config, "backend.options.target_modules (ia3)")
         notes.append(f"(IA)^3 on {sorted(peft_config.target_modules)} (feed-forward: {sorted(peft_config.feedforward_modules)})")
         expected = ["ia3_l"]
         bias_names = enable_bitfit(model) if options.bitfit else []
         notes.append(self._bitfit_note(model, config, bias_names))
         if bias_names:
             expected.append(".bias")
-        common.upcast_trainable(model, runtime.precision)
-        common.check_fragments_trainable(model, expected, "backend ia3")
-        trainable, total, share = common.trainable_share(model)
+        toolkit.upcast_trainable(model, runtime.precision)
+        toolkit.check_fragments_trainable(model, expected, "backend ia3")
+        trainable, total, share = toolkit.trainable_share(model)
         notes.append(f"trainable share: {share:.3f}% ({trainable:,} of {total:,} parameters; AutoGluon reports ~0.5%)")
         return LoadedModel(model=model, tokenizer=tokenizer, attn_implementation=attn, notes=notes,
                            expected_trainable=expected, padding_free=attn == "flash_attention_2",
-                           packed_rows=common.packed_rows_supported(attn))
+                           packed_rows=toolkit.packed_rows_supported(attn))
 
     @staticmethod
     def _bitfit_note(model, config: "TrainConfig", bias_names: list[str]) -> str:

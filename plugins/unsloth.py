@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from babeltune.errors import BabeltuneError
 from babeltune.models.safety import check_model_folder, load_kwargs
-from babeltune.plugins import common
+from babeltune.plugins import toolkit
 from babeltune.trainer.backend import Backend, LoadedModel, Runtime
 from babeltune.trainer.hookspecs import hookimpl
 
@@ -117,7 +117,7 @@ class UnslothBackend(Backend):
 
         args = translate_config(config)
         check_model_folder(runtime.model_dir)
-        from_pretrained = dict(args["from_pretrained"], dtype=common.torch_dtype(runtime.precision), **load_kwargs())
+        from_pretrained = dict(args["from_pretrained"], dtype=toolkit.torch_dtype(runtime.precision), **load_kwargs())
         if runtime.world_size > 1:   # torchrun: each process loads onto its own GPU (Unsloth's default is GPU 0)
             from_pretrained["device_map"] = {"": runtime.local_rank}
         model, tokenizer = FastLanguageModel.from_pretrained(model_name=runtime.model_dir, **from_pretrained)
@@ -141,8 +141,8 @@ class UnslothBackend(Backend):
         expected = lora_expected_trainable(config, model)
         # Unsloth has silently dropped embed_tokens/lm_head from modules_to_save before: check now, and the
         # core checks their gradients after step 1.
-        common.check_fragments_trainable(model, expected, "adapter.modules_to_save (unsloth)")
-        trainable, total, share = common.trainable_share(model)
+        toolkit.check_fragments_trainable(model, expected, "adapter.modules_to_save (unsloth)")
+        trainable, total, share = toolkit.trainable_share(model)
         attn = getattr(model.config, "_attn_implementation", None) or "unsloth"
         notes = [f"unsloth {_version('unsloth')}: attention {attn}, gradient checkpointing "
                  f"{'unsloth' if config.training.gradient_checkpointing else 'off'}",
@@ -159,7 +159,7 @@ class UnslothBackend(Backend):
         # UnslothTrainer build its own, training_args.embedding_learning_rate gives the same split.
         from babeltune.plugins.hf_peft import saved_module_fragments
 
-        return common.optimizer_param_groups(model, config, special=saved_module_fragments(config, model),
+        return toolkit.optimizer_param_groups(model, config, special=saved_module_fragments(config, model),
                                              special_lr=config.adapter.embedding_learning_rate)
 
     def trainer_class(self) -> Optional[type]:

@@ -14,6 +14,57 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = Path(__file__).parent / "data"
 TEXT = DATA / "text"
+CONFIGS = DATA / "configs"
+
+# The smallest valid config for logic tests that build no model from it (sections merge over these).
+SMALL_CONFIG = {
+    "language": "mr",
+    "model": {"name": "tiny", "max_seq_length": 64},
+    "data": {"train": str(TEXT / "mr.txt")},
+    "training": {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_steps": 2},
+    "eval": {"evaluation_strategy": "no"},
+}
+# The corpus each shipped tiny-run config trains on.
+TINY_RUN_DATA = {"tiny-cpt.yaml": TEXT / "mr.txt", "tiny-sft.yaml": DATA / "sft" / "mr_pairs.jsonl",
+                 "tiny-padding-free.yaml": TEXT / "hi.txt"}
+
+
+def make_config(**sections):
+    """A TrainConfig from SMALL_CONFIG with ``sections`` merged in, e.g. make_config(adapter={"r": 4})."""
+    from babeltune.config import TrainConfig
+
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in SMALL_CONFIG.items()}
+    for section, values in sections.items():
+        merged[section] = {**merged.get(section, {}), **values}
+    return TrainConfig.model_validate(merged)
+
+
+def config_maker(**defaults):
+    """make_config with a module's own defaults merged first (e.g. a shorter max_seq_length)."""
+    def make(**sections):
+        return make_config(**{key: {**defaults.get(key, {}), **sections.get(key, {})} for key in {*defaults, *sections}})
+    return make
+
+
+def tiny_config(name: str, model_dir: Path, output_dir: Path, *sets: str):
+    """A shipped tiny-run config (tests/data/configs/NAME) for the tiny model, writing into ``output_dir``."""
+    from babeltune.config import load_config
+
+    return load_config(CONFIGS / name, [f"model.name={model_dir}", f"training.output_dir={output_dir}",
+                                        f"data.train={TINY_RUN_DATA[name]}", *sets])
+
+
+FAST_LANE = False   # `-m "not slow"`: property tests run a tenth of their examples (the full suite runs them all)
+
+
+def pytest_configure(config):
+    global FAST_LANE
+    FAST_LANE = "not slow" in (config.getoption("markexpr", "") or "")
+
+
+def examples(full: int) -> int:
+    """How many examples a hypothesis test runs: ``full`` in the full suite, a tenth (at least 20) in the fast lane."""
+    return full if not FAST_LANE else min(full, max(20, full // 10))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,6 +123,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer = build_tiny_tokenizer(folder)
     build_tiny_llama(folder, vocab_size=len(tokenizer))
     return folder
+
+
+@pytest.fixture
+def tiny_run_config(tiny_model_dir, tmp_path):
+    """``(*sets, name="tiny-cpt.yaml", out=tmp_path / "run")`` -> the config of a tiny CPU run of the tiny model."""
+    def build(*sets: str, name: str = "tiny-cpt.yaml", out: Path | None = None):
+        return tiny_config(name, tiny_model_dir, out or tmp_path / "run", *sets)
+    return build
 
 
 @pytest.fixture(scope="session")

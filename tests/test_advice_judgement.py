@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from babeltune.advisor.advise import advise
-from babeltune.advisor.corpus import CorpusSpec
+from babeltune.corpus.reader import CorpusSpec
 
-pytest.importorskip("babeltune.models.facts", reason="model facts (models helper) not installed yet")
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -163,7 +162,7 @@ def test_cpt_length_reason_says_what_blocks_packing_does(tiny_model_dir):
 
     from transformers import AutoTokenizer
 
-    from babeltune.advisor.corpus import iter_documents
+    from babeltune.corpus.reader import iter_documents
 
     advice = run_advise(MARATHI_TWEETS, tiny_model_dir)
     length, reason = advice.decisions["max_seq_length"].value, advice.decisions["max_seq_length"].reason
@@ -243,6 +242,7 @@ def trainer_truncation(config, tokenizer, records: list[dict], length: int) -> t
     return lost / len(records), dropped / len(records)
 
 
+@pytest.mark.slow   # ~14 s in the fast lane (over ~10 s: slow)
 def test_sft_lengths_are_measured_on_what_train_feeds(chat_model_dir, tmp_path):
     import json
 
@@ -283,6 +283,7 @@ def installed(*names: str) -> bool:
     return set(names) <= set(installed_builtins())
 
 
+@pytest.mark.slow   # the real built-in tokenizers (converted once per cache)
 @pytest.mark.skipif(not installed("smollm2-135m", "gemma-3-270m"), reason="built-in models not installed")
 def test_bad_fit_with_model_given_names_the_installed_model_that_needs_fewer_tokens(babeltune_cache):
     import re

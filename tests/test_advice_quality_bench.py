@@ -24,7 +24,7 @@ def bench():
 @pytest.fixture
 def advised(tiny_model_dir):
     from babeltune.advisor.advise import advise
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
 
     advice = advise("mr", CorpusSpec(str(ROOT / "tests" / "data" / "text" / "mr.txt")), model=str(tiny_model_dir),
                     gpu_memory=80, probe=False)

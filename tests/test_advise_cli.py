@@ -25,7 +25,6 @@ HINDI_TABLE_PARAMETERS = [
     "save_strategy", "early_stopping_patience",
 ]
 
-pytest.importorskip("babeltune.models.facts", reason="model facts (models helper) not installed yet")
 
 
 def run(*args: str):

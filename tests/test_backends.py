@@ -8,26 +8,15 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-from babeltune.config import validate_config
 from babeltune.errors import BabeltuneError
 from babeltune.trainer.backend import Runtime
 
-torch = pytest.importorskip("torch")
+from conftest import config_maker
 
 
-def make_config(**sections) -> "object":
-    data = {
-        "language": "mr",
-        "model": {"name": "tiny", "max_seq_length": 64},
-        "data": {"train": "tests/data/text/mr.txt"},
-        "training": {"per_device_train_batch_size": 2, "learning_rate": 2e-4, "max_steps": 2,
-                     "weight_decay": 0.01},
-        "eval": {"evaluation_strategy": "no"},
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
-    return validate_config(data)
+make_config = config_maker(training={"learning_rate": 2e-4, "weight_decay": 0.01})
 
 
 def cpu_runtime(model_dir) -> Runtime:
@@ -147,7 +136,7 @@ def test_hf_peft_4bit_on_cpu_is_a_one_line_error(tiny_model_dir):
 
 
 def test_attention_choice_on_cpu():
-    from babeltune.plugins.common import choose_attention
+    from babeltune.plugins.toolkit import choose_attention
 
     runtime = Runtime(device="cpu", precision="fp32", model_dir=".")
     impl, why = choose_attention(runtime, "auto")

@@ -26,6 +26,7 @@ def base_sets(model_dir: Path, out: Path, *extra: str) -> list[str]:
             "eval.evaluation_strategy=no", *extra]
 
 
+@pytest.mark.slow   # ~24 s in the fast lane (over ~10 s: slow)
 def test_rotation_keeps_the_last_complete_checkpoint_until_its_successor_is_complete(tiny_model_dir, tmp_path, monkeypatch):
     from babeltune.trainer.run import run_training
 
@@ -52,6 +53,7 @@ def test_rotation_keeps_the_last_complete_checkpoint_until_its_successor_is_comp
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12"]
 
 
+@pytest.mark.slow   # ~15 s in the fast lane (over ~10 s: slow)
 def test_resuming_from_the_final_checkpoint_trains_no_extra_step_and_keeps_it(tiny_model_dir, tmp_path):
     """A run killed after its last checkpoint (e.g. while writing the adapter) resumes to the output phase only:
     transformers alone would train a step past max_steps and, with save_total_limit 1, replace checkpoint-12."""

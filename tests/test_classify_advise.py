@@ -71,7 +71,7 @@ def test_classify_reasons_agree_with_each_other(tiny_model_dir):
     from test_reason_consistency import contradictions
 
     from babeltune.advisor.advise import advise as run_advise
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
 
     advice = run_advise("mr", CorpusSpec(str(SAMPLE), text_column="tweet"), model=str(tiny_model_dir), goal="classify",
                         gpu="h100", probe=False)

@@ -93,7 +93,7 @@ def test_error_lines_are_the_errors_arguments_each_escaped(capsys):
 
 
 def test_an_approximate_language_name_is_said_not_silently_replaced():
-    from babeltune.advisor.language import resolve_language
+    from babeltune.languages.language import resolve_language
 
     notes: list[str] = []
     assert resolve_language("marathii", note=notes.append).code == "mr"
@@ -103,6 +103,7 @@ def test_an_approximate_language_name_is_said_not_silently_replaced():
     assert notes == ["taking 'marathii' as Marathi"]
 
 
+@pytest.mark.slow   # ~15 s in the fast lane (over ~10 s: slow)
 def test_advise_says_which_language_it_took(tiny_model_dir):
     result = invoke("advise", "--lang", "marathii", "--corpus", MARATHI, "--model", tiny_model_dir, "--json")
     assert result.exit_code == 0, result.output

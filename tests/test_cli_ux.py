@@ -52,6 +52,7 @@ def run_advise(*args):
     return CliRunner().invoke(advise, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow   # ~11 s in the fast lane (over ~10 s: slow)
 def test_advise_without_out_ends_with_how_to_save_and_train(tiny_model_dir):
     result = run_advise("--lang", "mr", "--corpus", MARATHI, "--model", tiny_model_dir)
     assert result.exit_code == 0, result.output
@@ -60,6 +61,7 @@ def test_advise_without_out_ends_with_how_to_save_and_train(tiny_model_dir):
     assert "babeltune train --config advised.yaml" in hint
 
 
+@pytest.mark.slow   # ~10 s in the fast lane (over ~10 s: slow)
 def test_advise_with_out_also_prints_the_table_and_the_train_command(tmp_path, tiny_model_dir):
     out = tmp_path / "mr.yaml"
     result = run_advise("--lang", "mr", "--corpus", MARATHI, "--model", tiny_model_dir, "--out", out)

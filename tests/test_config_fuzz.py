@@ -17,10 +17,11 @@ from babeltune.config import TrainConfig, load_config
 from babeltune.errors import BabeltuneError
 
 from conftest import DATA
+from conftest import examples as lane_examples
 
 VALID = yaml.safe_load((DATA / "configs" / "tiny-cpt.yaml").read_text(encoding="utf-8"))
 def fuzz(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, database=None,
+    return settings(max_examples=lane_examples(examples), deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 KNOWN_KEYS = sorted({k for section in VALID.values() if isinstance(section, dict) for k in section} | set(VALID))
 

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from babeltune.advisor import corpus as corpus_module
-from babeltune.advisor.corpus import (
+from babeltune.corpus import reader as corpus_module
+from babeltune.corpus.reader import (
     CorpusSpec, FileProblem, corpus_files, corpus_sha256, iter_documents, iter_records, iter_text_chunks,
 )
 from babeltune.advisor.types import SkippedFile
 from babeltune.errors import BabeltuneError
+
+from conftest import examples as lane_examples
 
 TEXT = Path(__file__).parent / "data" / "text"
 
@@ -98,7 +100,7 @@ def test_malformed_csv_and_odd_column_names_give_one_line_errors(tmp_path):
 
 
 def test_parquet_streams_row_groups_and_picks_the_column(tmp_path, mr_lines):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.table({"id": list(range(len(mr_lines))), "tweet": mr_lines})
@@ -120,7 +122,7 @@ def test_corrupt_parquet_is_skipped_with_reason(tmp_path, mr_lines):
 
 
 def test_parquet_with_corrupt_data_pages_is_a_one_line_error(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     texts = [line.strip() for line in (TEXT / "en.txt").read_text("utf-8").splitlines()] * 5
@@ -267,7 +269,7 @@ def test_reported_offset_is_the_first_bad_byte_for_any_bytes_and_chunk_size(tmp_
     content = st.lists(st.one_of(text_bytes, st.binary(max_size=6), st.sampled_from([b"\n", b"\xe0\xa4", b"\xa4"])),
                        max_size=12).map(b"".join)
 
-    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=lane_examples(300), deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(data=content, chunk=st.integers(1, 64))
     def check(data, chunk):

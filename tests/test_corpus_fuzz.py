@@ -1,4 +1,4 @@
-"""Fuzz the corpus reader (babeltune.advisor.corpus) with hypothesis: random bytes, mis-encoded text,
+"""Fuzz the corpus reader (babeltune.corpus.reader) with hypothesis: random bytes, mis-encoded text,
 truncated multi-byte sequences, NUL bytes, empty files, JSONL with wrong types or missing fields, CSV/TSV
 without the text column, corrupt and odd parquet, random extensions, folders mixing all of these.
 
@@ -20,10 +20,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from babeltune.errors import BabeltuneError
 
-corpus = pytest.importorskip("babeltune.advisor.corpus")
-from babeltune.advisor.types import SkippedFile  # noqa: E402
+from babeltune.corpus import reader as corpus
+from babeltune.corpus.skipped import SkippedFile
 
-FUZZ = settings(max_examples=1000, deadline=None, database=None,
+from conftest import examples as lane_examples
+
+FUZZ = settings(max_examples=lane_examples(1000), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # ------------------------------------------------------------------------------------------ contents
@@ -233,7 +235,7 @@ def test_corpus_reader_never_raises_anything_but_babeltune_error(file, options, 
         check_spec(corpus.CorpusSpec(path=str(target), **options))
 
 
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=lane_examples(100), deadline=None, database=None)
 @given(doc_split=st.text(max_size=12).filter(lambda s: s not in ("line", "paragraph", "file")))
 def test_unknown_doc_split_and_missing_paths_are_babeltune_errors(doc_split):
     with pytest.raises(BabeltuneError):
@@ -264,7 +266,7 @@ def test_missing_column_error_is_one_line_even_with_odd_column_names(tmp_path):
     assert "\n" not in str(caught.value).strip(), str(caught.value)
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=lane_examples(200), deadline=None, database=None)
 @given(text=sentences.filter(lambda s: "\x00" not in s), bom=st.booleans())
 def test_valid_text_yields_exactly_its_non_empty_lines(text, bom):
     """The other half of the contract: clean UTF-8 is read back completely, one document per line."""
@@ -289,7 +291,7 @@ def line_oracle(data: bytes, limit: int):
     """(documents, lines or pieces skipped) of a .txt file read one document per line, computed plainly: a
     line longer than ``limit`` bytes is cut where readlog.cut_point says, and each piece kept or skipped on
     its own. None for a binary file (a NUL byte in its first 8000 bytes: skipped whole)."""
-    from babeltune.advisor.readlog import cut_point
+    from babeltune.corpus.readlog import cut_point
 
     if b"\x00" in data[:8000]:
         return None
@@ -318,11 +320,11 @@ text_lines = st.one_of(sentences.map(lambda s: s.encode("utf-8")), misencoded(),
                        st.sampled_from([b"", b"  ", b"a\x00b", b"\xff", "पाणी  पाऊस ".encode() * 5, b"x" * 40]))
 
 
-@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=lane_examples(300), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=st.lists(text_lines, max_size=25), bom=st.booleans(), chunk=st.integers(1, 64),
        limit=st.sampled_from([None, 4, 9, 32]), doc_split=st.sampled_from(["line", "line", "paragraph", "file"]))
 def test_txt_lines_read_plus_lines_skipped_add_up(lines, bom, chunk, limit, doc_split):
-    from babeltune.advisor import readlog
+    from babeltune.corpus import readlog
     from babeltune.advisor.measure import count_corpus
 
     data = (b"\xef\xbb\xbf" if bom else b"") + b"\n".join(lines)
@@ -358,7 +360,7 @@ def test_txt_lines_read_plus_lines_skipped_add_up(lines, bom, chunk, limit, doc_
     assert all(len(d.encode("utf-8")) <= (limit or saved[1]) for d in documents)
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=lane_examples(200), deadline=None, database=None)
 @given(kinds=st.lists(st.sampled_from(["good", "empty", "bad bytes", "surrogate", "blank"]), max_size=20),
        text=sentences)
 def test_jsonl_objects_read_plus_lines_skipped_add_up(kinds, text):
@@ -384,7 +386,7 @@ def test_jsonl_objects_read_plus_lines_skipped_add_up(kinds, text):
 cells = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\r\n\x00"), max_size=12)
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=lane_examples(200), deadline=None, database=None)
 @given(rows=st.lists(st.tuples(st.sampled_from(["good", "good", "short", "long", "bad bytes"]),
                                st.lists(cells, min_size=4, max_size=4)), max_size=25),
        tsv=st.booleans())

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from babeltune.advisor import corpus as corpus_module
+from babeltune.corpus import reader as corpus_module
 from babeltune.advisor import measure, textscan
-from babeltune.advisor.corpus import CorpusSpec, iter_documents, iter_records
+from babeltune.corpus.reader import CorpusSpec, iter_documents, iter_records
 from babeltune.errors import BabeltuneError
 
 TEXT = Path(__file__).parent / "data" / "text"
@@ -139,6 +139,7 @@ def test_train_strict_flag_is_recorded_in_the_resolved_config(tmp_path):
                                       "resume": None, "sets": (), "merge": False, "no_eval": False, "strict": True})
 
 
+@pytest.mark.slow   # ~15 s in the fast lane (over ~10 s: slow)
 def test_advise_names_the_file_and_counts_the_skipped_line(tmp_path, mr_lines, tiny_model_dir):
     from click.testing import CliRunner
 
@@ -178,7 +179,7 @@ def test_a_fifo_in_the_corpus_is_reported_and_never_opened(tmp_path, mr_lines):
 
 
 def test_a_file_swapped_for_a_fifo_after_listing_does_not_block(tmp_path):
-    from babeltune.advisor.textread import open_regular
+    from babeltune.corpus.textread import open_regular
 
     os.mkfifo(tmp_path / "late.txt")
     try:
@@ -217,6 +218,7 @@ def test_dangling_links_link_loops_and_folder_loops_are_reported_skips(tmp_path,
         documents(tmp_path / "dangling.txt")
 
 
+@pytest.mark.slow   # ~14 s in the fast lane (over ~10 s: slow)
 def test_an_unreadable_file_is_a_reported_skip_not_a_traceback(tmp_path, mr_lines, monkeypatch, tiny_model_dir):
     # Tests run as root, where chmod 000 still reads: make every way of opening the file fail instead.
     secret = str(tmp_path / "secret.txt")
@@ -314,7 +316,7 @@ def test_a_document_without_newlines_is_cut_into_pieces_in_bounded_memory(tmp_pa
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB reading one 16 MiB line"
-    from babeltune.advisor import readlog
+    from babeltune.corpus import readlog
 
     assert len(pieces) > 60 and max(len(p.encode("utf-8")) for p in pieces) <= readlog.MAX_DOCUMENT_BYTES
     assert " ".join(pieces) == text.strip()               # cut at spaces: nothing lost
@@ -355,7 +357,7 @@ def test_segmenting_and_counting_a_line_of_any_length_is_linear(tmp_path, monkey
 
 
 def test_huge_jsonl_csv_and_parquet_records_are_cut_or_skipped(tmp_path, monkeypatch):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     long_text = "मराठी शब्द " * 300_000                       # 3.3M characters, 9.6 MB
@@ -367,7 +369,7 @@ def test_huge_jsonl_csv_and_parquet_records_are_cut_or_skipped(tmp_path, monkeyp
         skipped: list = []
         pieces = documents(tmp_path / name, skipped)
         assert len(pieces) > 30 and " ".join(pieces[:-1] if name == "wide.csv" else pieces) == long_text.strip(), name
-        from babeltune.advisor import readlog
+        from babeltune.corpus import readlog
 
         assert max(len(p.encode("utf-8")) for p in pieces) <= readlog.MAX_DOCUMENT_BYTES
         assert [(s.kind, s.count) for s in skipped] == [("cut", 1)], name
@@ -378,10 +380,11 @@ def test_huge_jsonl_csv_and_parquet_records_are_cut_or_skipped(tmp_path, monkeyp
     assert skipped[0].describe().startswith(f"{tmp_path / 'long.jsonl'}: skipped 1 line (line longer than 1,048,576 bytes")
 
 
+@pytest.mark.slow   # ~16 s in the fast lane (over ~10 s: slow)
 def test_advise_on_a_file_without_newlines_says_it_cut_it(tmp_path, monkeypatch, tiny_model_dir):
     from click.testing import CliRunner
 
-    from babeltune.advisor import readlog
+    from babeltune.corpus import readlog
     from babeltune.advisor.cli import advise
 
     monkeypatch.setattr(readlog, "MAX_DOCUMENT_BYTES", 16 << 10)
@@ -394,7 +397,7 @@ def test_advise_on_a_file_without_newlines_says_it_cut_it(tmp_path, monkeypatch,
 
 
 def test_tokenizer_batches_are_bounded_by_characters():
-    from babeltune.advisor import readlog
+    from babeltune.corpus import readlog
 
     texts = ["x" * 600_000, "y" * 600_000, "z", "w" * 2_000_000, "v"]
     assert [list(map(len, b)) for b in readlog.batches(texts, 1000, max_chars=1 << 20)] == [

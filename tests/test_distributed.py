@@ -54,12 +54,35 @@ def test_more_gpus_than_visible_is_a_one_line_error(tmp_path):
 def test_accumulation_is_divided_to_keep_the_effective_batch():
     config = load_config(CONFIGS / "tiny-cpt.yaml", ["training.gradient_accumulation_steps=4"])
     lines = []
-    assert distributed.scale_accumulation(config, 2, lines.append).training.gradient_accumulation_steps == 2
+    assert distributed.accumulation_per_process(config, 2, lines.append) == 2
     assert "keeps the effective batch at 16 sequences" in lines[-1]
-    assert distributed.scale_accumulation(config, 3, lines.append).training.gradient_accumulation_steps == 4
+    assert distributed.accumulation_per_process(config, 3, lines.append) == 4
     assert "grows from 16 to 48" in lines[-1]
+    assert distributed.accumulation_per_process(config, 1, lines.append) == 4 and len(lines) == 2
 
 
+def test_resolved_config_of_a_two_process_run_is_the_users_config(tiny_run_config, monkeypatch):
+    """The accumulation divided over the processes is a runtime setting: the config saved with the adapter and in
+    the manifest is the one the user gave (running it again on one GPU must not halve the effective batch)."""
+    from pathlib import Path
+
+    import yaml
+
+    from babeltune.trainer.run import run_training
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)   # what each torchrun worker of `train --gpus 2` sees
+    config = tiny_run_config("training.gradient_accumulation_steps=2", "training.max_steps=2", "eval.evaluation_strategy=no")
+    out = Path(config.training.output_dir)
+    lines: list[str] = []
+    run_training(config, evaluate=False, echo=lines.append)
+    assert any("gradient_accumulation_steps 2 -> 1" in line for line in lines)
+    saved = yaml.safe_load((out / "adapter" / "babeltune_config.yaml").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert saved == manifest["config"] == config.model_dump(mode="json")
+    assert manifest["device"]["gradient_accumulation_steps_per_process"] == 1
+
+
+@pytest.mark.slow   # two torchrun processes, twice
 def test_two_process_run_matches_one_process_writes_once_and_resumes(tiny_model_dir, tmp_path):
     from babeltune.trainer.run import run_training
 
@@ -72,7 +95,8 @@ def test_two_process_run_matches_one_process_writes_once_and_resumes(tiny_model_
     assert losses(ddp) == pytest.approx(losses(single), abs=2e-3) and len(losses(ddp)) == 12
     manifest = json.loads((ddp / "manifest.json").read_text())
     assert manifest["device"]["world_size"] == 2
-    assert manifest["config"]["training"]["gradient_accumulation_steps"] == 1   # 2 over 2 processes
+    assert manifest["config"]["training"]["gradient_accumulation_steps"] == 2   # the user's config, as given
+    assert manifest["device"]["gradient_accumulation_steps_per_process"] == 1   # 2 over 2 processes
     assert sorted(p.name for p in ddp.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
 
     # interrupted after checkpoint-8: resume on 2 processes ends where the uninterrupted run ended
@@ -100,7 +124,7 @@ def test_single_process_with_several_gpus_trains_on_one(monkeypatch):
 
 
 def test_fsdp_launch_is_detected_so_the_loader_leaves_the_model_on_cpu(monkeypatch):
-    from babeltune.plugins.common import fsdp_enabled
+    from babeltune.plugins.toolkit import fsdp_enabled
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     assert not fsdp_enabled()

@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from babeltune.advisor import duplicates, textscan
-from babeltune.advisor.corpus import CorpusSpec, iter_documents
+from babeltune.advisor import textscan
+from babeltune.corpus import duplicates
+from babeltune.corpus.reader import CorpusSpec, iter_documents
 from babeltune.advisor.measure import measure_corpus
+
+from conftest import make_config
 
 DATA = Path(__file__).parent / "data"
 TWEETS = DATA / "dedup" / "mahasent_tweets.txt"
@@ -132,13 +135,7 @@ def hf_tokenizer(tiny_model_dir):
 
 
 def train_config(**data):
-    from babeltune.config import TrainConfig
-
-    return TrainConfig.model_validate({
-        "language": "mr", "model": {"name": "tiny", "max_seq_length": 64},
-        "data": {"train": str(TWEETS), **data},
-        "training": {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_steps": 2},
-        "eval": {"evaluation_strategy": "no"}})
+    return make_config(data={"train": str(TWEETS), **data})
 
 
 @pytest.mark.parametrize("mode, removed", [("off", 0), ("exact", 27), ("near", 38)])

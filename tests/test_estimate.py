@@ -93,6 +93,7 @@ def run_advise(*args):
     return CliRunner().invoke(advise, [str(a) for a in args], catch_exceptions=False)
 
 
+@pytest.mark.slow   # ~16 s in the fast lane (over ~10 s: slow)
 def test_advise_prints_and_writes_the_run_time_estimate(tmp_path, tiny_model_dir):
     """On this CPU-only machine: the GPU estimate from the table, what the run costs here (measured probe of the
     actual model), and the command for a CPU-sized variant."""

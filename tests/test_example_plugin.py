@@ -16,6 +16,8 @@ from click.testing import CliRunner
 
 from babeltune.trainer import plugins
 
+pytestmark = pytest.mark.slow   # pip installs the example package (the plugin machinery: test_plugins.py)
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "babeltune-backend-example"
 MARATHI = Path(__file__).parent / "data" / "text" / "mr.txt"
 

@@ -51,6 +51,7 @@ def uninterrupted(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow   # ~19 s in the fast lane (over ~10 s: slow)
 def test_ctrl_c_saves_a_checkpoint_at_the_step_boundary_then_resume_matches(tiny_model_dir, uninterrupted, tmp_path):
     from babeltune.trainer.run import run_training
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from babeltune.advisor.language import close_matches, resolve_language
-from babeltune.advisor.profiles import load_profiles
+from babeltune.languages.language import close_matches, resolve_language
+from babeltune.languages.profiles import load_profiles
 from babeltune.errors import BabeltuneError
 
 FORMS = {

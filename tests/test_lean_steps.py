@@ -71,6 +71,7 @@ def test_flops_and_clipping_match_transformers(tiny_model_dir, tmp_path):
     assert all(torch.allclose(a, p.grad) for a, p in zip(clipped, [p for p in model.parameters() if p.grad is not None]))
 
 
+@pytest.mark.slow   # ~45 s in the fast lane (over ~10 s: slow)
 def test_lean_steps_reproduce_transformers_losses_without_per_step_walks(tiny_model_dir, tmp_path, monkeypatch):
     """The same 12-step run with and without the lean mixin: identical loss, grad-norm and eval-loss records, while
     transformers alone walks the whole module tree (model.train(), model.zero_grad()) on every step."""

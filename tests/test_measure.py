@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from babeltune.advisor import corpus as corpus_module
+from babeltune.corpus import reader as corpus_module
+from babeltune.languages import profiles
 from babeltune.advisor import measure, textscan
-from babeltune.advisor.corpus import CorpusSpec, iter_documents
+from babeltune.corpus.reader import CorpusSpec, iter_documents
 from babeltune.advisor.measure import measure_corpus, reference_premium
-from babeltune.advisor.scripts import mostly_space_delimited, script_mix
+from babeltune.languages.scripts import mostly_space_delimited, script_mix
 from babeltune.errors import BabeltuneError
 
 DATA = Path(__file__).parent / "data"
@@ -49,7 +50,6 @@ def lines(name: str) -> list[str]:
 
 
 def profile(code: str):
-    profiles = pytest.importorskip("babeltune.advisor.profiles")
     return profiles.get_profile(code)
 
 
@@ -120,7 +120,7 @@ def test_counts_equal_brute_force_on_clean_lines(tmp_path, tokenizer, monkeypatc
 
 
 def test_structured_formats_measure_like_their_documents(tmp_path, tokenizer):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     mr = lines("mr.txt")
@@ -223,7 +223,6 @@ def test_english_corpus_declared_marathi_is_a_mismatch(tokenizer):
 
 
 def test_premium_vs_english_on_the_parallel_reference(tokenizer):
-    profiles = pytest.importorskip("babeltune.advisor.profiles")
     hindi = profiles.get_profile("hi")
     own, english = profiles.reference_lines(hindi), profiles.english_reference_lines()
     if not own:

@@ -269,6 +269,7 @@ def test_facts_before_and_after_conversion_agree(gemma_fp32):
     assert stored == after.parameters == 268_098_176
 
 
+@pytest.mark.slow   # two converting processes
 def test_concurrent_conversions_of_one_gguf_both_succeed(tiny_gguf, tmp_path):
     """Three torchrun ranks converting the same model at once: a later rename finds a complete folder.
 

@@ -11,18 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from babeltune.config import load_config
 from babeltune.errors import BabeltuneError
 
-from conftest import DATA, TEXT
+from conftest import DATA, TEXT, tiny_config
 
 CONFIG = DATA / "configs" / "tiny-cpt.yaml"
 LOCK_FILE = ".babeltune.lock"
 
 
 def short_config(model_dir: Path, out: Path, *extra: str):
-    return load_config(CONFIG, [f"model.name={model_dir}", f"training.output_dir={out}", f"data.train={TEXT / 'mr.txt'}",
-                                "eval.evaluation_strategy=no", "training.max_steps=2", *extra])
+    return tiny_config("tiny-cpt.yaml", model_dir, out, "eval.evaluation_strategy=no", "training.max_steps=2", *extra)
 
 
 def env() -> dict:
@@ -44,6 +42,7 @@ def hold_lock(out: Path) -> subprocess.Popen:
     return holder
 
 
+@pytest.mark.slow   # a lock-holding process and a second train process
 def test_a_second_train_on_the_same_output_dir_gets_one_error_naming_the_holder(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     holder = hold_lock(out)

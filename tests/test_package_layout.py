@@ -27,7 +27,8 @@ def test_babeltune_path_is_one_folder():
 
 
 @pytest.mark.parametrize("sub, folder", [("advisor", "advisor"), ("trainer", "trainer"), ("plugins", "plugins"),
-                                         ("lang_profiles", "lang_profiles"), ("models", "src/babeltune/models")])
+                                         ("lang_profiles", "lang_profiles"), ("models", "src/babeltune/models"),
+                                         ("corpus", "src/babeltune/corpus"), ("languages", "src/babeltune/languages")])
 def test_design_card_folders_map_under_babeltune(sub, folder):
     module = importlib.import_module(f"babeltune.{sub}")
     assert Path(module.__file__).resolve().parent == (ROOT / folder).resolve()

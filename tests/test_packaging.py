@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+@pytest.mark.slow   # pip wheel
 def test_wheel_holds_the_mapped_folders_and_their_data(tmp_path):
     """A plain (non-editable) install: the wheel maps advisor/, trainer/, plugins/, lang_profiles/ and src/babeltune
     under babeltune/, with the data files the code reads, and nothing else from the checkout."""
@@ -20,7 +21,8 @@ def test_wheel_holds_the_mapped_folders_and_their_data(tmp_path):
     (wheel,) = tmp_path.glob("babeltune-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in ["babeltune/config.py", "babeltune/trainer/cli.py", "babeltune/advisor/rules/__init__.py",
-                     "babeltune/plugins/__init__.py", "babeltune/models/builtins.py",
+                     "babeltune/plugins/__init__.py", "babeltune/models/builtins.py", "babeltune/corpus/reader.py",
+                     "babeltune/languages/profiles.py",
                      "babeltune/lang_profiles/mr.yaml", "babeltune/advisor/data/throughput.json"]:
         assert expected in names, expected
     tops = {name.split("/")[0] for name in names}

@@ -55,7 +55,8 @@ GOOD_PLUGIN = """
 
 
 def test_builtins_are_ordinary_plugins():
-    assert plugins.DEFAULT_PLUGINS == ("babeltune.plugins.hf_peft", "babeltune.plugins.ia3", "babeltune.plugins.unsloth")
+    assert plugins.BUILTIN_PLUGINS == {"hf-peft": "babeltune.plugins.hf_peft", "ia3": "babeltune.plugins.ia3",
+                                       "unsloth": "babeltune.plugins.unsloth"}
     backends = plugins.available_backends()
     assert {"hf-peft", "ia3", "unsloth"} <= set(backends)
     pm = plugins.get_plugin_manager()
@@ -88,6 +89,30 @@ def test_unsloth_falls_back_to_hf_peft_with_one_line(monkeypatch):
     assert chosen.name == "hf-peft"
     assert said == ["backend unsloth is not usable here: no NVIDIA GPU (torch.cuda.is_available() is False); "
                     "running hf-peft instead"]
+
+
+def test_the_core_fallback_policy_is_a_plugin_that_answers_last(monkeypatch):
+    from babeltune.trainer import fallback_policy
+
+    pm = plugins.get_plugin_manager()
+    assert pm.get_plugin(plugins.CORE_PLUGIN) is fallback_policy
+    assert pm.hook.resolve_backend_fallback(name="unsloth", reason="no GPU") == "hf-peft"
+    assert pm.hook.resolve_backend_fallback(name="hf-peft", reason="?") is None   # hf-peft has nowhere to go
+    monkeypatch.setenv(plugins.ENV_VAR, "ia3")                # limiting plugins keeps the core's policy
+    assert plugins.get_plugin_manager().hook.resolve_backend_fallback(name="ia3", reason="x") == "hf-peft"
+    core = next(e for e in plugins.plugin_descriptions() if e["name"] == plugins.CORE_PLUGIN)
+    assert core["hooks"] == ["resolve_backend_fallback"] and core["backends"] == []
+
+
+def test_prepare_process_is_part_of_the_backend_contract(monkeypatch):
+    from babeltune.plugins import unsloth as unsloth_plugin
+    from babeltune.trainer.backend import Backend
+
+    prepared: list[str] = []
+    monkeypatch.setattr(unsloth_plugin.UnslothBackend, "availability", lambda self: (True, ""))
+    monkeypatch.setattr(unsloth_plugin.UnslothBackend, "prepare_process", lambda self: prepared.append(self.name))
+    assert plugins.select_backend("unsloth", echo=lambda line: None).name == "unsloth" and prepared == ["unsloth"]
+    assert plugins.select_backend("ia3").prepare_process.__func__ is Backend.prepare_process   # the contract's no-op
 
 
 def test_fallback_needs_the_fallback_loaded(monkeypatch):

@@ -11,7 +11,7 @@ import langcodes
 import pytest
 import regex
 
-from babeltune.advisor.profiles import (
+from babeltune.languages.profiles import (
     LangProfile,
     _check_unique_keys,
     english_reference_lines,
@@ -86,7 +86,7 @@ def test_seed_and_ud_languages_have_profiles():
 @pytest.mark.skipif(not (SHARED / "seeds").is_dir(), reason="../shared/seeds is not present (CI clone)")
 def test_seed_tables_are_covered():
     """Re-read the language tables of the seeds: every language in a table row resolves to a profile."""
-    from babeltune.advisor.language import resolve_language
+    from babeltune.languages.language import resolve_language
 
     names = set()
     for path in (SHARED / "seeds").glob("*.txt"):

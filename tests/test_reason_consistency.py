@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from babeltune.advisor.advise import advise
-from babeltune.advisor.corpus import CorpusSpec
+from babeltune.corpus.reader import CorpusSpec
 
-pytest.importorskip("babeltune.models.facts", reason="model facts (models helper) not installed yet")
 
 ROOT = Path(__file__).parent.parent
 REFERENCE = ROOT / "lang_profiles" / "reference"
@@ -155,7 +154,7 @@ def test_reasons_agree_on_reference_text_for_both_goals(lang, tiny_model_dir):
     from types import SimpleNamespace
 
     from babeltune.advisor.measure import measure_corpus
-    from babeltune.advisor.profiles import get_profile
+    from babeltune.languages.profiles import get_profile
     from babeltune.advisor.rules import RuleContext, apply_rules
     from babeltune.models.facts import model_facts
     from babeltune.models.tokenizers import load_tokenizer

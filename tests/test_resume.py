@@ -39,6 +39,7 @@ def env() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow   # three train processes, one killed with SIGKILL
 def test_kill_9_then_resume_matches_the_uninterrupted_run(tiny_model_dir, tmp_path):
     straight = tmp_path / "straight"
     done = subprocess.run(train_command(tiny_model_dir, straight), env=env(), capture_output=True, text=True, timeout=240)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from advisor_fixtures import JAPANESE, LLAMA2_7B, MARATHI, SMOLLM2, char_lengths, measurements
 from babeltune.advisor.advise import build_config
-from babeltune.advisor.corpus import CorpusSpec
+from babeltune.corpus.reader import CorpusSpec
 from babeltune.advisor.memory import BUDGET_SHARE
 from babeltune.advisor.rules import RULE_ORDER, RULES, RuleContext, apply_rules
 from babeltune.advisor.rules.hardware import SATURATED_SHARE
@@ -41,14 +41,39 @@ def test_every_seed_table_parameter_has_a_reason_citing_a_number():
         assert decisions[name].evidence, name
 
 
-def test_rules_only_read_earlier_decisions():
-    # Each rule run alone, with only the decisions before it, gives the same value as the full run.
-    ctx, decisions = decide()
-    for index, (name, rule) in enumerate(RULE_ORDER):
-        partial = RuleContext(measurements=ctx.measurements, facts=ctx.facts, profile=MARATHI, gpu_memory_gib=24.0,
-                              decisions={n: decisions[n] for n, _ in RULE_ORDER[:index]})
-        assert rule(partial).value == decisions[name].value, name
+def order_problems(order, ctx, decisions) -> dict[str, str]:
+    """rule name -> how it depends on a decision ``order`` places after it. Each rule runs twice: with only the
+    decisions before it (as apply_rules runs it) and with every decision visible. A rule that reads a later one
+    fails the first way (KeyError) or, when a ``.get`` fallback hides the missing value, decides differently."""
+    def run(rule, visible):
+        return rule(RuleContext(measurements=ctx.measurements, facts=ctx.facts, profile=ctx.profile,
+                                gpu_memory_gib=ctx.gpu_memory_gib, goal=ctx.goal, decisions=dict(visible))).value
+
+    problems = {}
+    for index, (name, rule) in enumerate(order):
+        try:
+            alone = run(rule, {n: decisions[n] for n, _ in order[:index]})
+        except KeyError as missing:
+            problems[name] = f"reads {missing}, decided later"
+            continue
+        seen = run(rule, decisions)
+        if alone != seen:
+            problems[name] = f"{alone!r} before the later decisions, {seen!r} once they are visible"
+    return problems
+
+
+@pytest.mark.parametrize("goal", ["cpt", "sft"])
+def test_rules_only_read_earlier_decisions(goal):
+    ctx, decisions = decide(goal=goal)
     assert set(RULES) == set(decisions)
+    assert order_problems(RULE_ORDER, ctx, decisions) == {}
+
+
+def test_a_rule_moved_before_what_it_reads_is_caught():
+    ctx, decisions = decide()
+    names = [name for name, _ in RULE_ORDER]
+    moved = [RULE_ORDER[names.index("lora_alpha")]] + [item for item in RULE_ORDER if item[0] != "lora_alpha"]
+    assert "lora_alpha" in order_problems(moved, ctx, decisions)   # alpha follows r (and rsLoRA)
 
 
 def test_token_dense_tokenizer_gets_longer_sequences_for_the_same_text():

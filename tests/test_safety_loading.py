@@ -221,7 +221,7 @@ def test_every_loader_states_trust_remote_code(tiny_model_dir, monkeypatch):
     from babeltune.models.facts import facts_from_folder
     from babeltune.models.safety import allow_remote_code
     from babeltune.models.tokenizers import hf_tokenizer
-    from babeltune.plugins import common
+    from babeltune.plugins import toolkit
     from babeltune.trainer import evaluate
 
     seen = []
@@ -240,8 +240,8 @@ def test_every_loader_states_trust_remote_code(tiny_model_dir, monkeypatch):
     runtime = Runtime(device="cpu", precision="fp32", model_dir=str(tiny_model_dir))
 
     def load_all():
-        common.model_class_for(str(tiny_model_dir))
-        common.load_base_model(config, runtime, "eager")
+        toolkit.model_class_for(str(tiny_model_dir))
+        toolkit.load_base_model(config, runtime, "eager")
         hf_tokenizer(tiny_model_dir)
         facts_from_folder(tiny_model_dir, "tiny")
         evaluate._load_model(tiny_model_dir, "cpu", lambda _line: None)
@@ -263,7 +263,7 @@ def test_trust_remote_code_flag_runs_the_code_and_the_manifest_records_it(evil_m
 
     from babeltune.config import load_config
     from babeltune.models.safety import allow_remote_code
-    from babeltune.plugins.common import model_class_for
+    from babeltune.plugins.toolkit import model_class_for
     from babeltune.trainer.backend import Runtime
     from babeltune.trainer.manifest import build_manifest
 
@@ -534,16 +534,16 @@ def test_unwritable_output_folders_are_one_line(tiny_model_dir, tmp_path):
 
 def full_disk(monkeypatch):
     """Every atomic write runs out of space while writing its temporary file."""
-    import babeltune.errors as errors
+    import babeltune.atomic as atomic
 
     def write(handle, data):
         handle.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(errors, "_write_data", write)
+    monkeypatch.setattr(atomic, "_write_data", write)
 
 
 def test_a_full_disk_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch):
-    from babeltune.errors import atomic_write_text
+    from babeltune.atomic import atomic_write_text
 
     target = tmp_path / "report.json"
     target.write_text("old")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from advisor_fixtures import SMOLLM2, measurements
-from babeltune.advisor.corpus import CorpusSpec
+from babeltune.corpus.reader import CorpusSpec
 from babeltune.advisor.memory import BUDGET_SHARE
 from babeltune.advisor.rules import RuleContext, apply_rules
 from babeltune.advisor.rules.schedule import EFFICIENT_SHARE, MIN_STEPS
@@ -30,7 +30,7 @@ SMOLLM2_TOKENS_PER_CHAR = {"mr": 1.159, "hi": 1.086, "en": 0.218, "tweets": 1.13
 
 @pytest.fixture(scope="module")
 def measure():
-    from babeltune.advisor.language import resolve_language
+    from babeltune.languages.language import resolve_language
 
     def run(path: Path, lang: str = "mr", ratio: float | None = None):
         chars = [len(line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -7,26 +7,12 @@ import random
 
 import pytest
 
-from babeltune.config import TrainConfig
 from babeltune.errors import BabeltuneError
 from babeltune.trainer import data as D
 
-from conftest import DATA, TEXT
+from conftest import DATA, TEXT, config_maker
 
-BASE = {
-    "language": "mr",
-    "model": {"name": "tiny", "max_seq_length": 32},
-    "data": {"train": str(TEXT / "mr.txt")},
-    "training": {"per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_steps": 2},
-    "eval": {"evaluation_strategy": "no"},
-}
-
-
-def make_config(**sections) -> TrainConfig:
-    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in BASE.items()}
-    for section, values in sections.items():
-        merged[section].update(values)
-    return TrainConfig.model_validate(merged)
+make_config = config_maker(model={"max_seq_length": 32})
 
 
 @pytest.fixture(scope="module")

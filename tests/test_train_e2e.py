@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -13,16 +12,9 @@ from babeltune.config import load_config
 from babeltune.errors import BabeltuneError
 from babeltune.trainer.backend import Backend
 
-from conftest import DATA, TEXT
+from conftest import DATA, tiny_config
 
 CONFIGS = DATA / "configs"
-
-
-def tiny_config(name: str, model_dir: Path, output_dir: Path, *sets: str):
-    data_train = {"tiny-cpt.yaml": TEXT / "mr.txt", "tiny-sft.yaml": DATA / "sft" / "mr_pairs.jsonl",
-                  "tiny-padding-free.yaml": TEXT / "hi.txt"}[name]
-    return load_config(CONFIGS / name, [f"model.name={model_dir}", f"training.output_dir={output_dir}",
-                                        f"data.train={data_train}", *sets])
 
 
 def quiet(_line):
@@ -69,6 +61,7 @@ def test_cpt_run_writes_a_loadable_adapter_metrics_plot_manifest_and_eval(tiny_m
     assert all((out / c / "babeltune_complete.json").is_file() for c in checkpoints)
 
 
+@pytest.mark.slow   # ~15 s in the fast lane (over ~10 s: slow)
 def test_sft_run_with_checkpointing_and_merge(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -125,6 +118,7 @@ def test_gradient_check_names_a_module_that_gets_no_gradient(tiny_model_dir, tmp
         run_training(tiny_config("tiny-cpt.yaml", tiny_model_dir, tmp_path / "g"), backend=Wrapped(orphan), echo=quiet)
 
 
+@pytest.mark.slow   # ~12 s in the fast lane (over ~10 s: slow)
 def test_nan_guard_stops_keeps_the_last_good_checkpoint_and_lists_causes(tiny_model_dir, tmp_path):
     from babeltune.trainer.run import run_training
 
@@ -168,6 +162,7 @@ def test_modules_to_save_with_their_own_learning_rate_train_and_reload(tiny_mode
     assert check["relative_diff"] <= check["tolerance"] or check["unexplained_share"] <= 0.25
 
 
+@pytest.mark.slow   # ~12 s in the fast lane (over ~10 s: slow)
 def test_early_stopping_ends_the_run_and_keeps_the_best_checkpoint(tiny_model_dir, tmp_path):
     from babeltune.trainer.run import run_training
 

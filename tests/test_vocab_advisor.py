@@ -1,4 +1,4 @@
-"""advise's vocabulary-extension measurement (babeltune.advisor.vocab) and the vocab.extend rule."""
+"""advise's vocabulary-extension measurement (babeltune.vocab) and the vocab.extend rule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from advisor_fixtures import MARATHI, SMOLLM2, measurements
-from babeltune.advisor import vocab
+from babeltune import vocab
 from babeltune.advisor.rules import vocabulary
 from babeltune.advisor.rules.context import RuleContext
 

@@ -13,7 +13,7 @@ from conftest import TEXT
 @pytest.mark.slow
 def test_advise_train_eval_with_an_extension(tiny_model_dir, tmp_path, monkeypatch):
     from babeltune.advisor.advise import advise
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
     from babeltune.advisor.rules import vocabulary
     from babeltune.config import validate_config
     from babeltune.trainer.evaluate import evaluate_corpora

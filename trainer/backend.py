@@ -33,6 +33,8 @@ class Runtime:
     model_dir: str              # resolved local Hugging Face folder (built-ins converted already)
     world_size: int = 1
     local_rank: int = 0
+    gradient_accumulation_steps: Optional[int] = None   # per process under torchrun (the config's / world_size);
+                                                        # None = training.gradient_accumulation_steps
 
 
 @dataclass
@@ -73,6 +75,10 @@ class Backend(abc.ABC):
         return options
     supports_fsdp: bool = False         # may shard its model under `train --gpus N --fsdp` (the model must stay a
                                         # plain transformers + PEFT module that FSDP2 can wrap); False is refused
+
+    def prepare_process(self) -> None:
+        """Per-process setup that must happen before transformers is imported (unsloth imports itself here,
+        because it patches transformers on import). Called once the backend is chosen and usable."""
 
     def availability(self) -> tuple[bool, str]:
         """(usable on this machine, why not). Must not import heavy packages when they are missing."""

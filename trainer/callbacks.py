@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from babeltune.errors import BabeltuneError, atomic_write_text
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"

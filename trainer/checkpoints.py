@@ -16,10 +16,25 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from babeltune.errors import BabeltuneError, atomic_write_text
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import atomic_write_text
 
 MARKER = "babeltune_complete.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def trainable_share(model) -> tuple[int, int, float]:
+    """(trainable parameters, all parameters, trainable %). Shared tensors are counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        numel = param.numel() * (2 if param.__class__.__name__ == "Params4bit" else 1)
+        total += numel
+        trainable += numel if param.requires_grad else 0
+    return trainable, total, (100.0 * trainable / total) if total else 0.0
 
 
 def trainable_names(model: Any) -> list[str]:

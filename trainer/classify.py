@@ -67,7 +67,7 @@ def _label_order(label: str):
 
 
 def _missing_label_column(path: Path, label_column: str, row: dict, option: str) -> BabeltuneError:
-    from babeltune.advisor.records import shown
+    from babeltune.corpus.records import shown
 
     fields = ", ".join(map(shown, row)) or "none"
     return BabeltuneError(f"corpus: {path}: no label column {label_column!r} (columns: {fields}); "
@@ -76,7 +76,7 @@ def _missing_label_column(path: Path, label_column: str, row: dict, option: str)
 
 def _labelled_rows(path: Path, spec, label_column: str, option: str, tally) -> Iterator[Example]:
     """The (text, label) rows of one file; rows with an empty text or label are skipped and counted."""
-    from babeltune.advisor import corpus, records
+    from babeltune.corpus import reader as corpus, records
 
     if path.suffix.lower() == ".txt":
         raise BabeltuneError(f"corpus: {path} is plain text (.txt) and holds no labels; classification reads "
@@ -99,8 +99,8 @@ def read_labelled(spec, label_column: str, skipped: Optional[list] = None, *, op
                   limit: Optional[int] = None) -> list[Example]:
     """Every labelled example of ``spec`` (a CorpusSpec; a file or folder), in file order. What is skipped goes
     to ``skipped`` as for every other corpus (or stops the run under strict)."""
-    from babeltune.advisor.corpus import _guarded, usable_files
-    from babeltune.advisor.readlog import ReadTally
+    from babeltune.corpus.reader import _guarded, usable_files
+    from babeltune.corpus.readlog import ReadTally
 
     skipped = [] if skipped is None else skipped
     examples: list[Example] = []

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from babeltune.errors import BabeltuneError, atomic_write_text
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import atomic_write_text
 from babeltune.trainer import classify as cl
 
 
@@ -134,7 +135,7 @@ class ClassifyReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from babeltune.errors import atomic_write_bytes
+        from babeltune.atomic import atomic_write_bytes
 
         kinds = ["base"] + (["adapter"] if self.adapter else [])
         names = list(self.corpora)
@@ -171,7 +172,7 @@ class ClassifyReport:
 
 def read_corpora(corpora: dict[str, str], settings: ClassifySettings, limit: Optional[int], strict: bool = False):
     """name -> examples, and every skip, per corpus (the advisor's reader, as train reads them)."""
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
 
     examples, skipped_all = {}, []
     for name, path in corpora.items():

@@ -25,46 +25,42 @@ def echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
+def flag_values(*, backend: Optional[str], output_dir: Optional[str], max_steps: Optional[int]) -> dict:
+    """`train`'s own flags as the config keys they override (--max-steps also drops num_train_epochs)."""
+    values: dict = {}
+    if output_dir is not None:
+        values["training.output_dir"] = output_dir
+    if max_steps is not None:
+        values.update({"training.num_train_epochs": None, "training.max_steps": max_steps})
+    if backend is not None:
+        values["backend.name"] = backend
+    return values
+
+
 def load_train_config(path: str, sets: tuple[str, ...], *, backend: Optional[str], output_dir: Optional[str],
                       max_steps: Optional[int], echo=echo_err):
-    """Read the YAML, apply --set and the dedicated options, validate once (every problem in one error)."""
-    from babeltune.config import apply_overrides, read_yaml, validate_config
-
-    data = apply_overrides(read_yaml(path), list(sets))
-    sections = {name: data.get(name) for name in ("training", "backend")}
-    if output_dir is not None and isinstance(sections["training"], dict):
-        sections["training"]["output_dir"] = output_dir
-    if max_steps is not None and isinstance(sections["training"], dict):
-        epochs = sections["training"].pop("num_train_epochs", None)
-        if epochs is not None:
-            echo(f"--max-steps {max_steps} replaces training.num_train_epochs ({epochs})")
-        planned = sections["training"].get("max_steps")
-        if planned is not None and planned != max_steps:
-            echo(f"--max-steps {max_steps} replaces training.max_steps ({planned}, the steps the config planned)")
-        sections["training"]["max_steps"] = max_steps
-    if backend is not None:
-        data["backend"] = sections["backend"] if isinstance(sections["backend"], dict) else {}
-        data["backend"]["name"] = backend
-    return validate_config(data, source=path, options_model=selected_options_model(data))
-
-
-def selected_options_model(data: dict):
-    """The Options model of the backend the config (or --backend) selects, so backend.options is checked
-    with the rest of the config; None for an unknown backend (select_backend names it)."""
+    """The config through the one loader: the YAML, --set, then the dedicated flags as overrides; validated once
+    (backend.options against the selected backend's Options), every problem in one error."""
+    from babeltune.config import load_config
     from babeltune.trainer.plugins import options_model
 
-    section = data.get("backend")
-    name = section.get("name", "hf-peft") if isinstance(section, dict) else "hf-peft"
-    return options_model(name)
+    def replaced(key: str, old, _new) -> None:
+        if key == "training.num_train_epochs":
+            echo(f"--max-steps {max_steps} replaces training.num_train_epochs ({old})")
+        elif key == "training.max_steps":
+            echo(f"--max-steps {max_steps} replaces training.max_steps ({old}, the steps the config planned)")
+
+    return load_config(path, list(sets), values=flag_values(backend=backend, output_dir=output_dir, max_steps=max_steps),
+                       on_replace=replaced, options_for=options_model)
 
 
-def show_dry_run(config, backend: Optional[str]) -> None:
+def show_dry_run(config) -> None:
     """The resolved config and what the backend makes of it; loads no model."""
     from babeltune.trainer.export import resolved_config_yaml
     from babeltune.trainer.plugins import select_backend
 
     click.echo(resolved_config_yaml(config))
-    chosen = select_backend(backend or config.backend.name, echo=echo_err)
+    chosen = select_backend(config.backend.name, echo=echo_err)
     click.echo(f"# backend {chosen.name}: translate()")
     click.echo(yaml.safe_dump(chosen.translate(config), sort_keys=False, allow_unicode=True, default_flow_style=False))
 
@@ -111,7 +107,7 @@ def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_
     sets = check_fsdp_flag(fsdp, gpus) + tuple(sets) + (("data.strict=true",) if strict else ())   # recorded in the resolved config
     config = load_train_config(config_path, sets, backend=backend, output_dir=output_dir, max_steps=max_steps)
     if dry_run:
-        show_dry_run(config, backend)
+        show_dry_run(config)
         show_launch_plan(config, gpus, click.get_current_context().params)
         return
     from babeltune.models.safety import allow_remote_code
@@ -122,7 +118,7 @@ def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_
     click.get_current_context().with_resource(quiet_libraries())   # no library tqdm bars or FutureWarnings
     if gpus > 1 and not os.environ.get(distributed.LAUNCHED_ENV):
         distributed.check_gpus(gpus)
-        from babeltune.trainer.run import resolve_model_dir
+        from babeltune.models.resolve import resolve_model_dir
 
         resolve_model_dir(config.model.name)   # convert a built-in/GGUF model once, before N processes want it
         args = worker_args(click.get_current_context().params)
@@ -131,7 +127,7 @@ def train(config_path, backend, output_dir, max_steps, resume, overwrite, allow_
     from babeltune.trainer.run import run_training
 
     distributed.die_with_launcher()   # a torchrun worker must not outlive a killed launcher
-    result = run_training(config, backend=backend, resume=True if resume == RESUME_LAST else resume, merge=merge,
+    result = run_training(config, resume=True if resume == RESUME_LAST else resume, merge=merge,
                           echo=distributed.main_process_echo(echo_err), config_file=config_path, evaluate=not no_eval,
                           allow_config_change=allow_config_change, overwrite=overwrite,
                           resume_command=resume_command(click.get_current_context()))

@@ -66,7 +66,7 @@ class PreparedData:
 
 
 def corpus_spec(config: "TrainConfig", path: str):
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
 
     data = config.data
     return CorpusSpec(path=path, doc_split=data.doc_split, text_field=data.text_field, text_column=data.text_column,
@@ -75,7 +75,7 @@ def corpus_spec(config: "TrainConfig", path: str):
 
 def read_documents(config: "TrainConfig", path: str, skipped: Optional[list] = None) -> list[str]:
     """The documents of ``path``; files/lines/rows skipped and documents cut are appended to ``skipped``."""
-    from babeltune.advisor.corpus import iter_documents
+    from babeltune.corpus.reader import iter_documents
 
     documents = list(iter_documents(corpus_spec(config, path), skipped))
     if not documents:
@@ -84,7 +84,7 @@ def read_documents(config: "TrainConfig", path: str, skipped: Optional[list] = N
 
 
 def read_records(config: "TrainConfig", path: str, skipped: Optional[list] = None) -> list[dict]:
-    from babeltune.advisor.corpus import iter_records
+    from babeltune.corpus.reader import iter_records
 
     records = list(iter_records(corpus_spec(config, path), skipped))
     if not records:
@@ -95,7 +95,7 @@ def read_records(config: "TrainConfig", path: str, skipped: Optional[list] = Non
 def reading_report(skipped: list, notes: list[str], stats: dict[str, Any]) -> None:
     """What the corpus reader skipped or cut: counted in ``stats`` (the manifest's data section, with
     every entry), one line per file and reason in ``notes`` (printed, and kept in the manifest)."""
-    from babeltune.advisor.readlog import report_lines, summary
+    from babeltune.corpus.readlog import report_lines, summary
 
     stats.update(summary(skipped))
     stats["skipped"] = [{"path": s.path, "kind": s.kind, "reason": s.reason, "count": s.count, "line": s.line,
@@ -111,11 +111,11 @@ def reading_report(skipped: list, notes: list[str], stats: dict[str, Any]) -> No
 
 def dedup_key(config: "TrainConfig") -> Optional[Callable[[Any], bytes]]:
     """The identity of a document (cpt) or record (sft) under data.dedup; None when off. The near key is the
-    advisor's (babeltune.advisor.duplicates), so `train` removes what `advise` counted."""
+    advisor's (babeltune.corpus.duplicates), so `train` removes what `advise` counted."""
     mode = config.data.dedup
     if mode == "off":
         return None
-    from babeltune.advisor.duplicates import exact_key, near_key
+    from babeltune.corpus.duplicates import exact_key, near_key
 
     if config.data.mode == "sft":
         if mode == "exact":
@@ -175,7 +175,7 @@ def require_eos(tokenizer) -> int:
 
 def tokenize_documents(tokenizer, documents: list[str]) -> list[list[int]]:
     """Token ids per document as the model normally sees them (BOS if the tokenizer adds one), + EOS."""
-    from babeltune.advisor.readlog import batches
+    from babeltune.corpus.readlog import batches
 
     eos = require_eos(tokenizer)
     out: list[list[int]] = []

@@ -8,7 +8,8 @@ DistributedDataParallel and shards the batches. Equivalent by hand:
 
 Rank 0 alone writes checkpoints, metrics, the final adapter, the evaluation and the manifest; the other
 ranks print nothing but errors. To keep the advisor's effective batch (per-device batch x accumulation x
-GPUs), the gradient accumulation steps are divided by N where they divide evenly.
+GPUs), each process accumulates the config's gradient accumulation steps divided by N where they divide evenly
+(a runtime setting: the saved config keeps the user's value).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def rank() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def fsdp_enabled() -> bool:
+    """`accelerate launch` with an FSDP config sets this; the model must then stay on the CPU until sharded."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
 
 
 def main_process_echo(echo: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -99,22 +105,24 @@ def launch(gpus: int, train_args: list[str], echo: Callable[[str], Any], mode: s
     return subprocess.call(command, env={**os.environ, **worker_environment()})
 
 
-def scale_accumulation(config: "TrainConfig", processes: int, echo: Callable[[str], Any]) -> "TrainConfig":
-    """Divide gradient_accumulation_steps by the number of processes when it divides evenly, so the effective
-    batch stays what the advisor chose; otherwise keep it and say that the effective batch grows."""
-    if processes <= 1:
-        return config
+def accumulation_per_process(config: "TrainConfig", processes: int, echo: Callable[[str], Any]) -> int:
+    """The gradient accumulation each process runs: the config's divided by the number of processes when it divides
+    evenly, so the effective batch stays what the advisor chose; otherwise the config's, saying that the effective
+    batch grows. A runtime decision (``Runtime.gradient_accumulation_steps``): the config saved with the run keeps
+    the user's value, so running it again on one GPU trains with the same effective batch."""
     training = config.training
     steps, per_device = training.gradient_accumulation_steps, training.per_device_train_batch_size
+    if processes <= 1:
+        return steps
     if steps % processes == 0:
         scaled = steps // processes
         echo(f"distributed: {processes} processes; gradient_accumulation_steps {steps} -> {scaled} keeps the effective "
              f"batch at {per_device * steps} sequences")
-        return config.model_copy(update={"training": training.model_copy(update={"gradient_accumulation_steps": scaled})})
+        return scaled
     echo(f"distributed: {processes} processes; gradient_accumulation_steps {steps} does not divide by {processes}, "
          f"so the effective batch grows from {per_device * steps} to {per_device * steps * processes} sequences "
          "(consider a lower learning rate or an accumulation that divides evenly)")
-    return config
+    return steps
 
 
 def peak_memory_per_rank() -> Optional[list[float]]:

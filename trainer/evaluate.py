@@ -18,10 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from babeltune.errors import BabeltuneError, atomic_write_text
-from babeltune.models.safety import check_adapter_folder, check_model_folder, check_no_remote_code, load_kwargs
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import atomic_write_text
+from babeltune.models.safety import check_adapter_folder, check_no_remote_code, load_kwargs
+from babeltune.trainer.data import IGNORE_INDEX
+from babeltune.trainer.export import is_peft_model
 
-IGNORE_INDEX = -100
 LOGIT_BUDGET = 1 << 28   # logits per forward pass (1 GiB in float32); batches shrink to stay under it
 
 
@@ -348,7 +350,7 @@ def evaluate_loaded(model, tokenizer, corpora: dict[str, list[str]], *, max_leng
     context manager whose advance(n) counts scored documents.
     """
     echo = echo or (lambda _message: None)
-    is_peft = _is_peft_model(model)
+    is_peft = is_peft_model(model)
     max_length = _cap_max_length(model, max_length, echo)
     report = EvalReport(model=model_name, adapter=adapter_name if is_peft else None, max_length=max_length)
     for language, texts in corpora.items():
@@ -366,14 +368,6 @@ def evaluate_loaded(model, tokenizer, corpora: dict[str, list[str]], *, max_leng
                                     batch_size=batch_size, stride=stride, on_documents=on_documents)
         report.languages[language] = LanguageResult(language, before, after)
     return report
-
-
-def _is_peft_model(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
 
 
 def _cap_max_length(model, max_length: int, echo: Callable[[str], None]) -> int:
@@ -397,7 +391,10 @@ def evaluate_corpora(model_spec: str, corpora: dict[str, Any], *, adapter: Optio
     if max_documents is not None and max_documents < 1:
         raise BabeltuneError(f"--max-documents: {max_documents} must be at least 1 (or leave it out for all documents)")
     # Cheap checks first, so a typo fails before minutes of reading or loading.
-    model_dir = _resolve_model_dir(model_spec) if model is None else None
+    from babeltune.models.resolve import resolve_model_dir
+    from babeltune.models.tokenizers import hf_tokenizer
+
+    model_dir = resolve_model_dir(model_spec) if model is None else None
     if adapter is not None:
         _check_adapter_folder(adapter)
         if model_dir is not None:   # refuse an adapter recorded for another base model before loading anything
@@ -408,7 +405,7 @@ def evaluate_corpora(model_spec: str, corpora: dict[str, Any], *, adapter: Optio
         raise BabeltuneError("evaluate_corpora: pass the tokenizer together with an already-loaded model")
     documents, sources, skipped = _read_corpora(corpora, max_documents)
     if model is None:
-        tokenizer = tokenizer or _load_tokenizer(model_dir)
+        tokenizer = tokenizer or hf_tokenizer(model_dir)
         model = _load_model(model_dir, device, echo)
     after_tokenizer = None
     if adapter is not None:
@@ -424,7 +421,7 @@ def evaluate_corpora(model_spec: str, corpora: dict[str, Any], *, adapter: Optio
 
 def _read_corpora(corpora: dict[str, Any], max_documents: Optional[int]):
     """LANG -> documents via the advisor's corpus reader (same formats and errors as `advise`)."""
-    from babeltune.advisor.corpus import CorpusSpec, iter_documents
+    from babeltune.corpus.reader import CorpusSpec, iter_documents
 
     documents, sources, skipped_all = {}, {}, []
     for language, spec in corpora.items():
@@ -443,27 +440,6 @@ def _read_corpora(corpora: dict[str, Any], max_documents: Optional[int]):
     return documents, sources, skipped_all
 
 
-def _resolve_model_dir(model_spec: str) -> Path:
-    """A local Hugging Face folder for ``model_spec`` (built-in names and GGUF files via the models package)."""
-    try:
-        from babeltune.models.resolve import resolve_model_dir
-    except ImportError:   # the models package may not be installed in this tree yet: HF folders still work
-        folder = Path(model_spec).expanduser()
-        if (folder / "config.json").is_file():
-            return check_model_folder(folder)
-        raise BabeltuneError(f"--model {model_spec}: not a Hugging Face model folder (no config.json there); "
-                             "pass a folder with config.json and weights")
-    return Path(resolve_model_dir(model_spec))
-
-
-def _load_tokenizer(model_dir: Path):
-    try:
-        from babeltune.models.tokenizers import hf_tokenizer
-    except ImportError:
-        from transformers import AutoTokenizer
-        check_model_folder(model_dir)
-        return AutoTokenizer.from_pretrained(str(model_dir), **load_kwargs())
-    return hf_tokenizer(model_dir)
 
 
 def _load_model(model_dir: Path, device: Optional[str], echo: Callable[[str], None]):

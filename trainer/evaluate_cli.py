@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from babeltune.errors import BabeltuneError, check_writable, handle_errors
+from babeltune.errors import BabeltuneError, handle_errors
+from babeltune.atomic import check_writable
 
 
 def parse_corpus_option(value: str) -> tuple[str, str]:
@@ -36,10 +37,8 @@ def resolve_corpora(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def _language_code(language: str, option: str) -> str:
-    try:
-        from babeltune.advisor.language import resolve_language
-    except ImportError:   # language profiles not installed in this tree: keep the label as typed
-        return language
+    from babeltune.languages.language import resolve_language
+
     try:
         return resolve_language(language, note=lambda line: click.echo(line, err=True)).code
     except BabeltuneError as error:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import yaml
 
-from babeltune.errors import BabeltuneError, atomic_write_text, is_disk_full, write_failure
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import atomic_write_text, is_disk_full, write_failure
 from babeltune.models.identity import check_adapter_base, write_identity
 from babeltune.models.safety import adapter_folder_problem, load_kwargs
 from babeltune.trainer.vocab import extension_of, resize_for_adapter, write_extension
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from babeltune.config import TrainConfig
 
 RESOLVED_CONFIG = "babeltune_config.yaml"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Logit agreement between the saved and the in-memory adapter (max |diff| / max |logit|).
 TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 1e-2, "4bit": 5e-2}  # 4bit: reloaded on the same NF4 base (trained with fp32 norms)
 # Below this relative difference the adapter is indistinguishable from the base model.
@@ -55,10 +55,8 @@ class ReloadCheck:
 
 
 def is_peft_model(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
+    from peft import PeftModel
+
     return isinstance(model, PeftModel)
 
 

@@ -9,7 +9,8 @@ from typing import Any, Callable, Optional
 
 import click
 
-from babeltune.errors import BabeltuneError, check_writable, handle_errors
+from babeltune.errors import BabeltuneError, handle_errors
+from babeltune.atomic import check_writable
 
 EXPORT_EXAMPLES = """\b
 Examples:

@@ -51,10 +51,9 @@ def active(config: "TrainConfig") -> bool:
 def check_config(config: "TrainConfig", echo: Callable[[str], Any]) -> None:
     """What FSDP cannot shard in these releases, as one error line naming the key; a note when there is one
     process (nothing to shard: the run trains as on one GPU)."""
-    from babeltune.plugins.common import fsdp_enabled
 
     if not requested(config):
-        if fsdp_enabled() and distributed.world_size() > 1:   # `accelerate launch` with an FSDP config file
+        if distributed.fsdp_enabled() and distributed.world_size() > 1:   # `accelerate launch` with an FSDP config file
             raise BabeltuneError("training.distributed: ddp, but accelerate launch asked for FSDP (ACCELERATE_USE_FSDP); "
                                  "add --set training.distributed=fsdp, or run train --gpus N --fsdp")
         return
@@ -229,7 +228,7 @@ def save_adapter(model: Any, state_dict: dict[str, Any], tokenizer: Any, config:
     return export.save_final(model, tokenizer, config, folder, model_dir=model_dir, state_dict=state_dict)
 
 
-def release_trained_model(session: Any) -> bool:
+def release_trained_model(trained: Any, loaded: Any) -> bool:
     """Rank 0, after the adapter is saved: drop every reference babeltune and the Trainer hold to the sharded model
     and its optimizer, so its GPU memory is free for the reload check (a model sharded because it does not fit one
     GPU leaves little room beside its shard). Returns whether the model object was really collected."""
@@ -238,14 +237,14 @@ def release_trained_model(session: Any) -> bool:
 
     import torch
 
-    trainer = session.trainer
+    trainer = trained.trainer
     alive = weakref.ref(trainer.model)
     trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
     for name in ("model", "optimizer", "lr_scheduler"):
         setattr(trainer.callback_handler, name, None)
     for name in ("_models", "_optimizers", "_schedulers"):
         getattr(trainer.accelerator, name, []).clear()
-    session.loaded.model = None
+    loaded.model.model = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -269,23 +268,23 @@ def reload_device(runtime: Any, weights_bytes: int) -> tuple[Any, Optional[str]]
                                  f"the {free / 2**30:.1f} GiB free on {device}")
 
 
-def finish_on_main_process(session: Any, precision: str) -> tuple[Path, Any, Any]:
+def finish_on_main_process(run: Any, loaded: Any, trained: Any, precision: str) -> tuple[Path, Any, Any]:
     """Rank 0 of a sharded run: save the gathered adapter, free the sharded model, reload the saved folder with
     PeftModel.from_pretrained on one device and check it. Returns (adapter folder, ReloadCheck, reloaded model)."""
     from babeltune.trainer.run import ADAPTER_DIR
 
-    config, loaded, runtime = session.config, session.loaded, session.runtime
-    adapter_dir = save_adapter(session.trainer.model, session.gathered, loaded.tokenizer, config,
-                               session.output_dir / ADAPTER_DIR, model_dir=runtime.model_dir)
-    base = session.trainer.model.get_base_model()
+    config, model, runtime = run.config, loaded.model, loaded.runtime
+    adapter_dir = save_adapter(trained.trainer.model, trained.gathered, model.tokenizer, config,
+                               run.output_dir / ADAPTER_DIR, model_dir=runtime.model_dir)
+    base = trained.trainer.model.get_base_model()
     dtype = next(p.dtype for p in base.parameters() if not p.requires_grad and p.is_floating_point())
     weights_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     attn = getattr(base.config, "_attn_implementation", None)
     del base
-    freed = release_trained_model(session)
+    freed = release_trained_model(trained, loaded)
     device, note = reload_device(runtime, weights_bytes)
-    check, reloaded = check_saved_adapter(session.gathered, adapter_dir, runtime.model_dir, loaded.tokenizer,
-                                          session.data.eval_texts, precision=precision,
+    check, reloaded = check_saved_adapter(trained.gathered, adapter_dir, runtime.model_dir, model.tokenizer,
+                                          loaded.data.eval_texts, precision=precision,
                                           max_length=config.model.max_seq_length, device=device, dtype=dtype, attn=attn)
     check.notes.append("rank 0 freed the sharded model before the reload" if freed else
                        "rank 0 could not free the sharded model before the reload (still referenced)")
@@ -334,7 +333,7 @@ def layer_classes_from_folder(model_dir: str) -> Optional[list[str]]:
     None when the model is not a local folder yet (built-in names and GGUF files are converted at launch)."""
     if not (Path(model_dir).expanduser() / "config.json").is_file():
         return None
-    from babeltune.plugins.common import model_class_for
+    from babeltune.models.safety import model_class_for
 
     return list(getattr(model_class_for(str(Path(model_dir).expanduser())), "_no_split_modules", None) or []) or None
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from babeltune.errors import BabeltuneError, write_failure
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import write_failure
 
 GGUF_DTYPES = ("f16", "bf16", "q8_0", "f32")
 HF_DTYPES = ("f16", "bf16", "f32")

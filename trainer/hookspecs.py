@@ -1,7 +1,7 @@
 """Hook specifications for babeltune plugins (pluggy).
 
 A plugin is any module or object with functions decorated by ``babeltune.trainer.hookspecs.hookimpl``.
-Built-in backends are ordinary plugins listed in ``babeltune.trainer.plugins.DEFAULT_PLUGINS``;
+Built-in backends are ordinary plugins listed in ``babeltune.trainer.plugins.BUILTIN_PLUGINS``;
 third-party packages register through the ``babeltune`` entry-point group.
 """
 
@@ -36,5 +36,5 @@ def extra_callbacks(config: "TrainConfig") -> "list[Any]":
 @hookspec(firstresult=True)
 def resolve_backend_fallback(name: str, reason: str) -> "str | None":
     """Called when the requested backend is not usable on this machine (``reason`` says why).
-    Return the name of the backend to run instead; the first non-None result wins. The built-in
-    policy (``hf-peft``) applies when no plugin answers."""
+    Return the name of the backend to run instead; the first non-None result wins. The core's own
+    policy (``babeltune.trainer.fallback_policy``: hf-peft) answers last."""

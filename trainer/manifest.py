@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from babeltune.errors import atomic_write_text
+from babeltune.atomic import atomic_write_text
 from babeltune.models.safety import remote_code_trusted
 
 if TYPE_CHECKING:
@@ -42,18 +42,16 @@ def library_versions() -> dict[str, Optional[str]]:
 
 def device_facts(runtime: "Runtime") -> dict[str, Any]:
     facts: dict[str, Any] = {"device": runtime.device, "precision": runtime.precision, "world_size": runtime.world_size,
+                             "gradient_accumulation_steps_per_process": runtime.gradient_accumulation_steps,
                              "platform": platform.platform(), "machine": platform.machine()}
-    try:
-        import torch
+    import torch
 
-        facts["torch_cuda"] = torch.version.cuda
-        if runtime.device == "cuda" and torch.cuda.is_available():
-            index = torch.cuda.current_device()
-            facts["gpu"] = torch.cuda.get_device_name(index)
-            facts["gpu_memory_gib"] = round(torch.cuda.get_device_properties(index).total_memory / 2**30, 1)
-            facts["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(index)))
-    except ImportError:
-        pass
+    facts["torch_cuda"] = torch.version.cuda
+    if runtime.device == "cuda" and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        facts["gpu"] = torch.cuda.get_device_name(index)
+        facts["gpu_memory_gib"] = round(torch.cuda.get_device_properties(index).total_memory / 2**30, 1)
+        facts["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(index)))
     return facts
 
 
@@ -79,7 +77,7 @@ def config_hash(config: "TrainConfig") -> str:
 
 
 def corpus_hash(config: "TrainConfig", path: str) -> Optional[str]:
-    from babeltune.advisor.corpus import corpus_sha256
+    from babeltune.corpus.reader import corpus_sha256
 
     from babeltune.trainer.data import corpus_spec
 

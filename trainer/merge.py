@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from babeltune.errors import BabeltuneError, atomic_write_text, one_line
+from babeltune.errors import BabeltuneError, one_line
+from babeltune.atomic import atomic_write_text
 
 METHODS = ("linear", "cat", "ties", "dare_ties", "svd")
 SAME_RANK = frozenset({"linear", "ties", "dare_ties"})   # PEFT combines the A and B matrices elementwise
@@ -440,7 +441,7 @@ def reference_scores(model, tokenizer, texts, labels, echo, kwargs) -> dict:
 
 
 def _check_out(out: str | Path, overwrite: bool) -> Path:
-    from babeltune.errors import check_writable
+    from babeltune.atomic import check_writable
 
     folder = check_writable(out, "--out", folder=True)
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:

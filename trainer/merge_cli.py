@@ -9,7 +9,8 @@ import sys
 import click
 
 from babeltune.cli_errors import Command
-from babeltune.errors import check_writable, handle_errors
+from babeltune.errors import handle_errors
+from babeltune.atomic import check_writable
 
 METHOD_HELP = ("PEFT add_weighted_adapter combination: linear (adds A and B matrices; one rank), cat (exact sum of "
                "the updates, rank = sum of ranks), ties / dare_ties (prune to --density, elect signs; one rank), "

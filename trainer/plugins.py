@@ -1,6 +1,7 @@
-"""The plugin manager: built-in backends (ordinary plugins listed in DEFAULT_PLUGINS) plus third-party
+"""The plugin manager: built-in backends (ordinary plugins listed in BUILTIN_PLUGINS) plus third-party
 packages registered under the ``babeltune`` entry-point group. ``BABELTUNE_PLUGINS`` (a comma list of
-plugin names; empty or unset = all) limits which plugins load."""
+plugin names; empty or unset = all) limits which plugins load. The core's own fallback policy
+(``babeltune.trainer.fallback_policy``) is a plugin too, always loaded, that answers last."""
 
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ from typing import Callable, Optional
 import pluggy
 
 from babeltune.errors import BabeltuneError
-from babeltune.trainer import distributed, hookspecs
+from babeltune.trainer import distributed, fallback_policy, hookspecs
 from babeltune.trainer.backend import Backend, Kernels
 
 KERNELS: tuple[Kernels, ...] = ("plain", "liger", "unsloth")
 
 ENTRY_POINT_GROUP = "babeltune"
 ENV_VAR = "BABELTUNE_PLUGINS"
-FALLBACK_BACKEND = "hf-peft"
 # plugin name -> module; each module has `@hookimpl def register_backends(register)`.
-DEFAULT_PLUGINS = ("babeltune.plugins.hf_peft", "babeltune.plugins.ia3", "babeltune.plugins.unsloth")
-BUILTIN_NAMES = {"hf-peft": DEFAULT_PLUGINS[0], "ia3": DEFAULT_PLUGINS[1], "unsloth": DEFAULT_PLUGINS[2]}
+BUILTIN_PLUGINS = {"hf-peft": "babeltune.plugins.hf_peft", "ia3": "babeltune.plugins.ia3",
+                   "unsloth": "babeltune.plugins.unsloth"}
+CORE_PLUGIN = "babeltune"   # the core's hook implementations (the fallback policy), loaded whatever the selection
 
 _cache: dict[Optional[frozenset], tuple[pluggy.PluginManager, dict[str, Backend]]] = {}
 
@@ -45,17 +46,18 @@ def _entry_point_names() -> list[str]:
 
 def _register_plugins(pm: pluggy.PluginManager, wanted: Optional[frozenset[str]]) -> None:
     if wanted is not None:
-        known = set(BUILTIN_NAMES) | set(_entry_point_names())
+        known = set(BUILTIN_PLUGINS) | set(_entry_point_names())
         unknown = sorted(wanted - known)
         if unknown:
             close = difflib.get_close_matches(unknown[0], known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise BabeltuneError(f"{ENV_VAR}: unknown plugin {unknown[0]!r}{hint}; known: {', '.join(sorted(known))}")
-    for name, module in BUILTIN_NAMES.items():
+    pm.register(fallback_policy, name=CORE_PLUGIN)
+    for name, module in BUILTIN_PLUGINS.items():
         if wanted is None or name in wanted:
             _guarded(name, lambda: pm.register(importlib.import_module(module), name=name))
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if canonical(ep.name) in BUILTIN_NAMES:
+        if canonical(ep.name) in BUILTIN_PLUGINS or canonical(ep.name) == CORE_PLUGIN:
             raise BabeltuneError(f"plugin {ep.name}: the entry point {ep.value!r} takes the name of a built-in "
                                  "plugin; rename it in its [project.entry-points.babeltune] table")
         if (wanted is None or canonical(ep.name) in wanted) and not pm.has_plugin(ep.name):
@@ -154,9 +156,11 @@ def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
     if usable and distributed.world_size() > 1 and not getattr(backend, "supports_distributed", True):
         usable, reason = False, "its release does not support multi-GPU data parallel training"
     if usable:
-        _prepare(backend)
+        backend.prepare_process()
         return backend
-    fallback = pm.hook.resolve_backend_fallback(name=name, reason=reason) or FALLBACK_BACKEND
+    fallback = pm.hook.resolve_backend_fallback(name=name, reason=reason)
+    if fallback is None:
+        raise BabeltuneError(f"backend {name}: {reason}; no loaded plugin names a fallback: pick another with --backend")
     if fallback == name or fallback not in backends:
         raise BabeltuneError(f"backend {name}: {reason}; no usable fallback ({fallback!r} is "
                              f"{'the same backend' if fallback == name else 'not loaded'}): pick another with --backend")
@@ -164,7 +168,7 @@ def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
     if not fallback_ok:
         raise BabeltuneError(f"backend {name}: {reason}; fallback {fallback} cannot run either: {fallback_reason}")
     echo(f"backend {name} is not usable here: {reason}; running {fallback} instead")
-    _prepare(backends[fallback])
+    backends[fallback].prepare_process()
     return backends[fallback]
 
 
@@ -184,7 +188,7 @@ def kernels_for(name: str) -> tuple[Kernels, Optional[str]]:
     usable, reason = backends[name].availability()
     if usable:
         return backends[name].kernels, None
-    fallback = pm.hook.resolve_backend_fallback(name=name, reason=reason) or FALLBACK_BACKEND
+    fallback = pm.hook.resolve_backend_fallback(name=name, reason=reason)
     kernels = backends[fallback].kernels if fallback in backends else "plain"
     return kernels, (f"backend {name} is not usable here ({reason}): memory sized for {fallback}'s "
                      f"{kernels} kernels, which `train` would run instead")
@@ -216,13 +220,6 @@ def type_label(annotation) -> str:
         return f"mapping of {type_label(args[0])} to {type_label(args[1])}" if args else "mapping"
     names = {bool: "boolean", int: "integer", float: "number", str: "text", type(None): "null"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
-
-
-def _prepare(backend: Backend) -> None:
-    """Optional per-process setup a backend needs before transformers is imported (unsloth patches it)."""
-    prepare = getattr(backend, "prepare_process", None)
-    if callable(prepare):
-        prepare()
 
 
 def _unknown_backend_message(name: str, backends: dict[str, Backend]) -> str:

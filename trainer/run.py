@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from babeltune.errors import BabeltuneError, check_writable
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import check_writable
 from babeltune.trainer import callbacks as cb
 from babeltune.trainer import distributed, fsdp, resume_config
-from babeltune.trainer.backend import Backend, Runtime
+from babeltune.trainer.backend import Backend, LoadedModel, Runtime
 from babeltune.trainer.lean import lean_trainer_class
-from babeltune.trainer.checkpoints import (check_trainable_names, completion_marker_callback, list_checkpoints,
+from babeltune.trainer.checkpoints import (check_trainable_names, trainable_share, completion_marker_callback, list_checkpoints,
                                            resolve_resume, trainer_class_stopping_at_max_steps)
 
 if TYPE_CHECKING:
@@ -50,19 +51,6 @@ class RunResult:
 # Runtime and seeding
 
 
-def resolve_model_dir(spec: str) -> str:
-    """A local HF folder for model.name: built-in names and GGUF files through the models package."""
-    try:
-        from babeltune.models.resolve import resolve_model_dir as resolve
-    except ImportError:  # models package not in this tree: plain HF folders still work
-        folder = Path(spec).expanduser()
-        if (folder / "config.json").is_file():
-            return str(folder)
-        raise BabeltuneError(f"model.name: {spec!r} is not a Hugging Face folder (no config.json); "
-                             "pass a folder with config.json and weights") from None
-    return str(resolve(spec))
-
-
 def resolve_precision(requested: str, device: str) -> str:
     import torch
 
@@ -77,13 +65,16 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
-def make_runtime(config: "TrainConfig") -> Runtime:
+def make_runtime(config: "TrainConfig", echo: Callable[[str], Any] = print) -> Runtime:
     import torch
+
+    from babeltune.models.resolve import resolve_model_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return Runtime(device=device, precision=resolve_precision(config.training.precision, device),
-                   model_dir=resolve_model_dir(config.model.name),
-                   world_size=distributed.world_size(), local_rank=distributed.local_rank())
+                   model_dir=str(resolve_model_dir(config.model.name)),
+                   world_size=distributed.world_size(), local_rank=distributed.local_rank(),
+                   gradient_accumulation_steps=distributed.accumulation_per_process(config, distributed.world_size(), echo))
 
 
 def seed_everything(seed: int) -> None:
@@ -93,22 +84,32 @@ def seed_everything(seed: int) -> None:
     set_seed(seed)
 
 
-def pick_backend(choice: Union[str, Backend, None], config: "TrainConfig", echo: Callable) -> Backend:
-    if isinstance(choice, Backend):
+def pick_backend(choice: Optional[Backend], config: "TrainConfig", echo: Callable) -> Backend:
+    """``choice`` when given, else the backend config.backend.name selects (or its fallback)."""
+    if choice is not None:
         return choice
     from babeltune.trainer.plugins import select_backend
 
-    return select_backend(choice or config.backend.name, echo=echo)
+    return select_backend(config.backend.name, echo=echo)
 
 
 # ---------------------------------------------------------------------------------------------
 # Trainer arguments, optimizer, callbacks
 
 
-def supported(cls: type, kwargs: dict) -> dict:
-    """Keep only the arguments this transformers version knows (the GPU machine runs an older one)."""
+def known_arguments(cls: type, kwargs: dict) -> dict:
+    """``kwargs`` when ``cls`` (TrainingArguments) takes every one of them; an argument this transformers version
+    lacks is an error, not dropped: the run would silently train with the library's default instead. Renamed
+    arguments are translated before this (warmup_ratio, activation_checkpointing)."""
     known = inspect.signature(cls.__init__).parameters
-    return {k: v for k, v in kwargs.items() if k in known}
+    unknown = sorted(key for key in kwargs if key not in known)
+    if unknown:
+        import transformers
+
+        raise BabeltuneError(f"transformers {transformers.__version__}: {cls.__name__} takes no {', '.join(unknown)}, "
+                             "which this run sets; install the transformers version babeltune requires "
+                             "(pip install -U babeltune, or see its pyproject.toml)")
+    return kwargs
 
 
 def warmup_kwargs(config: "TrainConfig", known: set) -> dict:
@@ -131,7 +132,8 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir), per_device_train_batch_size=tr.per_device_train_batch_size,
         per_device_eval_batch_size=ev.per_device_eval_batch_size,
-        gradient_accumulation_steps=tr.gradient_accumulation_steps, learning_rate=tr.learning_rate,
+        gradient_accumulation_steps=runtime.gradient_accumulation_steps or tr.gradient_accumulation_steps,
+        learning_rate=tr.learning_rate,
         num_train_epochs=tr.num_train_epochs or 1.0, max_steps=tr.max_steps or -1, weight_decay=tr.weight_decay,
         optim=tr.optimizer, lr_scheduler_type=tr.lr_scheduler_type, max_grad_norm=tr.max_grad_norm,
         logging_strategy="steps", logging_steps=tr.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
@@ -151,7 +153,7 @@ def training_arguments(config: "TrainConfig", runtime: Runtime, output_dir: Path
     if "activation_checkpointing" in known:  # the newer name; the old one warns
         kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
         kwargs["activation_checkpointing_kwargs"] = kwargs.pop("gradient_checkpointing_kwargs")
-    return TrainingArguments(**supported(TrainingArguments, kwargs))
+    return TrainingArguments(**known_arguments(TrainingArguments, kwargs))
 
 
 def keep_to_one_gpu(args, echo: Callable) -> None:
@@ -174,10 +176,8 @@ def build_optimizer(backend: Backend, model: Any, config: "TrainConfig", args: A
 
 
 def plugin_callbacks(config: "TrainConfig") -> list:
-    try:
-        from babeltune.trainer.plugins import get_plugin_manager
-    except ImportError:
-        return []
+    from babeltune.trainer.plugins import get_plugin_manager
+
     return [callback for result in get_plugin_manager().hook.extra_callbacks(config=config) for callback in (result or [])]
 
 
@@ -233,14 +233,14 @@ def nonfinite_error(guard, config: "TrainConfig", output_dir: Path) -> Babeltune
 
 
 def write_heldout(texts: list[str], output_dir: Path) -> Path:
-    from babeltune.errors import atomic_write_text
+    from babeltune.atomic import atomic_write_text
 
     return atomic_write_text(output_dir / HELDOUT_FILE, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
 
 
 def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, output_dir: Path, echo: Callable) -> Path:
     """Bits per character on the held-out split (+ eval.extra_corpora), before and after the adapter."""
-    from babeltune.advisor.corpus import CorpusSpec
+    from babeltune.corpus.reader import CorpusSpec
     from babeltune.trainer.evaluate import evaluate_corpora
 
     corpora: dict[str, Any] = {config.language: CorpusSpec(path=str(heldout), text_field="text")}
@@ -260,56 +260,76 @@ def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, out
 
 
 @dataclass
-class Session:
-    """Everything one run carries from phase to phase."""
+class RunContext:
+    """What one run is given: the config as the user gave it and where and how it runs (fixed from the start)."""
 
     config: "TrainConfig"
     output_dir: Path
     echo: Callable[[str], Any]
     started: float
-    checkpoint: Optional[Path] = None
-    record: dict = field(default_factory=dict)          # the config and corpus hashes every checkpoint records
+    record: dict                                        # the config and corpus hashes every checkpoint records
+    checkpoint: Optional[Path] = None                   # the checkpoint this run resumes from
     trainable: dict = field(default_factory=dict)       # trainable / total parameters at load (manifest)
     allow_config_change: bool = False
     resume_command: Optional[str] = None                # said when a signal stops the run
-    runtime: Optional[Runtime] = None
-    backend: Optional[Backend] = None
-    loaded: Any = None
-    data: Any = None
-    trainer: Any = None
-    gathered: Optional[dict] = None      # FSDP: the full trainable tensors, on rank 0
-    sharding: Any = None                 # FSDP: the callback that recorded the sharding plan
-    peak_memory: Optional[list] = None   # GPU: each rank's peak reserved memory during training (GiB)
 
 
-def load_phase(session: Session, backend: Union[str, Backend, None]) -> None:
+@dataclass
+class Loaded:
+    """The load phase's result: where it runs, the backend, its model and tokenizer, and the prepared data."""
+
+    runtime: Runtime
+    backend: Backend
+    model: LoadedModel
+    data: "PreparedData"
+
+
+@dataclass
+class Trained:
+    """The train phase's result."""
+
+    trainer: Any                                        # the transformers Trainer after .train()
+    sharding: Any = None                                # FSDP: the callback that recorded the sharding plan
+    peak_memory: Optional[list] = None                  # GPU: each rank's peak reserved memory during training (GiB)
+    gathered: Optional[dict] = None                     # FSDP: the full trainable tensors, on rank 0
+
+
+@dataclass
+class Outputs:
+    """The output phase's result (rank 0 only)."""
+
+    adapter_dir: Path
+    reload_check: Any                                   # export.ReloadCheck
+    eval_report: Optional[Path]
+    merged_dir: Optional[Path]
+
+
+def load_phase(run: RunContext, backend: Optional[Backend]) -> Loaded:
     """Runtime, seed, backend load (the seed comes first: the adapter's initial weights depend on it), data."""
     from babeltune.trainer.data import prepare_data
 
-    config, echo = session.config, session.echo
-    session.runtime = make_runtime(config)
-    echo(f"device {session.runtime.device}, precision {session.runtime.precision}, model {session.runtime.model_dir}")
+    config, echo = run.config, run.echo
+    runtime = make_runtime(config, echo)
+    echo(f"device {runtime.device}, precision {runtime.precision}, model {runtime.model_dir}")
     seed_everything(config.training.seed)
-    session.backend = pick_backend(backend, config, echo)
-    fsdp.check_backend(config, session.backend)
-    session.loaded = session.backend.load(config, session.runtime)
-    for note in session.loaded.notes:
-        echo(f"{session.backend.name}: {note}")
-    from babeltune.plugins.common import trainable_share
-
-    trainable, total, share = trainable_share(session.loaded.model)
-    session.trainable = {"trainable": trainable, "total": total, "percent": round(share, 4)}
-    if session.checkpoint is not None:
-        check_trainable_names(session.checkpoint, session.loaded.model)   # cannot be overridden: checked first
-        session.record["config_changes"] = resume_config.resume_history(
-            session.checkpoint, session.record, allow=session.allow_config_change, echo=echo)
-        echo(f"resume: from {session.checkpoint}")
-    session.data = data = prepare_data(config, session.loaded.tokenizer, padding_free=session.loaded.padding_free,
-                                               packed_rows=session.loaded.packed_rows)
+    chosen = pick_backend(backend, config, echo)
+    fsdp.check_backend(config, chosen)
+    loaded = chosen.load(config, runtime)
+    for note in loaded.notes:
+        echo(f"{chosen.name}: {note}")
+    trainable, total, share = trainable_share(loaded.model)
+    run.trainable = {"trainable": trainable, "total": total, "percent": round(share, 4)}
+    if run.checkpoint is not None:
+        check_trainable_names(run.checkpoint, loaded.model)   # cannot be overridden: checked first
+        run.record["config_changes"] = resume_config.resume_history(
+            run.checkpoint, run.record, allow=run.allow_config_change, echo=echo)
+        echo(f"resume: from {run.checkpoint}")
+    data = prepare_data(config, loaded.tokenizer, padding_free=loaded.padding_free, packed_rows=loaded.packed_rows)
     for note in data.notes:
         echo(f"data: {note}")
     echo(f"data: {data.stats['train_rows']} train rows ({data.stats['train_tokens']:,} tokens), "
          f"{data.stats['eval_documents']} held-out documents from {data.heldout_source}")
+    return Loaded(runtime, chosen, loaded, data)
 
 
 def newest_complete_up_to(output_dir: Path, step: int) -> Optional[Path]:
@@ -317,142 +337,149 @@ def newest_complete_up_to(output_dir: Path, step: int) -> Optional[Path]:
     return complete[-1] if complete else None
 
 
-def train_phase(session: Session) -> None:
+def train_phase(run: RunContext, loaded: Loaded) -> Trained:
     """The Trainer's loop. One process: Ctrl-C/SIGTERM saves a checkpoint at the step boundary, then stops."""
     import contextlib
 
     from babeltune.trainer import interrupt
 
-    config, output_dir, loaded = session.config, session.output_dir, session.loaded
+    config, output_dir, model = run.config, run.output_dir, loaded.model
     output_dir.mkdir(parents=True, exist_ok=True)
-    args = training_arguments(config, session.runtime, output_dir, has_eval=session.data.eval is not None,
-                              extra=fsdp.training_kwargs(config, loaded.model))
-    keep_to_one_gpu(args, session.echo)
+    args = training_arguments(config, loaded.runtime, output_dir, has_eval=loaded.data.eval is not None,
+                              extra=fsdp.training_kwargs(config, model.model))
+    keep_to_one_gpu(args, run.echo)
     stop = interrupt.GracefulStop()
     graceful = distributed.world_size() == 1
     callbacks = {**({"stop": interrupt.stop_callback(stop)} if graceful else {}),   # before the marker and NaN guard
-                 **core_callbacks(config, output_dir, loaded.expected_trainable, session.echo, session.record)}
+                 **core_callbacks(config, output_dir, model.expected_trainable, run.echo, run.record)}
     if fsdp.active(config):   # first: the completion marker must come after the checkpoint's adapter
         callbacks = {"fsdp_adapter": fsdp.checkpoint_adapter_callback(),
-                     "fsdp_plan": fsdp.sharding_plan_callback(session.echo), **callbacks}
-        session.sharding = callbacks["fsdp_plan"]
-    extra = plugin_callbacks(config)
-    session.trainer = make_trainer(session.backend, loaded, session.data, args, list(callbacks.values()) + extra, config)
-    sharded = fsdp.check_trainer(config, session.trainer)
+                     "fsdp_plan": fsdp.sharding_plan_callback(run.echo), **callbacks}
+    trainer = make_trainer(loaded.backend, model, loaded.data, args, list(callbacks.values()) + plugin_callbacks(config),
+                           config)
+    sharded = fsdp.check_trainer(config, trainer)
     if sharded:
-        session.echo(sharded)
+        run.echo(sharded)
     with stop if graceful else contextlib.nullcontext():
         try:
-            session.trainer.train(resume_from_checkpoint=str(session.checkpoint) if session.checkpoint else None)
+            trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
         except KeyboardInterrupt:
             if not stop.requested:
                 raise
-            step = session.trainer.state.global_step
-            raise interrupt.aborted_error(stop, newest_complete_up_to(output_dir, step), session.resume_command) from None
+            step = trainer.state.global_step
+            raise interrupt.aborted_error(stop, newest_complete_up_to(output_dir, step), run.resume_command) from None
     if callbacks["nan"].tripped:
         raise nonfinite_error(callbacks["nan"], config, output_dir)
     if stop.requested:
-        state = session.trainer.state
+        state = trainer.state
         raise interrupt.interrupted_error(stop, state.global_step, state.max_steps,
-                                          newest_complete_up_to(output_dir, state.global_step), session.resume_command)
+                                          newest_complete_up_to(output_dir, state.global_step), run.resume_command)
+    trained = Trained(trainer, sharding=callbacks.get("fsdp_plan"),
+                      peak_memory=distributed.peak_memory_per_rank())   # before the reload check adds its own
+    if getattr(trainer, "is_fsdp_enabled", False):   # a collective: every rank gathers, rank 0 keeps the tensors
+        trained.gathered = fsdp.gather_trainable(trainer.model)
+    return trained
 
 
-def output_phase(session: Session, *, merge: bool, evaluate: bool) -> dict[str, Any]:
+def output_phase(run: RunContext, loaded: Loaded, trained: Trained, *, merge: bool, evaluate: bool) -> Outputs:
     """Save the adapter, prove it reloads, score the held-out split, merge on request."""
     from babeltune.trainer import export
 
-    config, loaded, output_dir, echo = session.config, session.loaded, session.output_dir, session.echo
-    session.trainer.optimizer = None  # free optimizer state before the reload check loads a second copy
-    precision = "4bit" if config.model.load_in_4bit else session.runtime.precision
-    if session.gathered is not None:   # FSDP: the trained tensors were gathered from every rank
-        adapter_dir, check, reloaded = fsdp.finish_on_main_process(session, precision)
+    config, model, output_dir, echo, runtime = run.config, loaded.model, run.output_dir, run.echo, loaded.runtime
+    trained.trainer.optimizer = None  # free optimizer state before the reload check loads a second copy
+    precision = "4bit" if config.model.load_in_4bit else runtime.precision
+    if trained.gathered is not None:   # FSDP: the trained tensors were gathered from every rank
+        adapter_dir, check, reloaded = fsdp.finish_on_main_process(run, loaded, trained, precision)
     else:
-        model = session.trainer.model
-        adapter_dir = export.save_final(model, loaded.tokenizer, config, output_dir / ADAPTER_DIR,
-                                        model_dir=session.runtime.model_dir)
-        check, reloaded = export.reload_check(model, adapter_dir, session.runtime.model_dir, loaded.tokenizer,
-                                              session.data.eval_texts, precision=precision,
+        adapter_dir = export.save_final(trained.trainer.model, model.tokenizer, config, output_dir / ADAPTER_DIR,
+                                        model_dir=runtime.model_dir)
+        check, reloaded = export.reload_check(trained.trainer.model, adapter_dir, runtime.model_dir, model.tokenizer,
+                                              loaded.data.eval_texts, precision=precision,
                                               max_length=config.model.max_seq_length)
-    compared = "tensor" if session.gathered is not None else "logit"
+    compared = "tensor" if trained.gathered is not None else "logit"
     echo(f"reload check: saved adapter matches the trained model (relative {compared} difference {check.relative_diff:.1e}; "
          f"adapter effect {check.adapter_effect:.1e})")
-    heldout = write_heldout(session.data.eval_texts, output_dir)
+    heldout = write_heldout(loaded.data.eval_texts, output_dir)
     # scored with the adapter as reloaded from disk: what a user of the output folder gets
-    report = evaluate_heldout(config, reloaded, loaded.tokenizer, heldout, output_dir, echo) if evaluate else None
-    merged_dir = export.merge(reloaded, loaded.tokenizer, output_dir / MERGED_DIR, adapter_dir=adapter_dir,
-                              model_dir=session.runtime.model_dir) if merge else None
-    return {"adapter_dir": adapter_dir, "reload_check": check, "eval_report": report, "merged_dir": merged_dir}
+    report = evaluate_heldout(config, reloaded, model.tokenizer, heldout, output_dir, echo) if evaluate else None
+    merged_dir = export.merge(reloaded, model.tokenizer, output_dir / MERGED_DIR, adapter_dir=adapter_dir,
+                              model_dir=runtime.model_dir) if merge else None
+    return Outputs(adapter_dir, check, report, merged_dir)
 
 
-def manifest_extra(session: Session, outputs: dict[str, Any]) -> dict[str, Any]:
-    state, loaded, data = session.trainer.state, session.loaded, session.data
+def manifest_extra(run: RunContext, loaded: Loaded, trained: Trained, outputs: Outputs) -> dict[str, Any]:
+    state, model, data = trained.trainer.state, loaded.model, loaded.data
     return {
-        "backend_notes": loaded.notes, "trainable_parameters": session.trainable,
-        "attn_implementation": loaded.attn_implementation, "data": data.stats,
+        "backend_notes": model.notes, "trainable_parameters": run.trainable, "attn_implementation": model.attn_implementation, "data": data.stats,
         "data_notes": data.notes, "heldout_source": data.heldout_source,
-        "resumed_from": str(session.checkpoint) if session.checkpoint else None,
-        "resume": {"from": str(session.checkpoint), "config_changes": session.record.get("config_changes", [])}
-                  if session.checkpoint else None,
+        "resumed_from": str(run.checkpoint) if run.checkpoint else None,
+        "resume": {"from": str(run.checkpoint), "config_changes": run.record.get("config_changes", [])}
+                  if run.checkpoint else None,
         "result": {"steps": state.global_step, "max_steps": state.max_steps, "final_loss": last_logged_loss(state.log_history),
                    "stopped_early": state.global_step < state.max_steps, "tokens_seen": state.num_input_tokens_seen,
-                   "seconds": round(time.time() - session.started, 1)},
-        "reload_check": outputs["reload_check"].to_dict(),
-        "eval_report": str(outputs["eval_report"]) if outputs["eval_report"] else None,
-        "merged_dir": str(outputs["merged_dir"]) if outputs["merged_dir"] else None,
-        "fsdp": session.sharding.plan if session.sharding is not None else None,
-        "gpu_peak_reserved_gib_per_rank": session.peak_memory,
+                   "seconds": round(time.time() - run.started, 1)},
+        "reload_check": outputs.reload_check.to_dict(),
+        "eval_report": str(outputs.eval_report) if outputs.eval_report else None,
+        "merged_dir": str(outputs.merged_dir) if outputs.merged_dir else None,
+        "fsdp": trained.sharding.plan if trained.sharding is not None else None,
+        "gpu_peak_reserved_gib_per_rank": trained.peak_memory,
     }
 
 
-def run_training(config: "TrainConfig", *, backend: Union[str, Backend, None] = None, resume: Union[str, bool, None] = None,
+def run_result(run: RunContext, loaded: Loaded, trained: Trained, manifest: Path,
+               outputs: Optional[Outputs] = None) -> RunResult:
+    """The RunResult of every process: rank 0 with its outputs; another rank (``outputs`` None) with the steps."""
+    state = trained.trainer.state
+    return RunResult(output_dir=run.output_dir, final_loss=last_logged_loss(state.log_history), steps=state.global_step,
+                     eval_report=outputs.eval_report if outputs else None,
+                     adapter_dir=outputs.adapter_dir if outputs else run.output_dir, manifest=manifest,
+                     merged_dir=outputs.merged_dir if outputs else None, resumed_from=run.checkpoint,
+                     stopped_early=state.global_step < state.max_steps if outputs else False,
+                     notes=list(loaded.model.notes) + loaded.data.notes if outputs else [])
+
+
+def run_training(config: "TrainConfig", *, backend: Optional[Backend] = None, resume: Union[str, bool, None] = None,
                  merge: bool = False, echo: Callable[[str], Any] = print, config_file: Optional[str] = None,
                  evaluate: bool = True, allow_config_change: bool = False, overwrite: bool = False,
                  resume_command: Optional[str] = None) -> RunResult:
-    """Train ``config`` end to end. ``backend`` overrides config.backend.name (or is a Backend instance);
-    ``resume`` True = the last complete checkpoint in output_dir, a path = that checkpoint; a config that
-    differs from the checkpoint's in values that shape training needs ``allow_config_change``; ``overwrite``
-    removes an earlier run's outputs from output_dir first (a fresh run refuses a non-empty one otherwise);
-    ``resume_command`` is the command line shown when Ctrl-C/SIGTERM stops the run."""
+    """Train ``config`` end to end with the backend config.backend.name selects (``backend``: a Backend instance
+    to use instead, e.g. a test double); ``resume`` True = the last complete checkpoint in output_dir, a path =
+    that checkpoint; a config that differs from the checkpoint's in values that shape training needs
+    ``allow_config_change``; ``overwrite`` removes an earlier run's outputs from output_dir first (a fresh run
+    refuses a non-empty one otherwise); ``resume_command`` is the command line shown when Ctrl-C/SIGTERM stops
+    the run. ``config`` is saved as given: what only this run's processes change (the accumulation per process
+    under torchrun) lives in the Runtime."""
     import contextlib
 
     from babeltune.trainer.output_dir import RunLock, check_output_dir
 
-    record = resume_config.run_record(config)      # as given: --gpus N scales the accumulation below
-    config = distributed.scale_accumulation(config, distributed.world_size(), echo)
-    session = Session(config, Path(config.training.output_dir), echo, time.time(), record=record,
-                      allow_config_change=allow_config_change, resume_command=resume_command)
+    run = RunContext(config, Path(config.training.output_dir), echo, time.time(), record=resume_config.run_record(config),
+                     allow_config_change=allow_config_change, resume_command=resume_command)
     main = distributed.is_main_process()           # rank 0 alone locks and checks the folder it writes
     if main:
-        check_writable(session.output_dir, "training.output_dir", folder=True)   # before minutes of loading
-    with RunLock(session.output_dir, echo) if main else contextlib.nullcontext():
-        session.checkpoint = resolve_resume(resume, session.output_dir, echo)
+        check_writable(run.output_dir, "training.output_dir", folder=True)   # before minutes of loading
+    with RunLock(run.output_dir, echo) if main else contextlib.nullcontext():
+        run.checkpoint = resolve_resume(resume, run.output_dir, echo)
         if main:   # resuming from another folder's checkpoint writes into this one as a new run would
-            in_place = session.checkpoint is not None and session.checkpoint.parent.resolve() == session.output_dir.resolve()
-            check_output_dir(session.output_dir, resuming=in_place, overwrite=overwrite, echo=echo)
-        return run_session(session, backend, merge=merge, evaluate=evaluate, config_file=config_file)
+            in_place = run.checkpoint is not None and run.checkpoint.parent.resolve() == run.output_dir.resolve()
+            check_output_dir(run.output_dir, resuming=in_place, overwrite=overwrite, echo=echo)
+        return run_phases(run, backend, merge=merge, evaluate=evaluate, config_file=config_file)
 
 
-def run_session(session: Session, backend: Union[str, Backend, None], *, merge: bool, evaluate: bool,
-                config_file: Optional[str]) -> RunResult:
+def run_phases(run: RunContext, backend: Optional[Backend], *, merge: bool, evaluate: bool,
+               config_file: Optional[str]) -> RunResult:
+    """load -> train -> (rank 0) outputs -> manifest, each phase taking the results of the ones before."""
     from babeltune.trainer import manifest
 
-    config, echo = session.config, session.echo
-    fsdp.check_config(config, echo)
-    load_phase(session, backend)
-    train_phase(session)
-    state = session.trainer.state
-    session.peak_memory = distributed.peak_memory_per_rank()   # before the reload check adds its own
-    if getattr(session.trainer, "is_fsdp_enabled", False):   # a collective: every rank gathers, rank 0 keeps the tensors
-        session.gathered = fsdp.gather_trainable(session.trainer.model)
-    if not session.trainer.is_world_process_zero():  # distributed: rank 0 saves, checks and evaluates
-        return RunResult(session.output_dir, last_logged_loss(state.log_history), state.global_step, None,
-                         session.output_dir, session.output_dir / manifest.MANIFEST, resumed_from=session.checkpoint)
-    outputs = output_phase(session, merge=merge, evaluate=evaluate)
-    path = manifest.write_manifest(session.output_dir, manifest.build_manifest(
-        config, session.runtime, backend=session.backend.name, config_file=config_file,
-        tokenizer_dir=outputs["adapter_dir"], extra=manifest_extra(session, outputs)))
-    report = outputs["eval_report"]
-    echo(f"done: adapter in {outputs['adapter_dir']}, manifest {path}" + (f", eval {report}" if report else ""))
-    return RunResult(session.output_dir, last_logged_loss(state.log_history), state.global_step, report,
-                     outputs["adapter_dir"], path, outputs["merged_dir"], session.checkpoint,
-                     state.global_step < state.max_steps, list(session.loaded.notes) + session.data.notes)
+    fsdp.check_config(run.config, run.echo)
+    loaded = load_phase(run, backend)
+    trained = train_phase(run, loaded)
+    if not trained.trainer.is_world_process_zero():  # distributed: rank 0 saves, checks and evaluates
+        return run_result(run, loaded, trained, run.output_dir / manifest.MANIFEST)
+    outputs = output_phase(run, loaded, trained, merge=merge, evaluate=evaluate)
+    path = manifest.write_manifest(run.output_dir, manifest.build_manifest(
+        run.config, loaded.runtime, backend=loaded.backend.name, config_file=config_file,
+        tokenizer_dir=outputs.adapter_dir, extra=manifest_extra(run, loaded, trained, outputs)))
+    report = outputs.eval_report
+    run.echo(f"done: adapter in {outputs.adapter_dir}, manifest {path}" + (f", eval {report}" if report else ""))
+    return run_result(run, loaded, trained, path, outputs)

@@ -5,7 +5,7 @@ is attached, ``peft_token_indices`` gives the LoraConfig its ``trainable_token_i
 saved adapter calls ``resize_for_adapter`` on the fresh base first.
 
 - Tokenizer: merges learnt from data.train (the held-out split excluded) are appended to the base tokenizer.json by
-  babeltune.advisor.vocab, so every existing id and every text the new merges do not touch tokenise as before.
+  babeltune.vocab, so every existing id and every text the new merges do not touch tokenise as before.
 - Rows: embeddings (and an untied lm_head) grow to hold the new ids; each new row starts as the mean of the rows of
   the pieces the base tokenizer cut it into (fast vocabulary transfer, Gee et al. 2022), input and output rows alike.
 - Training: PEFT ``trainable_token_indices`` trains only the new rows (tied models: one shared copy), beside LoRA.
@@ -69,7 +69,7 @@ def training_texts(config: "TrainConfig") -> list[str]:
 
 def extended_tokenizer(tokenizer: Any, texts: list[str], count: int) -> tuple[Any, list[str], list[str]]:
     """(the transformers tokenizer with ``count`` merges appended, the new pieces, scripts whose marks now join)."""
-    from babeltune.advisor.vocab import build_extension
+    from babeltune.vocab import build_extension
     from transformers import AutoTokenizer
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -160,7 +160,7 @@ def write_extension(model: Any, folder: Path) -> None:
     """babeltune_vocab.json beside a saved adapter (nothing when the run did not extend the vocabulary)."""
     extension = extension_of(model)
     if extension is not None:
-        from babeltune.errors import atomic_write_text
+        from babeltune.atomic import atomic_write_text
 
         atomic_write_text(Path(folder) / EXTENSION_FILE, extension.to_json())
 

@@ -2,7 +2,7 @@
 
 Where to find a rule:
   data.py        dedup
-  vocabulary.py  vocab_extend (measured by babeltune.advisor.vocab)
+  vocabulary.py  vocab_extend (measured by babeltune.vocab)
   adapter.py     r, use_rslora, lora_alpha, lora_dropout, target_modules, bias
   sequence.py    max_seq_length, packing, flash_attention
   embeddings.py  modules_to_save, embedding_learning_rate

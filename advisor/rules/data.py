@@ -1,6 +1,6 @@
 """Data rules: dedup (data.dedup).
 
-Repeated documents are counted while measuring (babeltune.advisor.duplicates); `train` removes them with the
+Repeated documents are counted while measuring (babeltune.corpus.duplicates); `train` removes them with the
 same keys before the held-out split. Removing them is the advice whenever there are any: repeated text is
 memorised rather than learnt from and adds no information (Lee et al. 2022), and a near copy would sit on
 both sides of the held-out split, flattering the evaluation.

@@ -1,6 +1,6 @@
 """Vocabulary rule: vocab.extend (new merges/pieces appended to the tokenizer, new embedding rows learnt).
 
-`advise` trains a candidate tokenizer on the corpus (babeltune.advisor.vocab) and measures tokens/char on held-out
+`advise` trains a candidate tokenizer on the corpus (babeltune.vocab) and measures tokens/char on held-out
 sampled text before and after each extension size. An extension pays when it cuts the tokens per character a lot
 (every step, context window and generated character gets cheaper by that factor) and the corpus holds enough
 unique text to learn the new rows. The thresholds below are starting points from published work;

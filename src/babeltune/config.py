@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -415,6 +415,28 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def set_values(data: dict, values: dict[str, Any], on_replace: Optional[Callable[[str, Any, Any], None]] = None) -> dict:
+    """Typed values at dotted keys (what a command's own flags set, after ``--set``); None removes the key.
+    ``on_replace(key, old, new)`` hears each value that was set to something else. A section that is not a
+    mapping is left for the schema to report."""
+    for dotted, value in values.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            old = node.get(last)
+            if old is not None and old != value and on_replace is not None:
+                on_replace(dotted, old, value)
+            if value is None:
+                node.pop(last, None)
+            else:
+                node[last] = value
+    return data
+
+
 def read_yaml(path: str | Path) -> dict:
     """A config file's top-level mapping, read through :func:`parse_yaml` (at most MAX_CONFIG_BYTES)."""
     path = Path(path)
@@ -520,9 +542,17 @@ def validate_config(data: dict, source: str = "config", options_model: Optional[
 
 
 def load_config(path: str | Path, overrides: Optional[list[str]] = None,
-                options_model: Optional[type[BaseModel]] = None) -> TrainConfig:
-    """Read, override (``--set key=value``) and validate a config; every problem raised at once."""
-    data = apply_overrides(read_yaml(path), list(overrides or []))
+                options_model: Optional[type[BaseModel]] = None, *, values: Optional[dict[str, Any]] = None,
+                on_replace: Optional[Callable[[str, Any, Any], None]] = None,
+                options_for: Optional[Callable[[str], Optional[type[BaseModel]]]] = None) -> TrainConfig:
+    """The one config loader: read, override (``--set key=value`` strings, then ``values`` from a command's own
+    flags, see :func:`set_values`) and validate; every problem raised at once. ``options_for(backend name)``
+    gives the Options model backend.options is checked against (instead of a fixed ``options_model``)."""
+    data = set_values(apply_overrides(read_yaml(path), list(overrides or [])), values or {}, on_replace)
+    if options_for is not None:
+        section = data.get("backend")
+        name = section.get("name", "hf-peft") if isinstance(section, dict) else "hf-peft"
+        options_model = options_for(name)
     return validate_config(data, source=str(path), options_model=options_model)
 
 

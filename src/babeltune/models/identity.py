@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from babeltune.errors import BabeltuneError, atomic_write_text
+from babeltune.errors import BabeltuneError
+from babeltune.atomic import atomic_write_text
 
 IDENTITY_FILE = "babeltune_base_model.json"
 FORMAT_VERSION = 1

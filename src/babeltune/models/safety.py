@@ -174,3 +174,22 @@ def check_adapter_folder(folder: str | Path, what: str = "--adapter") -> Path:
         raise BabeltuneError(f"{what} {folder}: {problem}; pass a complete adapter folder written by `train` (its "
                              "adapter/ or a checkpoint-N folder); an interrupted copy or save leaves files out")
     return folder
+
+
+def model_class_for(model_dir: str):
+    """The transformers causal-LM class for a folder, read from config.json only (no weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_model_folder(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, **load_kwargs())
+    remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
+    if remote and remote_code_trusted():   # --trust-remote-code: the folder's own class
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+        return get_class_from_dynamic_module(remote, model_dir)
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        raise BabeltuneError(
+            f"{model_dir}: model_type {config.model_type!r} is not a causal language model transformers knows; "
+            "use a decoder-only model (Llama, Qwen, Gemma, Mistral, ...)") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
-from babeltune.advisor.types import SkippedFile
+from babeltune.corpus.skipped import SkippedFile
 
 MAX_DOCUMENT_BYTES = 256 << 10   # longer documents are cut into pieces of at most this much UTF-8 text:
 #                                  still longer than common context windows (>= 60k tokens), while a tokenizer

@@ -14,7 +14,7 @@ import os
 import stat
 from typing import BinaryIO, Iterator, Optional
 
-from babeltune.advisor.readlog import FileProblem, ReadTally, cut_point
+from babeltune.corpus.readlog import FileProblem, ReadTally, cut_point
 
 SNIFF_BYTES = 8000          # a NUL byte this early marks a binary file (the heuristic git and grep use)
 REENCODE = "re-encode it as UTF-8 text (e.g. iconv -t UTF-8) or remove it"

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import langcodes
 
-from babeltune.advisor.profiles import LangProfile, load_profiles, normalize_key
+from babeltune.languages.profiles import LangProfile, load_profiles, normalize_key
 from babeltune.errors import BabeltuneError
 
 HOW_TO_FIX = "use a name, an ISO 639-1/3 code or a native name; see lang_profiles/"

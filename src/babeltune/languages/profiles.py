@@ -146,7 +146,7 @@ def parse_profile(text: str, file_name: str) -> LangProfile:
     try:
         profile = LangProfile.model_validate(data)
     except ValidationError as exc:
-        raise BabeltuneError(f"{where}: {_first_error(exc)} (fix the file; keys are described in advisor/profiles.py)") from None
+        raise BabeltuneError(f"{where}: {_first_error(exc)} (fix the file; keys are described in babeltune/languages/profiles.py)") from None
     stem = file_name.rsplit(".", 1)[0]
     if profile.code != stem:
         raise BabeltuneError(f"{where}: code '{profile.code}' differs from the file name; rename the file to {profile.code}.yaml")

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from babeltune.advisor import records
-from babeltune.advisor import readlog
-from babeltune.advisor.readlog import FileProblem, ReadTally, cut_point, cut_text
-from babeltune.advisor.textread import REENCODE, SNIFF_BYTES, TextStream, file_kind, open_regular, os_reason
-from babeltune.advisor.types import SkippedFile
+from babeltune.corpus import records
+from babeltune.corpus import readlog
+from babeltune.corpus.readlog import FileProblem, ReadTally, cut_point, cut_text
+from babeltune.corpus.textread import REENCODE, SNIFF_BYTES, TextStream, file_kind, open_regular, os_reason
+from babeltune.corpus.skipped import SkippedFile
 from babeltune.errors import BabeltuneError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv", ".tsv")

@@ -82,7 +82,7 @@ def marked_scripts(texts: Iterable[str]) -> list[str]:
     """Scripts whose letters carry combining marks in ``texts`` (marks that GPT-2's regex splits off)."""
     import regex
 
-    from babeltune.advisor.scripts import script_of
+    from babeltune.languages.scripts import script_of
 
     from collections import Counter
 
@@ -240,7 +240,7 @@ def measure_extension(spec: dict, documents: list[str], *, tied: bool, sizes: It
 
 def sample_documents(corpus, limit_chars: int = VOCAB_SAMPLE_CHARS) -> list[str]:
     """The corpus's first ``limit_chars`` characters of documents (skips were reported when it was measured)."""
-    from babeltune.advisor.corpus import iter_documents
+    from babeltune.corpus.reader import iter_documents
 
     docs, total = [], 0
     for doc in iter_documents(corpus, []):

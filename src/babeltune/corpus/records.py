@@ -10,8 +10,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from babeltune.advisor.readlog import MAX_RECORD_BYTES, FileProblem, ReadTally
-from babeltune.advisor.textread import open_regular
+from babeltune.corpus.readlog import MAX_RECORD_BYTES, FileProblem, ReadTally
+from babeltune.corpus.textread import open_regular
 from babeltune.errors import BabeltuneError
 
 CSV_FIX = "fix the quoting there (a field holding a delimiter, quote or line break must be quoted, quotes doubled)"

@@ -1,0 +1,1 @@
+"""Language profiles (lang_profiles/*.yaml: scripts, reference text) and resolving a user's language label to one."""

@@ -217,11 +217,12 @@ def evaluate_classify(model_spec: str, corpora: dict[str, str], *, adapter: Opti
                       max_examples: Optional[int] = None, batch_size: int = 8, max_length: int = 512,
                       device: Optional[str] = None, progress=None,
                       echo: Callable[[str], None] = lambda line: None) -> ClassifyReport:
+    from babeltune.models.resolve import resolve_model_dir
     from babeltune.trainer import evaluate as ev
 
     if max_examples is not None and max_examples < 1:
         raise BabeltuneError(f"--max-documents: {max_examples} must be at least 1 (or leave it out for all examples)")
-    model_dir = ev._resolve_model_dir(model_spec)
+    model_dir = resolve_model_dir(model_spec)
     if adapter is not None:
         ev._check_adapter_folder(adapter)
         from babeltune.models.identity import check_adapter_base
@@ -239,7 +240,9 @@ def evaluate_classify(model_spec: str, corpora: dict[str, str], *, adapter: Opti
     space = cl.label_space(settings.verbalizers, observed, ", ".join(corpora.values()), option="--labels")
     echo("classify: labels " + ", ".join(f"{l!r} -> {v!r}" for l, v in space.to_dict().items())
          + f"; prompt {settings.prompt!r} (settings from {settings.source if not any(overrides.values()) else 'the command line'})")
-    tokenizer = ev._load_tokenizer(model_dir)
+    from babeltune.models.tokenizers import hf_tokenizer
+
+    tokenizer = hf_tokenizer(model_dir)
     model = ev._load_model(model_dir, device, echo)
     run = dict(batch_size=batch_size, max_length=max_length, progress=progress, echo=echo)
     # The base model is scored before the adapter is attached: with BitFit (ia3) the trained biases replace the

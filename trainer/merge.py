@@ -196,7 +196,7 @@ def base_model_dir(inputs: list[AdapterInput], model_spec: Optional[str], warn: 
     """--model, else the model named in the first adapter's resolved config; every adapter is checked against it
     with the same check as `eval` and the reload check."""
     from babeltune.models.identity import check_adapter_base
-    from babeltune.trainer.run import resolve_model_dir
+    from babeltune.models.resolve import resolve_model_dir
 
     spec = model_spec or _trained_model_name(inputs[0])
     if spec is None:

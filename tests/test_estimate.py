@@ -310,3 +310,20 @@ def test_cpu_demo_estimate_still_holds_within_50_percent(tiny_model_dir, fixed_p
     assert estimate["parts"]["saves"] == pytest.approx(estimate["saves"] * SAVE_S, abs=0.06)
     assert added < 10
     assert 0.5 <= (README_DEMO_ESTIMATE_S + added) / README_DEMO_MEASURED_S <= 1.5
+
+
+@pytest.mark.parametrize("max_steps, eval_steps, save_steps, evaluations, saves", [
+    (69, 7, 7, 10, 10),      # 7, 14, ..., 63 and the last step (69 is not a multiple of 7)
+    (70, 7, 14, 10, 5),      # 70 is a multiple of 7: no extra evaluation; saves at 14 ... 70
+    (69, 7, 14, 10, 5)])     # saves at 14 ... 56 and the last step
+def test_evaluations_and_saves_include_the_last_step(max_steps, eval_steps, save_steps, evaluations, saves):
+    """transformers >= 5 evaluates and saves at the last step too (DefaultFlowCallback.on_step_end)."""
+    from babeltune.advisor.estimate import planned_evaluations, planned_saves
+    from babeltune.config import validate_config
+
+    config = validate_config({
+        "language": "mr", "model": {"name": "m", "max_seq_length": 64}, "data": {"train": str(TWEETS)},
+        "training": {"per_device_train_batch_size": 4, "learning_rate": 1e-4, "max_steps": max_steps,
+                     "save_steps": save_steps},
+        "eval": {"evaluation_strategy": "steps", "eval_steps": eval_steps, "save_strategy": "steps"}})
+    assert (planned_evaluations(config), planned_saves(config)) == (evaluations, saves)

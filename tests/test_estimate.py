@@ -187,3 +187,144 @@ def test_gpu_extra_brings_liger_and_the_table_ships_with_the_package():
     data = project["tool"]["setuptools"]["package-data"]["babeltune.advisor"]
     assert "data/*.json" in data and TABLE_PATH.parent.name == "data" and TABLE_PATH.is_file()
     assert yaml.safe_load(TABLE_PATH.read_text(encoding="utf-8"))["records"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the estimate against the committed GPU measurements (issue 12: within 25% of the measured run)
+
+ESTIMATE_CHECK = ROOT / "bench" / "results" / "estimate_check.json"
+# (documents, tokens) of each corpus as `advise` measured it with SmolLM2-135M's tokenizer, the tokenizer of the
+# GPU run's advise; the held-out split is derived from them as advise derives it (cross-checked below against
+# the evaluation part each row recorded)
+CORPUS_FACTS = {"mr": (3000, 188_403), "hi": (1000, 120_436), "de": (1000, 46_882)}
+
+
+def recomputed_gpu_estimate(row: dict):
+    """advise's GPU estimate for a row of bench/results/estimate_check.json, from its shape, steps and corpus."""
+    from babeltune.advisor.estimate import estimate_run, gpu_eval_batch_s, gpu_startup_s
+    from babeltune.advisor.rules.schedule import EOS_PER_DOCUMENT, eval_fraction
+    from babeltune.config import validate_config
+
+    shape, backend = row["shape"], row["backend"]
+    config = validate_config({
+        "language": row["lang"], "model": {"name": "m", "max_seq_length": shape["seq_len"]},
+        "data": {"train": str(TWEETS), "packing": shape["packing"]},
+        "training": {"per_device_train_batch_size": shape["micro_batch"], "learning_rate": 1e-4,
+                     "gradient_accumulation_steps": shape["grad_accum"], "max_steps": shape["max_steps"],
+                     "save_steps": shape.get("save_steps", shape["eval_steps"]),
+                     "gradient_checkpointing": shape["gradient_checkpointing"]},
+        "eval": {"evaluation_strategy": shape["evaluation_strategy"], "eval_steps": shape["eval_steps"],
+                 "save_strategy": shape["evaluation_strategy"],
+                 "early_stopping_patience": shape["early_stopping_patience"]},
+        "backend": {"name": backend}})
+    documents, tokens = CORPUS_FACTS[row["lang"]]
+    held_documents = round(documents * eval_fraction())
+    held_tokens = held_documents * (tokens / documents + EOS_PER_DOCUMENT)
+    curve = shape_curve(load_table(), "h100", SMOLLM2_PARAMS, backend=backend, packing=shape["packing"],
+                        gradient_checkpointing=shape["gradient_checkpointing"])
+    micro_tokens = shape["micro_batch"] * shape["seq_len"]
+    batch_tokens = config.eval.per_device_eval_batch_size * min(held_tokens / held_documents, shape["seq_len"])
+    estimate = estimate_run(config, step_tokens=micro_tokens * shape["grad_accum"], heldout_tokens=held_tokens,
+                            tokens_per_s=curve.tokens_per_s(micro_tokens), device="an H100", basis="test",
+                            startup_s=gpu_startup_s(backend), heldout_documents=held_documents,
+                            eval_batch_s=gpu_eval_batch_s(curve, batch_tokens))
+    return estimate, held_tokens
+
+
+def advised_rows(backend: str) -> list[tuple[dict, bool]]:
+    """(row, first run in its process) for every advised run of ``backend`` that was measured."""
+    rows, seen = [], set()
+    for row in json.loads(ESTIMATE_CHECK.read_text(encoding="utf-8"))["rows"]:
+        if row["kind"] == "advised" and row["backend"] == backend and "measured" in row:
+            rows.append((row, (row["model"], backend) not in seen))
+            seen.add((row["model"], backend))
+    return rows
+
+
+@pytest.mark.parametrize("backend", ["hf-peft", "unsloth"])
+def test_gpu_estimate_lands_within_25_percent_of_the_measured_runs(backend):
+    """What the estimate covers is what run_s measures: run_training from loading the model to the manifest
+    (evaluations, checkpoint saves, adapter save, reload check, final scoring included; Python's imports before
+    it not). The bench ran each (model, backend) in one process: only its first run paid the fresh process's
+    start-up (FIRST_RUN_IN_PROCESS_S), which a user's `train` always pays; the later rows are compared without it."""
+    from babeltune.advisor.estimate import FIRST_RUN_IN_PROCESS_S
+
+    rows = advised_rows(backend)
+    assert len(rows) >= (3 if backend == "hf-peft" else 1)
+    for row, first in rows:
+        estimate, held_tokens = recomputed_gpu_estimate(row)
+        # the same held-out split (and, for hf-peft, throughput) that advise used on the GPU machine; the old
+        # estimate read hf-peft's curve for every backend
+        if backend == "hf-peft":
+            assert estimate.tokens_per_s == pytest.approx(row["estimate"]["tokens_per_s"], rel=1e-6)
+        recorded_old = row["estimate"]["parts"]["evaluation"]        # (9 + 2) x held-out / (3 x tokens/s)
+        assert 11 * held_tokens / (3 * row["estimate"]["tokens_per_s"]) == pytest.approx(recorded_old, abs=0.051)
+        measured = row["measured"]
+        assert estimate.evaluations == estimate.saves == 10 and measured["steps"] == estimate.steps
+        seconds = estimate.seconds - (0 if first else FIRST_RUN_IN_PROCESS_S)
+        assert 0.75 <= seconds / measured["run_s"] <= 1.25, (row["lang"], seconds, measured["run_s"])
+        assert not 0.75 <= row["estimate"]["seconds"] / measured["run_s"] <= 1.25   # the estimate it replaces
+
+
+def test_eval_batch_model_holds_out_of_sample_on_the_first_run():
+    """The per-evaluation constants come from the hi and de rows (13 eval batches each); the mr row scores 38
+    batches per evaluation: its estimate without the fresh-process term (fitted to it) still lands within 25%."""
+    from babeltune.advisor.estimate import FIRST_RUN_IN_PROCESS_S
+
+    row, first = advised_rows("hf-peft")[0]
+    assert first and row["lang"] == "mr"
+    estimate, _ = recomputed_gpu_estimate(row)
+    assert estimate.eval_batches == 38
+    assert 0.75 <= (estimate.seconds - FIRST_RUN_IN_PROCESS_S) / row["measured"]["run_s"] <= 1.25
+
+
+def test_estimate_line_names_where_the_time_goes():
+    row, _ = advised_rows("hf-peft")[0]
+    estimate, _ = recomputed_gpu_estimate(row)
+    line = estimate.line()
+    for part in ("training 69 steps x 8,192 tokens", "10 evaluations", "10 checkpoint saves", "final scoring",
+                 "start-up and reload"):
+        assert part in line
+    assert "plus model loading" not in line
+    assert sum(estimate.parts.values()) == pytest.approx(estimate.seconds)
+
+
+README_DEMO_ESTIMATE_S, README_DEMO_MEASURED_S = 38 * 60 + 30, 39 * 60 + 44   # README: 38:30 estimated, 39:44 took
+
+
+def test_cpu_demo_estimate_still_holds_within_50_percent(tiny_model_dir, fixed_probe):
+    """The README demo (advise --gpu cpu --max-steps 40 on the shipped sample): the CPU estimate keeps its probe-
+    measured training, evaluations and start-up; this change adds only the per-evaluation and per-save costs
+    (40 steps are a multiple of eval_steps: no extra last-step evaluation), seconds against a 38:30 estimate."""
+    from babeltune.advisor.estimate import EVAL_FIXED_S, SAVE_S
+
+    result = run_advise("--lang", "mr", "--corpus", TWEETS, "--model", tiny_model_dir, "--gpu", "cpu",
+                        "--max-steps", 40, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    estimate, config = data["estimate"], data["config"]
+    assert estimate["device"] == "this CPU" and estimate["steps"] == 40
+    assert 40 % config["eval"]["eval_steps"] == 0 and estimate["evaluations"] == 40 // config["eval"]["eval_steps"]
+    scoring = estimate["heldout_tokens"] / fixed_probe.forward_tokens_per_s
+    assert estimate["parts"]["final scoring"] == pytest.approx(2 * scoring, abs=0.06)
+    added = estimate["evaluations"] * EVAL_FIXED_S + estimate["saves"] * SAVE_S
+    assert estimate["parts"]["saves"] == pytest.approx(estimate["saves"] * SAVE_S, abs=0.06)
+    assert added < 10
+    assert 0.5 <= (README_DEMO_ESTIMATE_S + added) / README_DEMO_MEASURED_S <= 1.5
+
+
+@pytest.mark.parametrize("max_steps, eval_steps, save_steps, evaluations, saves", [
+    (69, 7, 7, 10, 10),      # 7, 14, ..., 63 and the last step (69 is not a multiple of 7)
+    (70, 7, 14, 10, 5),      # 70 is a multiple of 7: no extra evaluation; saves at 14 ... 70
+    (69, 7, 14, 10, 5)])     # saves at 14 ... 56 and the last step
+def test_evaluations_and_saves_include_the_last_step(max_steps, eval_steps, save_steps, evaluations, saves):
+    """transformers >= 5 evaluates and saves at the last step too (DefaultFlowCallback.on_step_end)."""
+    from babeltune.advisor.estimate import planned_evaluations, planned_saves
+    from babeltune.config import validate_config
+
+    config = validate_config({
+        "language": "mr", "model": {"name": "m", "max_seq_length": 64}, "data": {"train": str(TWEETS)},
+        "training": {"per_device_train_batch_size": 4, "learning_rate": 1e-4, "max_steps": max_steps,
+                     "save_steps": save_steps},
+        "eval": {"evaluation_strategy": "steps", "eval_steps": eval_steps, "save_strategy": "steps"}})
+    assert (planned_evaluations(config), planned_saves(config)) == (evaluations, saves)

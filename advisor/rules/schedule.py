@@ -46,8 +46,8 @@ LARGE_MODEL_PARAMS = 20e9                # QLoRA halved the learning rate for 33
 # cuts below the batch rule's target is exactly the run with too little budget to move the adapter.
 SHORT_RUN_STEPS = TARGET_STEPS
 SHORT_RUN_LR_FACTOR = 3
-SHORT_RUN_EVIDENCE = ("measured at 63-96 steps, 6 of 6 runs (UD hi/ja/fi/ko; SmolLM2-135M, Gemma-3-270m; H100): x3 gave "
-                      "2.7-9.9% lower held-out bits/char than 5e-5, English no higher than the base model's "
+SHORT_RUN_EVIDENCE = ("measured at 63-96 steps (UD hi/ja/fi/ko; SmolLM2-135M, Gemma-3-270m; H100): x3 gave 2.7-9.9% "
+                      "lower held-out bits/char than 5e-5 in 6 of 6 runs, English no higher than the base model's "
                       "(bench/results/advice_quality.json)")
 ADVICE_QUALITY = "babeltune advice-quality benchmark (bench/results/advice_quality.json, issue 18)"
 
@@ -244,8 +244,9 @@ def rule_learning_rate(ctx: RuleContext) -> Decision:
                f"= 16){size_note}")
     elif factor > 1:
         why = (f"short run: {steps} planned optimizer steps < {SHORT_RUN_STEPS}: lr x{factor} = {base * factor:.1e}, not "
-               f"the Unsloth CPT recipe's {base:.1e} ({recipe}): cosine decay to 0 halves the mean lr, so at the recipe's value a "
-               f"short run moves the adapter too little; {SHORT_RUN_EVIDENCE}{size_note}")
+               f"the Unsloth CPT recipe's {LR_TIMES_ALPHA['cpt']:.1e}/{alpha:g} = {base:.1e} (lr x alpha under rsLoRA, "
+               f"at any r; here {r}): cosine decay to 0 halves the mean lr, so a short run at the recipe's value moves "
+               f"the adapter too little; {SHORT_RUN_EVIDENCE}{size_note}")
     else:
         why = (f"{steps} planned optimizer steps (>= {SHORT_RUN_STEPS}, not a short run): {recipe}; cpt on raw text "
                f"moves the model further than sft (Unsloth's CPT recipe: 5e-5 at alpha 32){size_note}")

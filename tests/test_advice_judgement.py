@@ -303,3 +303,24 @@ def test_bad_fit_with_model_given_names_the_installed_model_that_needs_fewer_tok
     # the model that fits says nothing of the kind
     fitting = advise("mr", CorpusSpec(str(MARATHI_TWEETS)), model="gemma-3-270m", gpu_memory=24, probe=False)
     assert not any("installed built-in" in n for n in fitting.notes)
+
+
+# --------------------------------------------------------------------------- learning rate of short cpt runs
+
+
+def test_short_cpt_run_on_real_text_gets_the_measured_larger_learning_rate(tiny_model_dir):
+    # issue 18, GPU measurement: small UD corpora planned at 63-99 steps trained better at lr x3 than at the recipe's
+    # 5e-5 (same r, same steps). A real UD corpus planned short gets x3; the same text planned long keeps 5e-5.
+    def hindi(**kwargs):
+        return advise("hi", CorpusSpec(str(DATA / "ud" / "hi.txt")), model=str(tiny_model_dir), gpu_memory=80,
+                      probe=False, **kwargs)
+
+    short = hindi()
+    steps = short.decisions["max_steps"].value
+    assert steps < 200 and short.config["training"]["learning_rate"] == pytest.approx(1.5e-4)
+    reason = short.decisions["learning_rate"].reason
+    assert reason.startswith(f"cpt: short run: {steps} planned optimizer steps < 200: lr x3 = 1.5e-04")
+    assert f"over the {steps} planned optimizer steps" in short.decisions["lr_scheduler_type"].reason
+    long = hindi(max_steps=250)
+    assert long.config["training"]["learning_rate"] == pytest.approx(5e-5)
+    assert long.decisions["learning_rate"].reason.startswith("cpt: 250 planned optimizer steps (>= 200, not a short run)")

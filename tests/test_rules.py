@@ -14,6 +14,7 @@ from babeltune.corpus.reader import CorpusSpec
 from babeltune.advisor.memory import BUDGET_SHARE
 from babeltune.advisor.rules import RULE_ORDER, RULES, RuleContext, apply_rules
 from babeltune.advisor.rules.hardware import SATURATED_SHARE
+from babeltune.advisor.rules.schedule import SHORT_RUN_STEPS
 from babeltune.advisor.rules.shapes import gpu_curve
 from babeltune.config import validate_config
 from babeltune.errors import BabeltuneError
@@ -166,14 +167,54 @@ def test_sft_examples_are_packed_padding_free_and_embeddings_stay_frozen():
 
 
 def test_learning_rate_independent_of_rank_under_rslora_and_halved_for_huge_models():
-    _, small = decide(measurements(total_tokens=20_000))
+    # both long runs (>= SHORT_RUN_STEPS planned steps): only r differs between them
+    _, medium = decide(measurements(total_tokens=5_000_000))
     _, large = decide(measurements(total_tokens=500_000_000))
-    assert small["r"].value != large["r"].value
-    assert small["learning_rate"].value == large["learning_rate"].value
+    assert medium["r"].value != large["r"].value
+    assert min(medium["max_steps"].value, large["max_steps"].value) >= SHORT_RUN_STEPS
+    assert medium["learning_rate"].value == large["learning_rate"].value
     huge = SMOLLM2.__class__(**{**SMOLLM2.to_dict(), "parameters": 70_000_000_000})
-    _, decisions = decide(facts=huge, gpu=1000)
-    assert decisions["learning_rate"].value == pytest.approx(small["learning_rate"].value / 2)
+    _, decisions = decide(measurements(total_tokens=500_000_000), facts=huge, gpu=1000)
+    assert decisions["max_steps"].value >= SHORT_RUN_STEPS
+    assert decisions["learning_rate"].value == pytest.approx(large["learning_rate"].value / 2)
     assert "halved for 70B" in decisions["learning_rate"].reason
+
+
+def decide_steps(steps: int, goal: str = "cpt", total_tokens: int = 5_000_000):
+    ctx = RuleContext(measurements=measurements(total_tokens=total_tokens), facts=SMOLLM2, profile=MARATHI,
+                      gpu_memory_gib=24.0, goal=goal, max_steps=steps)
+    return apply_rules(ctx)
+
+
+def test_short_cpt_run_gets_three_times_the_recipe_learning_rate():
+    # the same corpus and r; only the planned optimizer steps differ (issue 18: 63-99 steps at 5e-5 lost to lr x3)
+    short, long = decide_steps(SHORT_RUN_STEPS - 1), decide_steps(SHORT_RUN_STEPS)
+    assert short["r"].value == long["r"].value and short["lora_alpha"].value == long["lora_alpha"].value == 32
+    assert long["learning_rate"].value == pytest.approx(5e-5)                  # Unsloth CPT recipe, unchanged
+    assert short["learning_rate"].value == pytest.approx(3 * 5e-5)
+    reason = short["learning_rate"].reason
+    assert reason.startswith(f"cpt: short run: {SHORT_RUN_STEPS - 1} planned optimizer steps < {SHORT_RUN_STEPS}: "
+                             "lr x3 = 1.5e-04")
+    assert "advice_quality.json" in reason and "bits/char" in reason
+    assert f"{SHORT_RUN_STEPS} planned optimizer steps (>= {SHORT_RUN_STEPS}, not a short run)" in long["learning_rate"].reason
+    # a small corpus that the batch rule plans short (not --max-steps) gets the same factor
+    _, small = decide(measurements(total_tokens=20_000))
+    assert small["max_steps"].value < SHORT_RUN_STEPS and small["learning_rate"].value == pytest.approx(1.5e-4)
+
+
+def test_sft_learning_rate_does_not_follow_the_run_length_yet():
+    # sft (and classify, which trains as sft) is not measured: its value is the same at any run length
+    short, long = decide_steps(SHORT_RUN_STEPS - 1, goal="sft"), decide_steps(10 * SHORT_RUN_STEPS, goal="sft")
+    assert short["learning_rate"].value == long["learning_rate"].value == pytest.approx(8e-4 / 32)
+    assert "short run" not in short["learning_rate"].reason
+
+
+def test_embedding_learning_rate_follows_the_short_run_learning_rate():
+    ctx = RuleContext(measurements=measurements(total_tokens=2_000_000_000, premium=5.3), facts=SMOLLM2,
+                      profile=MARATHI, gpu_memory_gib=24.0, max_steps=100)
+    decisions = apply_rules(ctx)
+    assert decisions["modules_to_save"].value and decisions["learning_rate"].value == pytest.approx(1.5e-4)
+    assert decisions["embedding_learning_rate"].value == pytest.approx(1.5e-5)
 
 
 def test_alpha_reason_explains_the_seed_contradiction():

@@ -1,7 +1,7 @@
 """`advise` orchestration: language -> tokenizer(s) -> measurements -> model facts -> rules -> Advice.
 
-Advice holds every decision with its reason, the resolved TrainConfig (validated with the same schema
-`train` reads), the memory estimate and the measurements the reasons cite.
+Advice holds every decision with its reason, keyed by the config key it sets, the one TrainConfig built from
+them (the schema `train` reads), the memory estimate and the measurements the reasons cite.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from babeltune.advisor.memory import MemoryEstimate, budget_gib
-from babeltune.advisor.types import Decision, Measurements
+from babeltune.advisor.types import Decision, Decisions, Measurements
+from babeltune.config import TrainConfig, validate_config
 from babeltune.errors import BabeltuneError
 
 DEFAULT_GPU_GIB = 24.0
@@ -21,26 +22,6 @@ MIN_BUILTIN_GAIN = 1.2       # name an installed built-in only when it needs at 
 DEFAULT_TRAINING_SEED = 3407
 KERNEL_NAMES = {"plain": "transformers + PEFT", "liger": "liger-kernel's fused ops", "unsloth": "Unsloth's kernels"}
 MIN_LANGID_AGREEMENT = 0.5   # below this share of sampled documents in --lang, the corpus is "mostly another language"
-
-# Decision name -> dotted TrainConfig key (batch_size is the product of two keys: comment only).
-CONFIG_KEYS = {
-    "max_seq_length": "model.max_seq_length", "load_in_4bit": "model.load_in_4bit",
-    "flash_attention": "model.attn_implementation", "packing": "data.packing", "dedup": "data.dedup",
-    "r": "adapter.r", "lora_alpha": "adapter.lora_alpha", "lora_dropout": "adapter.lora_dropout",
-    "target_modules": "adapter.target_modules", "bias": "adapter.bias", "use_rslora": "adapter.use_rslora",
-    "modules_to_save": "adapter.modules_to_save", "embedding_learning_rate": "adapter.embedding_learning_rate",
-    "per_device_train_batch_size": "training.per_device_train_batch_size",
-    "gradient_accumulation_steps": "training.gradient_accumulation_steps",
-    "learning_rate": "training.learning_rate", "num_train_epochs": "training.num_train_epochs",
-    "max_steps": "training.max_steps", "weight_decay": "training.weight_decay", "optimizer": "training.optimizer",
-    "lr_scheduler_type": "training.lr_scheduler_type", "warmup_ratio": "training.warmup_ratio",
-    "gradient_checkpointing": "training.gradient_checkpointing", "logging_steps": "training.logging_steps",
-    "save_steps": "training.save_steps", "evaluation_strategy": "eval.evaluation_strategy",
-    "eval_steps": "eval.eval_steps", "save_strategy": "eval.save_strategy",
-    "early_stopping_patience": "eval.early_stopping_patience",
-    "distributed": "training.distributed", "vocab_extend": "vocab.extend",
-}
-
 
 @dataclass
 class Candidate:
@@ -68,9 +49,9 @@ class Advice:
     corpus: Any                     # CorpusSpec
     measurements: Measurements
     facts: Any                      # ModelFacts
-    decisions: dict[str, Decision]
-    config: dict
-    config_reasons: dict[str, str]  # dotted key -> reason, for keys no rule decides
+    decisions: Decisions            # the rules' decisions by config key (the table), batch_size by name
+    given: dict[str, Decision]      # config key -> the value the command gives (model, corpus, ...) and why
+    config: TrainConfig             # built once from decisions + given; render_yaml writes it with their reasons
     memory: MemoryEstimate
     notes: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
@@ -85,14 +66,14 @@ class Advice:
             "model": self.model, "tokenizer": self.measurements.tokenizer, "goal": self.goal,
             "gpu_memory_gib": self.gpu_memory_gib,
             "measurements": self.measurements.to_dict(),
-            "parameters": {name: d.to_dict() for name, d in self.decisions.items()},
+            "parameters": {key: d.to_dict() for key, d in self.decisions.items()},
             "memory": {**self.memory.to_dict(), "budget_gib": round(budget, 3)},
             "model_facts": self.facts.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
             "notes": list(self.notes),
             "estimate": self.estimate.to_dict() if self.estimate else None,
             "cpu_estimate": self.cpu_estimate.to_dict() if self.cpu_estimate else None,
-            "config": self.config,
+            "config": config_data(self.config),
         }
 
 
@@ -214,42 +195,58 @@ def config_tokenizer(tokenizer: Optional[str]) -> Optional[str]:
     return None
 
 
-def build_config(decisions: dict[str, Decision], *, language: str, model: str, tokenizer: Optional[str],
-                 corpus, goal: str, backend: str = "hf-peft", kernels: str = "plain") -> tuple[dict, dict[str, str]]:
-    """The TrainConfig dict (sections in schema order) and reasons for keys no rule decides."""
+def given_decisions(*, language: str, model: str, tokenizer: Optional[str], corpus, goal: str,
+                    backend: str = "hf-peft", kernels: str = "plain") -> dict[str, Decision]:
+    """The config keys no rule decides: what the command gives (language, model, corpus, backend) and fixed
+    defaults, each with the reason the YAML shows above it."""
     model_path = str(Path(model).resolve()) if Path(model).exists() else model
-    config: dict = {"schema_version": 1, "language": language,
-                    "model": {"name": model_path, "tokenizer": config_tokenizer(tokenizer), "dtype": "auto"},
-                    "data": {"train": str(Path(corpus.path).resolve()), "mode": goal, "doc_split": corpus.doc_split,
-                             "text_field": corpus.text_field, "text_column": corpus.text_column},
-                    "adapter": {}, "training": {"output_dir": f"runs/{language}-{Path(model).stem}",
-                                                "seed": DEFAULT_TRAINING_SEED},
-                    "eval": {}, "vocab": {}, "backend": {"name": backend}}
-    for name, key in CONFIG_KEYS.items():
-        section, leaf = key.split(".")
-        value = decisions[name].value
-        if name == "flash_attention":
-            value = "auto" if value else "sdpa"
-        config[section][leaf] = value
-    if config["training"].get("max_steps") is not None:   # the schema takes one of them; the plan is in steps
-        config["training"]["num_train_epochs"] = None
-    reasons = {
-        "language": f"--lang resolved to {language}",
-        "model.name": f"the base model ({model})",
-        "model.tokenizer": "null = the model's own tokenizer" if not config["model"]["tokenizer"] else "--tokenizer",
-        "model.dtype": "auto = bf16 on GPUs that support it, fp32 on CPU",
-        "data.train": "the measured corpus", "data.mode": f"--goal {goal}",
-        "data.doc_split": f"--doc-split {corpus.doc_split}: how .txt files were cut into documents when measured",
-        "data.text_field": f"--text-field {corpus.text_field} (.jsonl/.parquet)",
-        "data.text_column": f"--text-column {corpus.text_column} (.csv/.tsv)" if corpus.text_column else
-                            "--text-column: default ('text' if present, else the first column)",
-        "training.output_dir": "checkpoints, adapter, metrics and manifest",
-        "training.seed": "data split, shuffling and adapter initialisation",
-        "backend.name": (f"--backend {backend}; memory sized for the kernels it runs here: "
-                         f"{KERNEL_NAMES.get(kernels, kernels)}"
-                         + ("; `advise --backend unsloth` where Unsloth is installed" if backend == "hf-peft" else "")),
+    trained_tokenizer = config_tokenizer(tokenizer)
+    unsloth_hint = "; `advise --backend unsloth` where Unsloth is installed" if backend == "hf-peft" else ""
+    given = {
+        "schema_version": (1, "the config format this babeltune reads"),
+        "language": (language, f"--lang resolved to {language}"),
+        "model.name": (model_path, f"the base model ({model})"),
+        "model.tokenizer": (trained_tokenizer, "--tokenizer" if trained_tokenizer else "null = the model's own tokenizer"),
+        "model.dtype": ("auto", "auto = bf16 on GPUs that support it, fp32 on CPU"),
+        "data.train": (str(Path(corpus.path).resolve()), "the measured corpus"),
+        "data.mode": (goal, f"--goal {goal}"),
+        "data.doc_split": (corpus.doc_split, f"--doc-split {corpus.doc_split}: how .txt files were cut into documents "
+                                             "when measured"),
+        "data.text_field": (corpus.text_field, f"--text-field {corpus.text_field} (.jsonl/.parquet)"),
+        "data.text_column": (corpus.text_column, f"--text-column {corpus.text_column} (.csv/.tsv)" if corpus.text_column
+                             else "--text-column: default ('text' if present, else the first column)"),
+        "training.output_dir": (f"runs/{language}-{Path(model).stem}", "checkpoints, adapter, metrics and manifest"),
+        "training.seed": (DEFAULT_TRAINING_SEED, "data split, shuffling and adapter initialisation"),
+        "backend.name": (backend, f"--backend {backend}; memory sized for the kernels it runs here: "
+                                  f"{KERNEL_NAMES.get(kernels, kernels)}{unsloth_hint}"),
     }
-    return config, reasons
+    return {key: Decision(value, reason) for key, (value, reason) in given.items()}
+
+
+def build_config(decisions: dict[str, Decision], given: dict[str, Decision]) -> TrainConfig:
+    """The one TrainConfig of the advice: every decision and given value at its dotted key (a decision that sets
+    no key, such as batch_size, is only shown). The schema takes one of num_train_epochs and max_steps: with the
+    run planned in steps, num_train_epochs is written as null (its reason still gives the epochs planned)."""
+    from babeltune.advisor.rules import SHOWN_ONLY
+
+    data: dict = {}
+    for key, decision in {**given, **decisions}.items():
+        if key in SHOWN_ONLY:
+            continue
+        *sections, leaf = key.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = decision.value
+    training = data.get("training", {})
+    if training.get("max_steps") is not None and "num_train_epochs" in training:
+        training["num_train_epochs"] = None
+    return validate_config(data, source="advised config")
+
+
+def config_data(config: TrainConfig) -> dict:
+    """The keys advise set, as plain data in schema order (what the YAML holds)."""
+    return config.model_dump(mode="json", exclude_unset=True)
 
 
 def resolve_target(gpu: Optional[str], gpu_gib: Optional[float]) -> tuple[Optional[str], Optional[float]]:
@@ -268,20 +265,18 @@ def resolve_target(gpu: Optional[str], gpu_gib: Optional[float]) -> tuple[Option
 
 
 def decide(ctx, *, language: str, model: str, tokenizer: Optional[str], corpus, goal: str, backend: str = "hf-peft",
-           kernels: str = "plain", labelled=None) -> tuple[dict, dict, dict]:
-    """Run every rule on ``ctx`` and build the validated config from the decisions."""
+           kernels: str = "plain", labelled=None) -> tuple[Decisions, dict[str, Decision], TrainConfig]:
+    """Run every rule on ``ctx``; the decisions, the given values and the one TrainConfig built from both."""
     from babeltune.advisor.rules import apply_rules
-    from babeltune.config import validate_config
 
     decisions = apply_rules(ctx)
-    config, reasons = build_config(decisions, language=language, model=model, tokenizer=tokenizer, corpus=corpus,
-                                   goal=goal, backend=backend, kernels=kernels)
+    given = given_decisions(language=language, model=model, tokenizer=tokenizer, corpus=corpus, goal=goal,
+                            backend=backend, kernels=kernels)
     if labelled is not None:             # --goal classify: its keys and reasons (advisor/rules/classify.py)
         from babeltune.advisor.rules.classify import apply_classify
 
-        apply_classify(decisions, config, reasons, labelled)
-    validate_config(config, source="advised config")
-    return decisions, config, reasons
+        apply_classify(decisions, given, labelled)
+    return decisions, given, build_config(decisions, given)
 
 
 def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optional[str] = None,
@@ -352,35 +347,30 @@ def advise(lang: str, corpus, *, model: Optional[str] = None, tokenizer: Optiona
                            precision="fp32" if target == "cpu" else "bf16", **extra)
 
     ctx = context()
-    decisions, config, reasons = decide(ctx, **names)
+    decisions, given, config = decide(ctx, **names)
     measured, estimate, cpu_estimate = None, None, None
     if probe and (target == "cpu" or not est.has_cuda()):
-        from babeltune.config import validate_config
-
-        measured, why = est.run_probe(validate_config(config), facts, echo)
+        measured, why = est.run_probe(config, facts, echo)
         notes += [why] if why else []
     if measured and minutes is not None:
         budget = minutes * 60 - est.probe_startup_s(measured)
         ctx = context(time_budget_s=budget, cpu_tokens_per_s=measured.tokens_per_s)
-        decisions, config, reasons = decide(ctx, **names)
+        decisions, given, config = decide(ctx, **names)
     notes += ctx.notes
     if gpus > 1:
         notes.append(f"--gpus {gpus}: memory is per GPU; start it with `train --config FILE --gpus {gpus}` "
                      f"({'FSDP, the model sharded' if decisions['distributed'].value == 'fsdp' else 'DDP, a copy per GPU'})")
-    from babeltune.config import validate_config
-
-    validated = validate_config(config, source="advised config")
     if measured:
-        cpu_estimate = est.cpu_estimate(ctx, validated, measured)
+        cpu_estimate = est.cpu_estimate(ctx, config, measured)
     if target != "cpu":
-        estimate = est.gpu_estimate(ctx, validated)
+        estimate = est.gpu_estimate(ctx, config)
         if cpu_estimate:
             notes.append(est.cpu_variant_note(cpu_estimate, command))
     elif cpu_estimate is None:
         notes.append("--gpu cpu: no run-time estimate without the probe" + (" (--no-probe)" if not probe else ""))
     return Advice(language=profile.code, profile=profile, model=model, tokenizer=tokenizer, goal=goal,
                   gpu_memory_gib=float(gpu_gib), corpus=corpus, measurements=measurements, facts=facts,
-                  decisions=decisions, config=config, config_reasons=reasons, memory=ctx.estimate(),
+                  decisions=decisions, given=given, config=config, memory=ctx.estimate(),
                   notes=notes, candidates=candidates, estimate=estimate or cpu_estimate,
                   cpu_estimate=cpu_estimate if target != "cpu" else None)
 

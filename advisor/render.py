@@ -8,11 +8,11 @@ from typing import Any
 import yaml
 
 from babeltune import __version__
-from babeltune.advisor.advise import CONFIG_KEYS, Advice, Candidate
+from pydantic import BaseModel
+
+from babeltune.advisor.advise import Advice, Candidate
 from babeltune.advisor.memory import BUDGET_SHARE
 from babeltune.corpus.readlog import report_lines
-
-KEY_TO_DECISION = {key: name for name, key in CONFIG_KEYS.items()}
 
 
 def yaml_value(value: Any) -> str:
@@ -75,26 +75,34 @@ def header_lines(advice: Advice, command: str) -> list[str]:
 
 
 def key_reason(advice: Advice, dotted: str) -> str:
-    name = KEY_TO_DECISION.get(dotted)
-    if name is not None:
-        return advice.decisions[name].reason
-    return advice.config_reasons.get(dotted, "")
+    """The reason for the value at ``dotted``: the rule's decision, else what the command gave."""
+    decision = advice.decisions.get(dotted) or advice.given.get(dotted)
+    if decision is None:
+        raise KeyError(f"advice sets {dotted} without a decision or given value: no reason to write above it")
+    return decision.reason
+
+
+def keyed_lines(advice: Advice, key: str, value: Any, indent: str = "") -> list[str]:
+    reason = key_reason(advice, key)
+    return ([f"{indent}# {reason}"] if reason else []) + [f"{indent}{key.rpartition('.')[2]}: {yaml_value(value)}"]
 
 
 def render_yaml(advice: Advice, command: str) -> str:
-    """The config as YAML: header comments, then every key with its reason as a comment above it."""
+    """advice.config as YAML: header comments, then every key advise set, in schema order, with its reason as a
+    comment above it."""
     out = [f"# {line}" for line in header_lines(advice, command)]
-    for section, body in advice.config.items():
-        if not isinstance(body, dict):
-            reason = key_reason(advice, section)
-            out += [""] + ([f"# {reason}"] if reason else []) + [f"{section}: {yaml_value(body)}"]
+    config = advice.config
+    for section in type(config).model_fields:
+        if section not in config.model_fields_set:
+            continue
+        body = getattr(config, section)
+        if not isinstance(body, BaseModel):
+            out += [""] + keyed_lines(advice, section, body)
             continue
         out += ["", f"{section}:"]
-        for key, value in body.items():
-            reason = key_reason(advice, f"{section}.{key}")
-            if reason:
-                out.append(f"  # {reason}")
-            out.append(f"  {key}: {yaml_value(value)}")
+        for key in type(body).model_fields:
+            if key in body.model_fields_set:
+                out += keyed_lines(advice, f"{section}.{key}", getattr(body, key), indent="  ")
     return "\n".join(out) + "\n"
 
 
@@ -110,8 +118,8 @@ def render_table(advice: Advice, console, *, header: bool = True) -> None:
     table.add_column("parameter", style="bold")
     table.add_column("value", overflow="fold")
     table.add_column("reason (measured)", overflow="fold")
-    for name, decision in advice.decisions.items():
-        table.add_row(Text(name), Text(yaml_value(decision.value)), Text(decision.reason))   # no markup: [..] is data
+    for key, decision in advice.decisions.items():
+        table.add_row(Text(key), Text(yaml_value(decision.value)), Text(decision.reason))   # no markup: [..] is data
     console.print(table)
 
 

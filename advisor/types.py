@@ -1,4 +1,4 @@
-"""Contracts inside the advisor: what measurement produces and what each rule returns."""
+"""Contracts inside the advisor: what measurement produces, what each rule returns, and the decisions by key."""
 
 from __future__ import annotations
 
@@ -74,3 +74,34 @@ class Decision:
 
     def to_dict(self) -> dict:
         return {"value": self.value, "reason": self.reason, "evidence": list(self.evidence)}
+
+
+class Decisions(dict):
+    """Decisions by the dotted TrainConfig key they set ("training.learning_rate"), or by a bare name for the few
+    that set no key ("batch_size", shown in the header). A decision may also be named by its key's last part
+    ("learning_rate"), as rules read each other: the last parts are unique (tests/test_rules.py checks it), and a
+    name two keys end in is refused rather than guessed."""
+
+    def key(self, name: str) -> str:
+        """The key ``name`` stands for: itself when held or dotted, else the one held key ending in ``.name``."""
+        if dict.__contains__(self, name) or "." in name:
+            return name
+        matches = [key for key in self if key.rpartition(".")[2] == name]
+        if len(matches) > 1:
+            raise KeyError(f"{name!r} is the last part of {', '.join(matches)}: name the decision by its dotted key")
+        return matches[0] if matches else name
+
+    def __missing__(self, name: str) -> Decision:
+        key = self.key(name)
+        if key == name:
+            raise KeyError(name)
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and dict.__contains__(self, self.key(name))
+
+    def __setitem__(self, name: str, decision: Decision) -> None:
+        dict.__setitem__(self, self.key(name), decision)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default

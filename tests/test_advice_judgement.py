@@ -71,7 +71,7 @@ def test_repeated_text_is_not_more_data(tiny_model_dir, tmp_path):
     assert hundred.measurements.characters == 100 * once.measurements.characters
     assert values(once) == values(hundred)
     dedup = hundred.decisions["dedup"]
-    assert dedup.value == "exact" and hundred.config["data"]["dedup"] == "exact"
+    assert dedup.value == "exact" and hundred.config.data.dedup == "exact"
     docs = hundred.measurements.documents
     assert f"{docs - 198:,} of {docs:,} documents" in dedup.reason       # 198 distinct sentences in the file
     assert "most repeated x200" in dedup.reason          # one sentence is in the file twice

@@ -5,7 +5,6 @@ path itself is exercised by `python3 bench/advice_quality.py --smoke` (tiny rand
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,12 @@ def bench():
 
 @pytest.fixture
 def advised(tiny_model_dir):
-    from babeltune.advisor.advise import advise
+    from babeltune.advisor.advise import advise, config_data
     from babeltune.corpus.reader import CorpusSpec
 
     advice = advise("mr", CorpusSpec(str(ROOT / "tests" / "data" / "text" / "mr.txt")), model=str(tiny_model_dir),
                     gpu_memory=80, probe=False)
-    return json.loads(json.dumps(advice.config, default=str))
+    return config_data(advice.config)
 
 
 def test_copied_configs_hold_the_published_values_and_validate(bench, advised):

@@ -18,11 +18,12 @@ from babeltune.config import load_config
 TEXT = Path(__file__).parent / "data" / "text"
 MARATHI = TEXT / "mr.txt"
 ENGLISH = TEXT / "en.txt"
-HINDI_TABLE_PARAMETERS = [
-    "max_seq_length", "batch_size", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
-    "optimizer", "weight_decay", "lora_alpha", "lora_dropout", "r", "target_modules", "bias",
-    "gradient_checkpointing", "flash_attention", "num_train_epochs", "max_steps", "evaluation_strategy",
-    "save_strategy", "early_stopping_patience",
+HINDI_TABLE_PARAMETERS = [   # by the config key each sets (batch_size sets none: it is their product)
+    "model.max_seq_length", "batch_size", "training.per_device_train_batch_size",
+    "training.gradient_accumulation_steps", "training.learning_rate", "training.optimizer", "training.weight_decay",
+    "adapter.lora_alpha", "adapter.lora_dropout", "adapter.r", "adapter.target_modules", "adapter.bias",
+    "training.gradient_checkpointing", "model.attn_implementation", "training.num_train_epochs", "training.max_steps",
+    "eval.evaluation_strategy", "eval.save_strategy", "eval.early_stopping_patience",
 ]
 
 
@@ -62,7 +63,7 @@ def test_json_has_measurements_and_every_seed_parameter(marathi_json):
     assert data["memory"]["total_gib"] <= data["memory"]["budget_gib"] == pytest.approx(24 * 0.9)
     assert "no --gpu-memory given: advising for a common 24 GB GPU" in data["notes"]
     # max_seq_length covers the measured p95 of document lengths
-    assert data["parameters"]["max_seq_length"]["value"] >= m["doc_tokens_percentiles"]["p95"]
+    assert data["parameters"]["model.max_seq_length"]["value"] >= m["doc_tokens_percentiles"]["p95"]
 
 
 def test_out_writes_commented_yaml_that_train_loads(tmp_path, tiny_model_dir):

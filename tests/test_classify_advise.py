@@ -52,7 +52,7 @@ def test_imbalanced_labels_point_at_macro_f1(tiny_model_dir, tmp_path):
     result = run("--lang", "mr", "--corpus", path, "--goal", "classify", "--label-column", "sentiment",
                  "--model", tiny_model_dir, "--json")
     assert result.exit_code == 0, result.output
-    reason = json.loads(result.stdout)["parameters"]["label_column"]["reason"]
+    reason = json.loads(result.stdout)["parameters"]["data.label_column"]["reason"]
     assert reason.startswith("2 classes in 40 labelled examples (1 left out: row with an empty text): "
                              "'neg' 10 (25.0%), 'pos' 30 (75.0%); smallest/largest = 0.33, imbalanced")
     assert "majority-class baseline ('pos') = 75.0% accuracy, macro-F1 0.429" in reason

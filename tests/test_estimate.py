@@ -131,7 +131,7 @@ def test_cpu_variant_is_sized_to_the_minutes_asked(tmp_path, tiny_model_dir, fix
     estimate, steps = data["estimate"], data["config"]["training"]["max_steps"]
     assert estimate["device"] == "this CPU" and estimate["steps"] == steps
     assert minutes * 60 * 0.8 <= estimate["seconds"] <= minutes * 60 * 1.05
-    assert data["parameters"]["max_steps"]["reason"].startswith("advise --minutes: ")
+    assert data["parameters"]["training.max_steps"]["reason"].startswith("advise --minutes: ")
     assert estimate["step_tokens"] <= 512 and data["cpu_estimate"] is None
 
 

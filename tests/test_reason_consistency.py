@@ -49,7 +49,7 @@ def fit_claims(text: str) -> set[bool]:
 
 
 def contradictions(advice) -> list[str]:
-    d = {name: decision for name, decision in advice.decisions.items()}
+    d = {key.rpartition(".")[2]: decision for key, decision in advice.decisions.items()}   # by the key's last part
     value = {name: decision.value for name, decision in d.items()}
     texts = {name: decision.reason for name, decision in d.items()} | {f"note {i}": n for i, n in enumerate(advice.notes)}
     found = []
@@ -186,7 +186,7 @@ SEEDS = re.compile(r"\bseeds\b|\bseeds'|\bseed[- ]tables?\b|\bthe guide('s)?\b",
 def test_no_reason_mentions_the_seeds(tiny_model_dir):
     for goal, corpus in (("cpt", REFERENCE / "hi.txt"), ("sft", ROOT / "tests" / "data" / "sft" / "mr_pairs.jsonl")):
         advice = advise("hi" if goal == "cpt" else "mr", CorpusSpec(str(corpus)), model=str(tiny_model_dir), goal=goal, probe=False)
-        texts = [d.reason for d in advice.decisions.values()] + list(advice.notes) + list(advice.config_reasons.values())
+        texts = [d.reason for d in advice.decisions.values()] + list(advice.notes) + [d.reason for d in advice.given.values()]
         texts += [e for d in advice.decisions.values() for e in d.evidence]
         assert not [t for t in texts if SEEDS.search(t)]
 

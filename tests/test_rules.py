@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advisor_fixtures import JAPANESE, LLAMA2_7B, MARATHI, SMOLLM2, char_lengths, measurements
-from babeltune.advisor.advise import build_config
+from babeltune.advisor.advise import build_config, config_data, given_decisions
 from babeltune.corpus.reader import CorpusSpec
 from babeltune.advisor.memory import BUDGET_SHARE
 from babeltune.advisor.rules import RULE_ORDER, RULES, RuleContext, apply_rules
@@ -22,7 +22,7 @@ from babeltune.errors import BabeltuneError
 HINDI_TABLE_PARAMETERS = [
     "max_seq_length", "batch_size", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
     "optimizer", "weight_decay", "lora_alpha", "lora_dropout", "r", "target_modules", "bias",
-    "gradient_checkpointing", "flash_attention", "num_train_epochs", "max_steps", "evaluation_strategy",
+    "gradient_checkpointing", "attn_implementation", "num_train_epochs", "max_steps", "evaluation_strategy",
     "save_strategy", "early_stopping_patience",
 ]
 
@@ -73,8 +73,8 @@ def test_rules_only_read_earlier_decisions(goal):
 def test_a_rule_moved_before_what_it_reads_is_caught():
     ctx, decisions = decide()
     names = [name for name, _ in RULE_ORDER]
-    moved = [RULE_ORDER[names.index("lora_alpha")]] + [item for item in RULE_ORDER if item[0] != "lora_alpha"]
-    assert "lora_alpha" in order_problems(moved, ctx, decisions)   # alpha follows r (and rsLoRA)
+    moved = [RULE_ORDER[names.index("adapter.lora_alpha")]] + [item for item in RULE_ORDER if item[0] != "adapter.lora_alpha"]
+    assert "adapter.lora_alpha" in order_problems(moved, ctx, decisions)   # alpha follows r (and rsLoRA)
 
 
 def test_token_dense_tokenizer_gets_longer_sequences_for_the_same_text():
@@ -278,9 +278,9 @@ def test_decisions_build_a_valid_train_config(tmp_path, goal, tokens):
     _, decisions = decide(measurements(total_tokens=tokens, premium=4.0), goal=goal)
     corpus = tmp_path / "c.txt"
     corpus.write_text("x\n", encoding="utf-8")
-    config, reasons = build_config(decisions, language="mr", model="smollm2-135m", tokenizer=None,
-                                   corpus=CorpusSpec(path=str(corpus)), goal=goal)
-    validated = validate_config(config)
+    given = given_decisions(language="mr", model="smollm2-135m", tokenizer=None, corpus=CorpusSpec(path=str(corpus)),
+                            goal=goal)
+    validated = validate_config(config_data(build_config(decisions, given)))   # as the YAML holds it
     assert validated.training.learning_rate == decisions["learning_rate"].value
     assert validated.model.max_seq_length == decisions["max_seq_length"].value
     assert validated.data.mode == goal
@@ -299,6 +299,5 @@ def test_any_measurement_gives_a_fitting_valid_config_or_the_gpu_error(tokens, t
         assert str(exc).startswith(f"--gpu-memory: {gpu}GB is too small")
         return
     assert ctx.estimate().total_gib <= gpu * BUDGET_SHARE
-    config, _ = build_config(decisions, language="mr", model="m", tokenizer=None,
-                             corpus=CorpusSpec(path="corpus.txt"), goal=goal)
-    validate_config(config)
+    given = given_decisions(language="mr", model="m", tokenizer=None, corpus=CorpusSpec(path="corpus.txt"), goal=goal)
+    validate_config(config_data(build_config(decisions, given)))

@@ -3,7 +3,6 @@ extended run compares with a plain run's (same characters, different token count
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -12,7 +11,7 @@ from conftest import TEXT
 
 @pytest.mark.slow
 def test_advise_train_eval_with_an_extension(tiny_model_dir, tmp_path, monkeypatch):
-    from babeltune.advisor.advise import advise
+    from babeltune.advisor.advise import advise, config_data
     from babeltune.corpus.reader import CorpusSpec
     from babeltune.advisor.rules import vocabulary
     from babeltune.config import validate_config
@@ -21,18 +20,18 @@ def test_advise_train_eval_with_an_extension(tiny_model_dir, tmp_path, monkeypat
 
     corpus = CorpusSpec(str(TEXT / "mr.txt"))
     small = advise("mr", corpus, model=str(tiny_model_dir), gpu_memory=24, probe=False)
-    assert small.config["vocab"]["extend"] == 0 and "tokens/char" in small.decisions["vocab_extend"].reason
+    assert small.config.vocab.extend == 0 and "tokens/char" in small.decisions["vocab.extend"].reason
     # the shipped sample is far below the published threshold: lower it to follow the path a large corpus takes
     monkeypatch.setattr(vocabulary, "MIN_EXTENSION_CHARS", 1_000)
     monkeypatch.setattr(vocabulary, "MIN_CHARS_PER_NEW_TOKEN", 10)
     monkeypatch.setattr(vocabulary, "MIN_SPEEDUP", 1.05)
     advice = advise("mr", corpus, model=str(tiny_model_dir), gpu_memory=24, probe=False)
-    extend = advice.config["vocab"]["extend"]
-    assert extend > 0 and f"+{extend:,} merges" in advice.decisions["vocab_extend"].reason
+    extend = advice.config.vocab.extend
+    assert extend > 0 and f"+{extend:,} merges" in advice.decisions["vocab.extend"].reason
 
     runs = {}
     for name, value in (("plain", 0), ("extended", extend)):
-        raw = json.loads(json.dumps(advice.config))
+        raw = config_data(advice.config)
         raw["vocab"]["extend"] = value
         raw["model"].update(max_seq_length=64, attn_implementation="eager")
         raw["training"].update(output_dir=str(tmp_path / name), max_steps=3, num_train_epochs=None,

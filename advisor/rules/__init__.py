@@ -1,10 +1,12 @@
-"""Advisor rules: one function per parameter, ``rule_<name>(ctx) -> Decision``.
+"""Advisor rules: one function per parameter, ``rule_<name>(ctx) -> Decision``, keyed in RULE_ORDER by the dotted
+TrainConfig key its value goes to (advise builds the config from these keys; render_yaml writes each reason above
+its key). Adding a parameter: its field in babeltune.config, its rule here, and the rule's test.
 
 Where to find a rule:
   data.py        dedup
   vocabulary.py  vocab_extend (measured by babeltune.vocab)
   adapter.py     r, use_rslora, lora_alpha, lora_dropout, target_modules, bias
-  sequence.py    max_seq_length, packing, flash_attention
+  sequence.py    max_seq_length, packing, flash_attention (model.attn_implementation)
   embeddings.py  modules_to_save, embedding_learning_rate
   hardware.py    distributed, load_in_4bit, optimizer, gradient_checkpointing, per_device_train_batch_size,
                  gradient_accumulation_steps   (through the memory model, babeltune.advisor.memory)
@@ -22,53 +24,57 @@ from typing import Callable
 
 from babeltune.advisor.rules import adapter, data, embeddings, evaluation, hardware, schedule, sequence, vocabulary
 from babeltune.advisor.rules.context import RuleContext
-from babeltune.advisor.types import Decision
+from babeltune.advisor.types import Decision, Decisions
 
 Rule = Callable[[RuleContext], Decision]
 
 RULE_ORDER: list[tuple[str, Rule]] = [
-    ("dedup", data.rule_dedup),
-    ("vocab_extend", vocabulary.rule_vocab_extend),
-    ("r", adapter.rule_r),
-    ("use_rslora", adapter.rule_use_rslora),
-    ("lora_alpha", adapter.rule_lora_alpha),
-    ("lora_dropout", adapter.rule_lora_dropout),
-    ("target_modules", adapter.rule_target_modules),
-    ("bias", adapter.rule_bias),
-    ("max_seq_length", sequence.rule_max_seq_length),
-    ("packing", sequence.rule_packing),
-    ("flash_attention", sequence.rule_flash_attention),
-    ("modules_to_save", embeddings.rule_modules_to_save),
-    ("distributed", hardware.rule_distributed),
-    ("load_in_4bit", hardware.rule_load_in_4bit),
-    ("optimizer", hardware.rule_optimizer),
+    ("data.dedup", data.rule_dedup),
+    ("vocab.extend", vocabulary.rule_vocab_extend),
+    ("adapter.r", adapter.rule_r),
+    ("adapter.use_rslora", adapter.rule_use_rslora),
+    ("adapter.lora_alpha", adapter.rule_lora_alpha),
+    ("adapter.lora_dropout", adapter.rule_lora_dropout),
+    ("adapter.target_modules", adapter.rule_target_modules),
+    ("adapter.bias", adapter.rule_bias),
+    ("model.max_seq_length", sequence.rule_max_seq_length),
+    ("data.packing", sequence.rule_packing),
+    ("model.attn_implementation", sequence.rule_flash_attention),
+    ("adapter.modules_to_save", embeddings.rule_modules_to_save),
+    ("training.distributed", hardware.rule_distributed),
+    ("model.load_in_4bit", hardware.rule_load_in_4bit),
+    ("training.optimizer", hardware.rule_optimizer),
     ("batch_size", schedule.rule_batch_size),
-    ("gradient_checkpointing", hardware.rule_gradient_checkpointing),
-    ("per_device_train_batch_size", hardware.rule_per_device_train_batch_size),
-    ("gradient_accumulation_steps", hardware.rule_gradient_accumulation_steps),
-    ("num_train_epochs", schedule.rule_num_train_epochs),
-    ("max_steps", schedule.rule_max_steps),
-    ("learning_rate", schedule.rule_learning_rate),
-    ("embedding_learning_rate", embeddings.rule_embedding_learning_rate),
-    ("weight_decay", schedule.rule_weight_decay),
-    ("lr_scheduler_type", schedule.rule_lr_scheduler_type),
-    ("warmup_ratio", schedule.rule_warmup_ratio),
-    ("evaluation_strategy", evaluation.rule_evaluation_strategy),
-    ("eval_steps", evaluation.rule_eval_steps),
-    ("save_strategy", evaluation.rule_save_strategy),
-    ("save_steps", evaluation.rule_save_steps),
-    ("early_stopping_patience", evaluation.rule_early_stopping_patience),
-    ("logging_steps", evaluation.rule_logging_steps),
+    ("training.gradient_checkpointing", hardware.rule_gradient_checkpointing),
+    ("training.per_device_train_batch_size", hardware.rule_per_device_train_batch_size),
+    ("training.gradient_accumulation_steps", hardware.rule_gradient_accumulation_steps),
+    ("training.num_train_epochs", schedule.rule_num_train_epochs),
+    ("training.max_steps", schedule.rule_max_steps),
+    ("training.learning_rate", schedule.rule_learning_rate),
+    ("adapter.embedding_learning_rate", embeddings.rule_embedding_learning_rate),
+    ("training.weight_decay", schedule.rule_weight_decay),
+    ("training.lr_scheduler_type", schedule.rule_lr_scheduler_type),
+    ("training.warmup_ratio", schedule.rule_warmup_ratio),
+    ("eval.evaluation_strategy", evaluation.rule_evaluation_strategy),
+    ("eval.eval_steps", evaluation.rule_eval_steps),
+    ("eval.save_strategy", evaluation.rule_save_strategy),
+    ("training.save_steps", evaluation.rule_save_steps),
+    ("eval.early_stopping_patience", evaluation.rule_early_stopping_patience),
+    ("training.logging_steps", evaluation.rule_logging_steps),
 ]
 
 RULES: dict[str, Rule] = dict(RULE_ORDER)
 
+# Decisions that set no config key: later rules read them and the config header shows them
+# (batch_size = per_device_train_batch_size x gradient_accumulation_steps). Every other key is a TrainConfig key.
+SHOWN_ONLY = frozenset({"batch_size"})
 
-def apply_rules(ctx: RuleContext) -> dict[str, Decision]:
-    """Run every rule in order; returns (and fills) ``ctx.decisions``."""
-    for name, rule in RULE_ORDER:
-        ctx.decisions[name] = rule(ctx)
+
+def apply_rules(ctx: RuleContext) -> Decisions:
+    """Run every rule in order; returns (and fills) ``ctx.decisions``, keyed by the config key each sets."""
+    for key, rule in RULE_ORDER:
+        ctx.decisions[key] = rule(ctx)
     return ctx.decisions
 
 
-__all__ = ["RULES", "RULE_ORDER", "RuleContext", "apply_rules"]
+__all__ = ["RULES", "RULE_ORDER", "SHOWN_ONLY", "RuleContext", "apply_rules"]

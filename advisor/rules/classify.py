@@ -116,24 +116,19 @@ def length_reason(labelled: LabelledSet, length: int) -> Optional[str]:
             f"tokens; at {length}: {cut:.1%} of examples have their text cut at its end (the label always fits)")
 
 
-def apply_classify(decisions: dict[str, Decision], config: dict, reasons: dict[str, str], labelled: LabelledSet) -> None:
-    """Add the classify keys to the advised config and their decisions (shown in the table)."""
-    data = config["data"]
-    data.update(mode="classify", label_column=labelled.label_column, label_verbalizers={},
-                classify_prompt=labelled.prompt, packing="off")
-    decisions["label_column"] = Decision(labelled.label_column, balance_reason(labelled))
-    decisions["label_verbalizers"] = Decision({}, verbalizer_reason(labelled))
-    reasons["data.label_column"] = decisions["label_column"].reason
-    reasons["data.label_verbalizers"] = decisions["label_verbalizers"].reason
-    reasons["data.classify_prompt"] = "the text, a line break and 'Label:'; the label follows after one space"
-    reasons["data.mode"] = "--goal classify: loss on the label tokens only (labels -100 on the prompt)"
-    if "packing" in decisions:
-        decisions["packing"] = Decision("off", "classify: one example per row, padded per batch (what train does)")
-    rate = decisions.get("learning_rate")
+def apply_classify(decisions: dict[str, Decision], given: dict[str, Decision], labelled: LabelledSet) -> None:
+    """The classify keys: decisions (shown in the table) and what the command gives (``given``), by config key."""
+    decisions["data.label_column"] = Decision(labelled.label_column, balance_reason(labelled))
+    decisions["data.label_verbalizers"] = Decision({}, verbalizer_reason(labelled))
+    given["data.classify_prompt"] = Decision(labelled.prompt, "the text, a line break and 'Label:'; the label follows "
+                                                              "after one space")
+    given["data.mode"] = Decision("classify", "--goal classify: loss on the label tokens only (labels -100 on the prompt)")
+    decisions["data.packing"] = Decision("off", "classify: one example per row, padded per batch (what train does)")
+    rate = decisions.get("training.learning_rate")
     if rate is not None:
-        decisions["learning_rate"] = Decision(rate.value, "classify: trained as sft (loss on the label tokens only); "
-                                              + rate.reason.removeprefix("sft: "), rate.evidence)
-    length = decisions.get("max_seq_length")
+        decisions["training.learning_rate"] = Decision(rate.value, "classify: trained as sft (loss on the label tokens "
+                                                       "only); " + rate.reason.removeprefix("sft: "), rate.evidence)
+    length = decisions.get("model.max_seq_length")
     why = length_reason(labelled, length.value) if length is not None else None
     if why:
-        decisions["max_seq_length"] = Decision(length.value, why, length.evidence)
+        decisions["model.max_seq_length"] = Decision(length.value, why, length.evidence)

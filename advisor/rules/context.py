@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from babeltune.advisor.memory import MemoryEstimate, budget_gib, estimate_memory
-from babeltune.advisor.types import Decision, Measurements
+from babeltune.advisor.types import Decisions, Measurements
 from babeltune.models.types import ModelFacts
 
 # Citations, spelled once so every rule cites them the same way.
@@ -48,7 +48,8 @@ Goal = Literal["cpt", "sft"]
 
 @dataclass
 class RuleContext:
-    """Inputs of every rule. ``decisions`` fills up as rules run in order (later rules read earlier ones)."""
+    """Inputs of every rule. ``decisions`` fills up as rules run in order (later rules read earlier ones), keyed by
+    the config key each sets; a rule reads one by the key's last part, e.g. ``ctx.value("learning_rate")``."""
 
     measurements: Measurements
     facts: ModelFacts
@@ -57,13 +58,17 @@ class RuleContext:
     goal: Goal = "cpt"
     precision: str = "bf16"
     kernels: str = "plain"               # the kernels of the backend that will train (memory.KERNEL_SETS)
-    decisions: dict[str, Decision] = field(default_factory=dict)
+    decisions: Decisions = field(default_factory=Decisions)
     gpus: int = 1                        # GPUs of one machine the run will use (advise --gpus N)
     gpu: Optional[str] = None            # throughput-table GPU key, "cpu", or None (an unnamed GPU of gpu_memory_gib)
     max_steps: Optional[int] = None      # advise --max-steps: the run length the user asked for
     time_budget_s: Optional[float] = None            # advise --minutes (CPU target), less the measured start-up
     cpu_tokens_per_s: Optional[float] = None         # measured on this machine (babeltune.advisor.probe)
     notes: list[str] = field(default_factory=list)   # rule findings for the advice's notes (e.g. corpus too small)
+
+    def __post_init__(self):
+        if not isinstance(self.decisions, Decisions):
+            self.decisions = Decisions(self.decisions)
 
     def value(self, name: str) -> Any:
         """Value of an earlier decision (KeyError names the rule order problem)."""

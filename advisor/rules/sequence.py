@@ -194,8 +194,8 @@ def rule_packing(ctx: RuleContext) -> Decision:
 def rule_flash_attention(ctx: RuleContext) -> Decision:
     length, head_dim = ctx.value("max_seq_length"), ctx.facts.head_dim
     if head_dim > 256:
-        return Decision(False, f"head_dim = {head_dim} > 256 is not supported by FlashAttention-2; PyTorch SDPA "
+        return Decision("sdpa", f"head_dim = {head_dim} > 256 is not supported by FlashAttention-2; PyTorch SDPA "
                                "attention is used", [FLASH])
-    return Decision(True, (
+    return Decision("auto", (
         f"FlashAttention-2 when installed (else PyTorch SDPA): attention memory grows linearly, not with "
         f"{length}^2 tokens, and head_dim = {head_dim} is supported"), [FLASH])

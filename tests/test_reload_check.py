@@ -175,3 +175,24 @@ def test_bf16_under_the_trainers_autocast_reloads_to_the_same_logits(tiny_model_
     result, _ = check(model, tokenizer, folder, tiny_model_dir, precision="bf16")
     assert result.tensors_match and result.max_abs_diff == 0.0
     assert any("modules_to_save copies keep the base dtype" in note for note in result.notes)
+
+
+def test_a_reload_that_does_not_hold_the_saved_tensors_fails_naming_it(tiny_model_dir, tmp_path, monkeypatch):
+    """The file is right but the loaded model is not (a key PEFT skipped on load, say)."""
+    import torch
+
+    from babeltune.trainer import export
+
+    model, tokenizer, folder = trained_adapter(tiny_model_dir, tmp_path)
+    real = export.load_saved
+
+    def load(*args):
+        reloaded = real(*args)
+        with torch.no_grad():
+            reloaded.base_model.model.model.layers[1].self_attn.v_proj.lora_B["default"].weight.zero_()
+        return reloaded
+
+    monkeypatch.setattr(export, "load_saved", load)
+    with pytest.raises(BabeltuneError, match=r"tensor base_model\.model\.model\.layers\.1\.self_attn\.v_proj\.lora_B"
+                                             r"\.weight in the reloaded model differs"):
+        check(model, tokenizer, folder, tiny_model_dir)

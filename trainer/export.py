@@ -245,7 +245,7 @@ def reload_check(model: Any, folder: Path, model_dir: str, tokenizer: Any, texts
             reloaded = logits(reloaded_model, batch)
     finally:
         model.train(was_training)
-    reloaded_state = rc.trained_state(reloaded_model)
+    reloaded_state = rc.reloaded_state(reloaded_model, saved)
     problem = rc.tensor_problem(saved, reloaded_state, what="the reloaded model", at_expected_dtype=False)
     if problem:
         raise not_trained_error(folder, problem)
@@ -270,7 +270,7 @@ def judge_logits(model: Any, reloaded_model: Any, folder: Path, precision: str, 
         check.notes.append(f"numerics: logits differ by {rel_diff:.2e} (relative; tolerance {check.tolerance:g} in "
                            f"{precision}), {check.unexplained_share:.0%} of the adapter's effect, although the saved "
                            "tensors and config equal the trained ones: kernel/dtype differences, not the adapter")
-        check.notes += rc.kernel_notes(model, reloaded_model)
+    check.notes += rc.kernel_notes(model, reloaded_model)
     return check
 
 

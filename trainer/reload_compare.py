@@ -35,6 +35,18 @@ def trained_state(model: Any) -> dict:
     return get_peft_model_state_dict(model, adapter_name=active_adapter(model), **extra)
 
 
+def reloaded_state(model: Any, saved: dict) -> dict:
+    """The reloaded model's adapter tensors under the saved names. PEFT loads every saved key that names a parameter,
+    but its state-dict filter follows the saved config alone: (IA)^3 + BitFit biases (``bias`` set on the in-memory
+    config, absent from IA3Config's saved fields) are loaded yet left out, so they are looked up by name."""
+    state = dict(trained_state(model))
+    missing = set(saved) - set(state)
+    if missing:
+        full = model.state_dict()
+        state.update({key: full[key] for key in missing if key in full})
+    return state
+
+
 def _normalised(value: Any) -> Any:
     if isinstance(value, (set, frozenset, list, tuple)):
         return sorted((_normalised(v) for v in value), key=repr)

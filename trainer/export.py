@@ -230,7 +230,7 @@ def reload_check(model: Any, folder: Path, model_dir: str, tokenizer: Any, texts
 
     problem = rc.config_problem(model, folder)
     saved = rc.saved_tensors(folder)
-    problem = problem or rc.tensor_problem(rc.trained_state(model), saved, what=f"{ADAPTER_WEIGHTS}")
+    problem = problem or rc.tensor_problem(rc.trained_state(model), saved, what=ADAPTER_WEIGHTS)
     if problem:
         raise not_trained_error(folder, problem)
     was_training = model.training

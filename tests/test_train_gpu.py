@@ -34,6 +34,7 @@ def test_cpt_on_gpu_in_bf16(tiny_model_dir, tmp_path, extra):
     assert result.steps == 12 and math.isfinite(result.final_loss)
     check = manifest["reload_check"]
     assert check["relative_diff"] <= check["tolerance"] or check["unexplained_share"] <= 0.25
+    assert check["tensors_match"]   # the saved tensors and maths config are exactly the trained ones
     report = json.loads(result.eval_report.read_text())
     assert "mr" in json.dumps(report)
     print("\n".join(lines[-8:]))

@@ -317,10 +317,10 @@ def test_short_cpt_run_on_real_text_gets_the_measured_larger_learning_rate(tiny_
 
     short = hindi()
     steps = short.decisions["max_steps"].value
-    assert steps < 200 and short.config["training"]["learning_rate"] == pytest.approx(1.5e-4)
+    assert steps < 200 and short.config.training.learning_rate == pytest.approx(1.5e-4)
     reason = short.decisions["learning_rate"].reason
     assert reason.startswith(f"cpt: short run: {steps} planned optimizer steps < 200: lr x3 = 1.5e-04")
     assert f"over the {steps} planned optimizer steps" in short.decisions["lr_scheduler_type"].reason
     long = hindi(max_steps=250)
-    assert long.config["training"]["learning_rate"] == pytest.approx(5e-5)
+    assert long.config.training.learning_rate == pytest.approx(5e-5)
     assert long.decisions["learning_rate"].reason.startswith("cpt: 250 planned optimizer steps (>= 200, not a short run)")

@@ -20,7 +20,7 @@ import yaml
 from babeltune.errors import BabeltuneError
 from babeltune.atomic import atomic_write_text, is_disk_full, write_failure
 from babeltune.models.identity import check_adapter_base, write_identity
-from babeltune.models.safety import adapter_folder_problem, load_kwargs
+from babeltune.models.safety import ADAPTER_WEIGHTS, adapter_folder_problem, load_kwargs
 from babeltune.trainer.vocab import extension_of, resize_for_adapter, write_extension
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ MATHS_FIELDS = ("peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "targe
                 "trainable_token_indices", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern",
                 "bias", "lora_bias", "fan_in_fan_out", "feedforward_modules", "exclude_modules")
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+from babeltune.models.safety import ADAPTER_WEIGHTS  # noqa: E402 - defined once, in the core
 
 
 def active_adapter(model: Any) -> str:

@@ -214,7 +214,7 @@ def train_and_score(config: dict, output_dir: Path, model_dir: Path, scored: dic
     lines: list[str] = []
     sync()
     started = time.time()
-    result = run_training(parsed, backend="hf-peft", evaluate=False, overwrite=True, echo=lines.append)
+    result = run_training(parsed, evaluate=False, overwrite=True, echo=lines.append)
     sync()
     train_s = time.time() - started
     manifest = json.loads(Path(result.manifest).read_text(encoding="utf-8"))

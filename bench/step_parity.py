@@ -75,7 +75,7 @@ def record_babeltune(model_dir: str, corpus: str, batch: int, seq: int, steps: i
     manager = get_plugin_manager()
     manager.register(impl, name=f"bench-parity-{id(impl)}")
     try:
-        run_training(config, backend="hf-peft", evaluate=False, echo=lambda line: None)
+        run_training(config, evaluate=False, echo=lambda line: None)
         error = None
     except Exception as exc:   # a reload check that fails on NaN weights still leaves the logged curve
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"

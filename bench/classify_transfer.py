@@ -28,6 +28,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_bench  # noqa: E402  (one list of the library versions and the GPU name every result records)
+
 REPO = Path(__file__).resolve().parent.parent
 DOMAINS = REPO / "examples" / "data" / "marathi-sentiment"
 LABELS = {"-1": "negative", "0": "neutral", "1": "positive"}
@@ -38,24 +41,6 @@ RUNS = (  # (name, backend, adapter section, learning rate)
                          "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}, 5e-4),
     ("ia3_bitfit", "ia3", {}, 3e-3),   # AutoGluon's ia3_bias tutorial: lr 3e-3
 )
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("torch", "transformers", "peft", "accelerate", "babeltune"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def balanced_sample(rows: list[dict], text: str, label: str, per_label: int, seed: int) -> list[tuple[str, str]]:
@@ -208,7 +193,7 @@ def main() -> None:
     if args.smoke:
         args.train_per_label, args.eval_per_label, args.steps, args.batch, args.eval_batch = 20, 10, 3, 4, 8
     train, evals = prepare_data(args.corpora, work, args.train_per_label, args.eval_per_label)
-    report = {"command": " ".join([sys.executable, *sys.argv]), "gpu": gpu_name(), "versions": versions(),
+    report = {"command": " ".join([sys.executable, *sys.argv]), "gpu": gpu_bench.gpu_name(), "versions": gpu_bench.versions(),
               "smoke": args.smoke, "labels": LABELS,
               "train": f"MahaSent-GT train.csv, {args.train_per_label} per label (seed 0); "
                        f"{args.steps} steps x {args.batch} examples",

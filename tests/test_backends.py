@@ -194,27 +194,6 @@ def test_ia3_on_biasless_llama_says_no_bitfit(tiny_model_dir, marathi_lines):
     assert_expected_got_gradients(loaded, backward_on(loaded, marathi_lines))
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen2_dir(tmp_path_factory, tiny_model_dir):
-    """A 2-layer Qwen2 (attention projections with bias) sharing the tiny tokenizer."""
-    import shutil
-
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-qwen2")
-    for path in tiny_model_dir.iterdir():
-        if path.name.startswith("tokenizer") or path.name == "special_tokens_map.json":
-            shutil.copy(path, folder / path.name)
-    from transformers import AutoTokenizer
-
-    vocab = len(AutoTokenizer.from_pretrained(tiny_model_dir))
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                 eos_token_id=0, pad_token_id=2)).save_pretrained(folder)
-    return folder
-
-
 def test_ia3_bitfit_trains_and_saves_biases(tiny_qwen2_dir, marathi_lines, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

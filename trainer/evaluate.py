@@ -22,6 +22,7 @@ from babeltune.errors import BabeltuneError
 from babeltune.atomic import atomic_write_text
 from babeltune.models.safety import check_adapter_folder, check_no_remote_code, load_kwargs
 from babeltune.trainer.data import IGNORE_INDEX
+from babeltune.trainer.base_view import base_model_view, in_place_parameters
 from babeltune.trainer.export import is_peft_model
 
 LOGIT_BUDGET = 1 << 28   # logits per forward pass (1 GiB in float32); batches shrink to stay under it
@@ -339,12 +340,15 @@ def _score_batch(model, batch: list[_Window], pad_id: int, device) -> tuple[floa
 
 def evaluate_loaded(model, tokenizer, corpora: dict[str, list[str]], *, max_length: int = 1024,
                     batch_size: int = 4, stride: Optional[int] = None, model_name: str = "model",
-                    adapter_name: Optional[str] = None, after_tokenizer=None,
+                    adapter_name: Optional[str] = None, after_tokenizer=None, base_dir: Optional[Path] = None,
+                    adapter_dir: Optional[Path] = None,
                     echo: Optional[Callable[[str], None]] = _print_to_stderr, progress=None) -> EvalReport:
     """Score in-memory texts per language with an already-loaded model.
 
-    With a PEFT model, "before" is scored inside ``model.disable_adapter()`` (the base model) and "after"
-    with the adapter active; any other model gets "before" only. ``after_tokenizer`` (default: the same
+    With a PEFT model, "before" is scored on the base model (``base_model_view``: adapter layers off and
+    biases trained in place - by the config, or by ``adapter_dir``'s weights - read back from ``base_dir``, the
+    base checkpoint) and "after" with the adapter
+    active; any other model gets "before" only. ``after_tokenizer`` (default: the same
     tokenizer) is used for "after" when the adapter was saved with its own tokenizer. ``progress``
     (e.g. babeltune.console.CountProgress) is called as progress(description, total) and used as a
     context manager whose advance(n) counts scored documents.
@@ -359,7 +363,7 @@ def evaluate_loaded(model, tokenizer, corpora: dict[str, list[str]], *, max_leng
         counter = progress(f"eval {language}", passes * len(texts)) if progress else nullcontext()
         with counter as bar:
             on_documents = bar.advance if bar is not None else None
-            with (model.disable_adapter() if is_peft else nullcontext()):
+            with (base_model_view(model, base_dir, adapter_dir=adapter_dir, warn=echo) if is_peft else nullcontext()):
                 before = score_texts(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
                                      stride=stride, on_documents=on_documents)
             after = None
@@ -410,13 +414,26 @@ def evaluate_corpora(model_spec: str, corpora: dict[str, Any], *, adapter: Optio
     after_tokenizer = None
     if adapter is not None:
         model, after_tokenizer = _attach_adapter(model, adapter, tokenizer)
+    # Only an adapter that trained base parameters in place needs the base checkpoint back for "before".
+    adapter_dir = Path(adapter) if adapter is not None else None
+    base_dir = model_dir or (_base_dir_or_none(model_spec) if in_place_parameters(model, adapter_dir) else None)
     report = evaluate_loaded(model, tokenizer, documents, max_length=max_length, batch_size=batch_size,
                              stride=stride, model_name=str(model_spec), adapter_name=adapter,
-                             after_tokenizer=after_tokenizer, echo=echo, progress=progress)
+                             after_tokenizer=after_tokenizer, base_dir=base_dir, adapter_dir=adapter_dir, echo=echo, progress=progress)
     for language, result in report.languages.items():
         result.source = sources.get(language)
     report.skipped = skipped
     return report
+
+
+def _base_dir_or_none(model_spec: str) -> Optional[Path]:
+    """The base checkpoint folder of an already-loaded model, when its name resolves to one."""
+    from babeltune.models.resolve import resolve_model_dir
+
+    try:
+        return resolve_model_dir(model_spec)
+    except (BabeltuneError, OSError):
+        return None
 
 
 def _read_corpora(corpora: dict[str, Any], max_documents: Optional[int]):
@@ -438,8 +455,6 @@ def _read_corpora(corpora: dict[str, Any], max_documents: Optional[int]):
         documents[language], sources[language] = texts, str(spec.path)
         skipped_all += [{"language": language, "path": s.path, "reason": s.reason} for s in skipped]
     return documents, sources, skipped_all
-
-
 
 
 def _load_model(model_dir: Path, device: Optional[str], echo: Callable[[str], None]):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import yaml
 
 from babeltune.errors import BabeltuneError
+from babeltune.trainer.base_view import base_model_view
 from babeltune.atomic import atomic_write_text, is_disk_full, write_failure
 from babeltune.models.identity import check_adapter_base, write_identity
 from babeltune.models.safety import ADAPTER_WEIGHTS, adapter_folder_problem, load_kwargs
@@ -238,7 +239,7 @@ def reload_check(model: Any, folder: Path, model_dir: str, tokenizer: Any, texts
         reloaded_model = load_saved(folder, model_dir, model)
         with rc.autocast_for(model, precision):
             current = logits(model, batch)
-            with model.disable_adapter():
+            with base_model_view(model, Path(model_dir) if model_dir else None):   # BitFit biases back too
                 base = logits(model, batch)
             reloaded = logits(reloaded_model, batch)
     finally:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from babeltune.errors import BabeltuneError
 from babeltune.trainer import distributed
+from babeltune.trainer.base_view import base_model_view
 
 if TYPE_CHECKING:
     from babeltune.config import TrainConfig
@@ -313,7 +314,7 @@ def check_saved_adapter(gathered: dict[str, Any], folder: Path, model_dir: str, 
         max_rel = max(max_rel, diff / max(float(trained.float().abs().max()), 1e-12))
     batch = export.probe_batch(tokenizer, texts, max_length, device)
     adapted = export.logits(reloaded, batch)
-    with reloaded.disable_adapter():
+    with base_model_view(reloaded, Path(model_dir), adapter_dir=folder):   # BitFit biases back too
         base = export.logits(reloaded, batch)
     _, effect = export.relative(adapted, base)
     tolerance = export.TOLERANCE.get(precision, 3e-2)

@@ -301,3 +301,18 @@ def test_any_measurement_gives_a_fitting_valid_config_or_the_gpu_error(tokens, t
     assert ctx.estimate().total_gib <= gpu * BUDGET_SHARE
     given = given_decisions(language="mr", model="m", tokenizer=None, corpus=CorpusSpec(path="corpus.txt"), goal=goal)
     validate_config(config_data(build_config(decisions, given)))
+
+
+@pytest.mark.parametrize("gpu", [8.0, 24.0, 80.0])
+def test_eval_batch_follows_the_training_micro_batch_and_says_how_many_passes(gpu):
+    # Issue 12: evaluations ran in batches of 4 documents whatever the micro-batch, and on a GPU each forward
+    # batch of short rows costs a near-fixed time: 38 batches per evaluation where 10 suffice.
+    import math
+
+    from babeltune.advisor.estimate import heldout_documents
+
+    ctx, decisions = decide(measurements(total_tokens=400_000), gpu=gpu)
+    rows = decisions["per_device_train_batch_size"].value
+    assert decisions["per_device_eval_batch_size"].value == rows
+    documents = heldout_documents(ctx)
+    assert f"{math.ceil(documents / rows)} forward batches per evaluation of {documents:,} held-out" in decisions["per_device_eval_batch_size"].reason

@@ -1,5 +1,6 @@
 """Evaluation, checkpointing and logging rules: evaluation_strategy, eval_steps, save_strategy,
-save_steps, early_stopping_patience, logging_steps. All follow the planned optimizer steps."""
+save_steps, early_stopping_patience, logging_steps (all follow the planned optimizer steps) and
+per_device_eval_batch_size (follows the training micro-batch)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from babeltune.advisor.types import Decision
 EVALUATIONS_PER_RUN = 10
 PATIENCE = 3
 MIN_EVALUATIONS_FOR_EARLY_STOP = 2 * PATIENCE
+EVAL_BATCH_DEFAULT = 4        # EvalConfig's default, what a hand-written config gets
 
 
 def rule_evaluation_strategy(ctx: RuleContext) -> Decision:
@@ -70,3 +72,20 @@ def rule_logging_steps(ctx: RuleContext) -> Decision:
     steps = total_steps(ctx)
     every = min(50, max(1, steps // 50))
     return Decision(every, f"{steps} steps: every {every} gives ~{steps // every} loss points", [HF_TRAINER])
+
+
+def rule_per_device_eval_batch_size(ctx: RuleContext) -> Decision:
+    """The training micro-batch. Held-out rows are one document each, at most max_seq_length tokens, and
+    evaluation runs forward only: a batch of as many rows as a training micro-step never needs more memory
+    than training does. Smaller batches only add forward passes, and at the short rows `advise` writes for
+    small models each pass costs a near-fixed time on a GPU (bench/results/estimate_check.json)."""
+    from babeltune.advisor.estimate import heldout_documents
+
+    rows, seq = ctx.value("per_device_train_batch_size"), ctx.value("max_seq_length")
+    documents = heldout_documents(ctx)
+    default = EVAL_BATCH_DEFAULT
+    passes = f"{math.ceil(documents / rows)} forward batches per evaluation of {documents:,} held-out documents"
+    if rows > default:
+        passes += f" instead of {math.ceil(documents / default)} at {default}"
+    return Decision(rows, (f"= per_device_train_batch_size ({rows}): rows of <= {seq} tokens, forward only, fit "
+                           f"wherever training does; {passes}"), [HF_TRAINER])

@@ -190,3 +190,24 @@ def test_schema_round_trips_through_the_resolved_yaml(tmp_path):
     config = load_config(DATA / "configs" / "tiny-sft.yaml")
     again = validate_config(yaml.safe_load(resolved_config_yaml(config)))
     assert again == config and isinstance(again, TrainConfig)
+
+
+def test_forgetting_languages_must_have_shipped_reference_text():
+    from conftest import make_config
+
+    assert make_config().eval.forgetting == ["en"]
+    assert make_config(eval={"forgetting": ["HI", "en"]}).eval.forgetting == ["hi", "en"]
+    with pytest.raises(Exception) as info:
+        make_config(eval={"forgetting": ["xx"]})
+    assert "'xx' has no shipped reference text" in str(info.value) and "(or [] for none)" in str(info.value)
+
+
+def test_forgetting_skips_the_runs_own_language_and_caps_the_sentences():
+    from conftest import make_config
+
+    from babeltune.trainer.run import FORGETTING_SENTENCES, forgetting_texts
+
+    hindi_run = make_config(eval={"forgetting": ["en", "hi", "ko"]}).model_copy(update={"language": "hin"})
+    texts = forgetting_texts(hindi_run)
+    assert set(texts) == {"en", "ko"} and all(len(t) == FORGETTING_SENTENCES for t in texts.values())
+    assert forgetting_texts(make_config(eval={"forgetting": []})) == {}

@@ -56,6 +56,10 @@ def test_cpt_run_writes_a_loadable_adapter_metrics_plot_manifest_and_eval(tiny_m
 
     report = json.loads(result.eval_report.read_text())
     assert result.eval_report == out / "eval.json" and json.dumps(report).count("bits_per_char") >= 2
+    # eval.forgetting (default [en]): English reference sentences scored before and after, next to mr
+    english, cap = report["languages"]["en"], load_config(adapter / "babeltune_config.yaml").eval.max_eval_documents
+    assert english["documents"] == min(200, cap) and english["after"]["bits_per_char"] > 0
+    assert english["source"] == f"babeltune's en reference sentences ({min(200, cap)})"
     checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-12", "checkpoint-4", "checkpoint-8"]
     assert all((out / c / "babeltune_complete.json").is_file() for c in checkpoints)

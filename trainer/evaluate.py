@@ -437,11 +437,16 @@ def _base_dir_or_none(model_spec: str) -> Optional[Path]:
 
 
 def _read_corpora(corpora: dict[str, Any], max_documents: Optional[int]):
-    """LANG -> documents via the advisor's corpus reader (same formats and errors as `advise`)."""
+    """LANG -> documents via the advisor's corpus reader (same formats and errors as `advise`); a list of texts
+    is taken as the documents themselves."""
     from babeltune.corpus.reader import CorpusSpec, iter_documents
 
     documents, sources, skipped_all = {}, {}, []
     for language, spec in corpora.items():
+        if isinstance(spec, list):   # documents given in memory (eval.forgetting's shipped reference sentences)
+            documents[language] = spec[:max_documents] if max_documents is not None else list(spec)
+            sources[language] = f"babeltune's {language} reference sentences ({len(documents[language])})"
+            continue
         spec = spec if isinstance(spec, CorpusSpec) else CorpusSpec(path=str(spec))
         skipped: list = []
         texts = []

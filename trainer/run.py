@@ -238,13 +238,31 @@ def write_heldout(texts: list[str], output_dir: Path) -> Path:
     return atomic_write_text(output_dir / HELDOUT_FILE, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
 
 
+FORGETTING_SENTENCES = 200   # per eval.forgetting language: ~20k characters, seconds on a GPU, ~1 min on a CPU
+
+
+def forgetting_texts(config: "TrainConfig") -> dict[str, list[str]]:
+    """eval.forgetting: the first FORGETTING_SENTENCES shipped reference sentences of each language but the run's own."""
+    from babeltune.languages.profiles import get_profile, reference_lines
+
+    own = config.language.strip().lower()
+    texts = {}
+    for code in config.eval.forgetting:
+        profile = get_profile(code)
+        if own not in (profile.code, profile.iso639_1, profile.iso639_3):
+            texts[profile.code] = [line for line in reference_lines(profile) or [] if line.strip()][:FORGETTING_SENTENCES]
+    return texts
+
+
 def evaluate_heldout(config: "TrainConfig", model, tokenizer, heldout: Path, output_dir: Path, echo: Callable) -> Path:
-    """Bits per character on the held-out split (+ eval.extra_corpora), before and after the adapter."""
+    """Bits per character on the held-out split (+ eval.extra_corpora and eval.forgetting's reference sentences),
+    before and after the adapter."""
     from babeltune.corpus.reader import CorpusSpec
     from babeltune.trainer.evaluate import evaluate_corpora
 
     corpora: dict[str, Any] = {config.language: CorpusSpec(path=str(heldout), text_field="text")}
     corpora.update(config.eval.extra_corpora)
+    corpora.update({code: lines for code, lines in forgetting_texts(config).items() if code not in corpora})
     report = evaluate_corpora(config.model.name, corpora, model=model, tokenizer=tokenizer,
                               max_documents=config.eval.max_eval_documents, max_length=config.model.max_seq_length,
                               batch_size=config.eval.per_device_eval_batch_size, echo=echo)

@@ -13,7 +13,7 @@ Where to find a rule:
   schedule.py    batch_size, num_train_epochs, max_steps, learning_rate, weight_decay,
                  lr_scheduler_type, warmup_ratio
   evaluation.py  evaluation_strategy, eval_steps, save_strategy, save_steps, early_stopping_patience,
-                 logging_steps, per_device_eval_batch_size
+                 logging_steps, per_device_eval_batch_size, forgetting
 
 RULE_ORDER runs them so that every rule only reads decisions made before it.
 """
@@ -62,6 +62,7 @@ RULE_ORDER: list[tuple[str, Rule]] = [
     ("eval.early_stopping_patience", evaluation.rule_early_stopping_patience),
     ("training.logging_steps", evaluation.rule_logging_steps),
     ("eval.per_device_eval_batch_size", evaluation.rule_per_device_eval_batch_size),
+    ("eval.forgetting", evaluation.rule_forgetting),
 ]
 
 RULES: dict[str, Rule] = dict(RULE_ORDER)

@@ -225,8 +225,20 @@ class EvalConfig(Section):
     early_stopping_threshold: float = Field(0.0, ge=0, description="Minimum eval-loss improvement that counts.")
     max_eval_documents: int = Field(2000, ge=1, le=MAX_COUNT, description="Cap on held-out documents evaluated.")
     extra_corpora: dict[str, str] = Field(default_factory=dict, description="LANG: PATH corpora scored in bits/char at the end (e.g. en for forgetting).")
+    forgetting: list[str] = Field(default_factory=lambda: ["en"], description="Language codes whose parallel reference sentences, shipped with babeltune (lang_profiles/reference/), are scored in bits/char before and after the adapter at the end of the run (the first 200 sentences each): what the adapter costs the languages the model already knew. The run's own language and languages given in extra_corpora are skipped; [] = none.")
 
     _strategy_no = field_validator("evaluation_strategy", "save_strategy", mode="before")(_yaml_false_as("no"))
+
+    @field_validator("forgetting")
+    @classmethod
+    def _shipped_reference(cls, codes: list[str]) -> list[str]:
+        from babeltune.languages.profiles import load_profiles
+
+        shipped = sorted(code for code, profile in load_profiles().items() if profile.reference)
+        unknown = [code for code in codes if code.strip().lower() not in shipped]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} has no shipped reference text; use codes from {', '.join(shipped)} (or [] for none)")
+        return [code.strip().lower() for code in codes]
 
 
 class VocabConfig(Section):

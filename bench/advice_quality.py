@@ -353,7 +353,7 @@ def cell_list(args) -> list[tuple[str, str, str]]:
 def plan_runs(cell: tuple[str, str, str], args, advised: dict, train_docs: int) -> dict[str, tuple[dict, dict]]:
     """name -> (config, extra facts) for the configs asked for this cell, advised first."""
     runs: dict[str, tuple[dict, dict]] = {}
-    for name in cell[2].split(","):
+    for name in filter(None, cell[2].split(",")):     # "corpus:model:" = no baseline configs (grid only)
         if name == "advised":
             runs[name] = (json.loads(json.dumps(advised)), {})
         elif name == "unsloth-defaults":
@@ -410,6 +410,10 @@ def run_cell(cell: tuple[str, str, str], args, results: dict, durations: dict, s
             run = train_and_score(config, work / name.replace(" ", "_"), model_dir, {lang: test_path, "en": args.english_test})
         except Exception as error:     # one failed run must not lose the others: record it and go on
             run = {"error": f"{type(error).__name__}: {error}"[:500]}
+            if type(error).__name__ == "TrainingInterrupted":   # SIGTERM/SIGINT: the bench stops too
+                record["runs"][name] = run
+                save(results, args.out)
+                raise SystemExit(f"{key} {name}: interrupted; finished runs are in {args.out}")
         durations.setdefault(name.split(" ")[0], []).append(time.time() - t1)
         record["runs"][name] = {**run, **extra}
         free_memory()

@@ -93,13 +93,15 @@ def rule_per_device_eval_batch_size(ctx: RuleContext) -> Decision:
 
 def rule_forgetting(ctx: RuleContext) -> Decision:
     """English reference sentences scored before and after the adapter at the end of every run, unless the run
-    is English. Forgetting grows with the run: on UD corpora (63-99 steps) the advised configs left English
-    bits/char within -2.2%..+0.1%, on MahaSent (252 steps) +3.0% (bench/results/advice_quality.json), so the
-    run reports it instead of assuming it."""
+    is English: forgetting is measured, not assumed. With the advised short-run lr (x3, 63-102 steps) English
+    bits/char fell in 7 of 8 measured cells (-3.2%..-0.2%) and rose +2.3% on UD Marathi (14.7k characters); UD
+    Japanese cut to the same size fell (-0.9%), so corpus size does not explain it and no rule predicts it yet.
+    There 2/3 of the lr gave +1.5% for 8% higher Marathi bits/char (bench/results/advice_quality_raw/cpu_*.json):
+    the reason says so, as the remedy a user can apply when the report shows a rise."""
     if ctx.profile.code == "en":
         return Decision([], "the run's language is English: no other language to watch", [])
-    steps = total_steps(ctx)
-    return Decision(["en"], (f"English reference sentences scored before and after the adapter at the end: the "
-                             f"adapter's cost to what the model knew; measured -2.2%..+0.1% English bits/char after "
-                             f"63-99 advised steps, +3.0% after 252 (this run: {steps}); [] = off"),
+    return Decision(["en"], ("English reference sentences scored before and after the adapter at the end: its cost "
+                             "to what the model knew. At the advised lr, English bits/char fell in 7 of 8 measured "
+                             "runs and rose +2.3% on UD Marathi; there 2/3 of the learning_rate gave +1.5% for 8% "
+                             "higher target bits/char; [] = off"),
                     ["Biderman et al. 2024, LoRA Learns Less and Forgets Less", "bench/results/advice_quality.json"])

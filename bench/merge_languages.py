@@ -160,7 +160,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny random model on CPU, 3 steps, 8 documents")
     args = parser.parse_args()
-    args.gpu = "cpu" if args.smoke else "h100"
+    import torch
+
+    # advise sizes the runs for the device they run on: GPU shapes on a CPU would take hours
+    args.gpu = "cpu" if args.smoke or not torch.cuda.is_available() else "h100"
     if args.smoke:
         args.steps, args.max_documents = 3, 8
     work = Path(tempfile.mkdtemp(prefix="bt-merge-"))

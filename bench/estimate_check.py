@@ -70,10 +70,7 @@ def versions() -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from gpu_bench import versions as library_versions
 
-    found = library_versions()
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    found["babeltune_commit"] = commit.stdout.strip() or None
-    return found
+    return library_versions()     # with the babeltune commit
 
 
 # ---------------------------------------------------------------------------------------------

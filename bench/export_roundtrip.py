@@ -44,8 +44,12 @@ def versions() -> dict:
     import gguf  # noqa: F401  (gguf has no __version__: ask the installed distribution)
     from importlib.metadata import version
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_bench import babeltune_commit
+
     names = ("babeltune", "torch", "transformers", "peft", "tokenizers", "gguf", "numpy")
-    return {"python": platform.python_version(), **{name: version(name) for name in names}}
+    return {"python": platform.python_version(), **{name: version(name) for name in names},
+            "babeltune_commit": babeltune_commit()}
 
 
 def build_smoke_model(folder: Path) -> Path:

@@ -48,7 +48,18 @@ def versions() -> dict:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = None
+    out["babeltune_commit"] = babeltune_commit()
     return out
+
+
+def babeltune_commit() -> str | None:
+    """The checkout's HEAD (or $BABELTUNE_COMMIT where the code travelled without its .git, as to a GPU machine)."""
+    import os
+    import subprocess
+
+    found = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "HEAD"],
+                           capture_output=True, text=True)
+    return found.stdout.strip() or os.environ.get("BABELTUNE_COMMIT") or None
 
 
 def gpu_name() -> str:

@@ -37,7 +37,12 @@ def babeltune(*args: str, timeout: int = 900) -> dict:
     start = time.time()
     command = [sys.executable, "-m", "babeltune", *args]
     print("$ babeltune " + shlex.join(args), file=sys.stderr, flush=True)
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as stopped:   # recorded like a failed command: the steps before it stay
+        tail = (stopped.stderr or b"")[-800:]
+        return {"command": "babeltune " + shlex.join(args), "exit": "timeout", "seconds": round(time.time() - start, 1),
+                "stdout": "", "stderr_tail": (tail.decode("utf-8", "replace") if isinstance(tail, bytes) else tail).strip()}
     if proc.returncode:
         sys.stderr.write(proc.stderr[-3000:])
     return {"command": "babeltune " + shlex.join(args), "exit": proc.returncode, "seconds": round(time.time() - start, 1),

@@ -386,6 +386,8 @@ def fits_budget(name: str, durations: dict, started: float, budget: float | None
 
 
 def run_cell(cell: tuple[str, str, str], args, results: dict, durations: dict, started: float) -> None:
+    from babeltune.trainer.interrupt import TrainingInterrupted
+
     corpus, model, _ = cell
     key = f"{corpus}:{model}"
     work = args.work / corpus / model
@@ -410,7 +412,7 @@ def run_cell(cell: tuple[str, str, str], args, results: dict, durations: dict, s
             run = train_and_score(config, work / name.replace(" ", "_"), model_dir, {lang: test_path, "en": args.english_test})
         except Exception as error:     # one failed run must not lose the others: record it and go on
             run = {"error": f"{type(error).__name__}: {error}"[:500]}
-            if type(error).__name__ == "TrainingInterrupted":   # SIGTERM/SIGINT: the bench stops too
+            if isinstance(error, TrainingInterrupted):   # SIGTERM/SIGINT: the bench stops too
                 record["runs"][name] = run
                 save(results, args.out)
                 raise SystemExit(f"{key} {name}: interrupted; finished runs are in {args.out}")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from babeltune.errors import BabeltuneError
 
@@ -40,7 +41,7 @@ def in_place_parameters(model, adapter_dir: Optional[Path] = None) -> dict[str, 
         if any(marker in name for marker in TUNER_MARKERS):
             continue
         by_config = name.endswith(".bias") and (modes != {"lora_only"} or ".base_layer." in name)
-        if by_config and modes or name.replace(".default.", ".") in saved:
+        if by_config and modes or name in saved:     # saved keys are named as named_parameters names them
             found[name.removeprefix(PEFT_PREFIX).replace(".base_layer.", ".")] = param
     return found
 
@@ -78,34 +79,56 @@ def read_base_tensors(model_dir: Path, keys: list[str]) -> dict:
     return tensors
 
 
-@contextmanager
-def base_model_view(model, model_dir: Optional[Path], *, adapter_dir: Optional[Path] = None,
-                    warn: Callable[[str], None] = lambda _m: None) -> Iterator[bool]:
-    """Inside the block ``model`` computes what its base model does; yields whether that is exact.
+@dataclass
+class BaseView:
+    """What a PEFT model needs to compute what its base model does: the parameters its adapter trained in place
+    and their original values, read from the base checkpoint once (``prepare``) for any number of ``active`` blocks."""
 
-    Not exact (False, with one warning) only when the adapter trained base parameters in place and the base
-    checkpoint (``model_dir``) cannot give their original values back."""
-    import torch
+    model: Any
+    replaced: dict[str, Any]
+    originals: dict[str, Any]
 
-    replaced = in_place_parameters(model, adapter_dir)
-    originals = {}
-    if replaced:
+    @classmethod
+    def prepare(cls, model, model_dir: Optional[Path], *, adapter_dir: Optional[Path] = None,
+                warn: Callable[[str], None] = lambda _m: None) -> "BaseView":
+        """Finds the in-place parameters and reads their originals; one warning when the checkpoint cannot give them."""
+        replaced, originals = in_place_parameters(model, adapter_dir), {}
+        if replaced:
+            try:
+                if model_dir is None:
+                    raise BabeltuneError("no base model folder is known")
+                originals = read_base_tensors(Path(model_dir), list(replaced))
+            except (BabeltuneError, OSError) as exc:
+                warn(f"eval: 'before' keeps the {len(replaced)} bias tensors the adapter trained in place ({exc})")
+        return cls(model, replaced, originals)
+
+    @property
+    def exact(self) -> bool:
+        return not self.replaced or bool(self.originals)
+
+    @contextmanager
+    def active(self) -> Iterator[bool]:
+        """Inside the block the model computes what its base model does; yields ``exact``. Trained values come back after."""
+        import torch
+
+        saved = {}
         try:
-            if model_dir is None:
-                raise BabeltuneError("no base model folder is known")
-            originals = read_base_tensors(Path(model_dir), list(replaced))
-        except (BabeltuneError, OSError) as exc:
-            warn(f"eval: 'before' keeps the {len(replaced)} bias tensors the adapter trained in place ({exc})")
-    saved = {}
-    try:
-        with torch.no_grad():
-            for key, tensor in originals.items():
-                param = replaced[key]
-                saved[key] = param.detach().clone()
-                param.copy_(tensor.to(device=param.device, dtype=param.dtype))
-        with model.disable_adapter():
-            yield not replaced or bool(originals)
-    finally:
-        with torch.no_grad():
-            for key, tensor in saved.items():
-                replaced[key].copy_(tensor)
+            with torch.no_grad():
+                for key, tensor in self.originals.items():
+                    param = self.replaced[key]
+                    saved[key] = param.detach().clone()
+                    param.copy_(tensor.to(device=param.device, dtype=param.dtype))
+            with self.model.disable_adapter():
+                yield self.exact
+        finally:
+            with torch.no_grad():
+                for key, tensor in saved.items():
+                    self.replaced[key].copy_(tensor)
+
+
+def base_model_view(model, model_dir: Optional[Path], *, adapter_dir: Optional[Path] = None,
+                    warn: Callable[[str], None] = lambda _m: None):
+    """One block in which ``model`` computes what its base model does (BaseView.prepare(...).active()); yields
+    whether that is exact: False, with one warning, only when the adapter trained base parameters in place and
+    the base checkpoint (``model_dir``) cannot give their original values back."""
+    return BaseView.prepare(model, model_dir, adapter_dir=adapter_dir, warn=warn).active()

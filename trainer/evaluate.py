@@ -22,7 +22,7 @@ from babeltune.errors import BabeltuneError
 from babeltune.atomic import atomic_write_text
 from babeltune.models.safety import check_adapter_folder, check_no_remote_code, load_kwargs
 from babeltune.trainer.data import IGNORE_INDEX
-from babeltune.trainer.base_view import base_model_view, in_place_parameters
+from babeltune.trainer.base_view import BaseView, in_place_parameters
 from babeltune.trainer.export import is_peft_model
 
 LOGIT_BUDGET = 1 << 28   # logits per forward pass (1 GiB in float32); batches shrink to stay under it
@@ -357,13 +357,14 @@ def evaluate_loaded(model, tokenizer, corpora: dict[str, list[str]], *, max_leng
     is_peft = is_peft_model(model)
     max_length = _cap_max_length(model, max_length, echo)
     report = EvalReport(model=model_name, adapter=adapter_name if is_peft else None, max_length=max_length)
+    base_view = BaseView.prepare(model, base_dir, adapter_dir=adapter_dir, warn=echo) if is_peft else None  # read once
     for language, texts in corpora.items():
         echo(f"eval {language}: scoring {len(texts):,} documents" + (" before and after the adapter" if is_peft else ""))
         passes = 2 if is_peft else 1
         counter = progress(f"eval {language}", passes * len(texts)) if progress else nullcontext()
         with counter as bar:
             on_documents = bar.advance if bar is not None else None
-            with (base_model_view(model, base_dir, adapter_dir=adapter_dir, warn=echo) if is_peft else nullcontext()):
+            with (base_view.active() if base_view is not None else nullcontext()):
                 before = score_texts(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
                                      stride=stride, on_documents=on_documents)
             after = None

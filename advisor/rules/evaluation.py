@@ -13,7 +13,6 @@ from babeltune.advisor.types import Decision
 EVALUATIONS_PER_RUN = 10
 PATIENCE = 3
 MIN_EVALUATIONS_FOR_EARLY_STOP = 2 * PATIENCE
-EVAL_BATCH_DEFAULT = 4        # EvalConfig's default, what a hand-written config gets
 
 
 def rule_evaluation_strategy(ctx: RuleContext) -> Decision:
@@ -80,10 +79,11 @@ def rule_per_device_eval_batch_size(ctx: RuleContext) -> Decision:
     than training does. Smaller batches only add forward passes, and at the short rows `advise` writes for
     small models each pass costs a near-fixed time on a GPU (bench/results/estimate_check.json)."""
     from babeltune.advisor.estimate import heldout_documents
+    from babeltune.config import EvalConfig
 
     rows, seq = ctx.value("per_device_train_batch_size"), ctx.value("max_seq_length")
     documents = heldout_documents(ctx)
-    default = EVAL_BATCH_DEFAULT
+    default = EvalConfig.model_fields["per_device_eval_batch_size"].default   # what a hand-written config gets
     passes = f"{math.ceil(documents / rows)} forward batches per evaluation of {documents:,} held-out documents"
     if rows > default:
         passes += f" instead of {math.ceil(documents / default)} at {default}"
@@ -104,4 +104,5 @@ def rule_forgetting(ctx: RuleContext) -> Decision:
                              "to what the model knew. At the advised lr, English bits/char fell in 7 of 8 measured "
                              "runs and rose +2.3% on UD Marathi; there 2/3 of the learning_rate gave +1.5% for 8% "
                              "higher target bits/char; [] = off"),
-                    ["Biderman et al. 2024, LoRA Learns Less and Forgets Less", "bench/results/advice_quality.json"])
+                    ["Biderman et al. 2024, LoRA Learns Less and Forgets Less", "bench/results/advice_quality.json",
+                     "bench/results/advice_quality_raw/cpu_*.json (UD mr at lr x3 and x2, UD ja cut to its size)"])

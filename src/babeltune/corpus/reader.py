@@ -234,15 +234,7 @@ def iter_documents(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None
     to ``skipped`` (one entry per file and reason).
 
     Raises BabeltuneError for a missing path, anything skipped under ``strict``, or a corpus without documents."""
-    skipped = [] if skipped is None else skipped
-    count = 0
-    for path in usable_files(spec, skipped):
-        tally = ReadTally(strict=spec.strict)
-        for doc in _guarded(documents_in_file(path, spec, tally), path, spec, tally, skipped):
-            count += 1
-            yield doc
-    if count == 0:
-        raise empty_corpus_error(spec, skipped)
+    return _stream(spec, skipped, documents_in_file)
 
 
 def documents_in_file(path: Path, spec: CorpusSpec, tally: Optional[ReadTally] = None) -> Iterator[str]:
@@ -352,13 +344,18 @@ def _joined_documents(pieces: Iterator[tuple[int, bytes, str]], doc_split: str, 
 def iter_records(spec: CorpusSpec, skipped: Optional[list[SkippedFile]] = None) -> Iterator[dict]:
     """Stream rows as dicts: JSONL objects, CSV/TSV rows, parquet rows; a .txt document becomes
     ``{"text": document}``. For SFT data, where a row holds more than one field."""
+    return _stream(spec, skipped, _rows_in_file)
+
+
+def _stream(spec: CorpusSpec, skipped: Optional[list[SkippedFile]], items_in_file) -> Iterator:
+    """``items_in_file(path, spec, tally)`` over every usable file, guarded and tallied; an empty corpus is an error."""
     skipped = [] if skipped is None else skipped
     count = 0
     for path in usable_files(spec, skipped):
         tally = ReadTally(strict=spec.strict)
-        for row in _guarded(_rows_in_file(path, spec, tally), path, spec, tally, skipped):
+        for item in _guarded(items_in_file(path, spec, tally), path, spec, tally, skipped):
             count += 1
-            yield row
+            yield item
     if count == 0:
         raise empty_corpus_error(spec, skipped)
 

@@ -240,3 +240,25 @@ def test_advise_sizes_memory_for_the_backend_that_will_run(monkeypatch, tiny_mod
     assert results["hf-peft"]["memory"]["inputs"]["kernels"] == "plain"
     assert results["unsloth"]["memory"]["inputs"]["kernels"] == "unsloth"
     assert results["unsloth"]["config"]["backend"]["name"] == "unsloth"
+
+
+def test_unknown_backend_in_the_config_is_a_line_naming_the_file_with_its_other_problems(tmp_path):
+    # Found by tests/test_config_fuzz.py: `train` said "error: backend.name: unknown backend ..." without the
+    # config file, and only after the rest of the file had been checked and passed.
+    from click.testing import CliRunner
+
+    import yaml
+
+    from babeltune.trainer.cli import train
+    from conftest import SMALL_CONFIG
+
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in SMALL_CONFIG.items()}
+    data["backend"] = {"name": "hf_peft"}
+    data["training"]["learning_rate"] = -1                          # a second problem in the same file
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = CliRunner().invoke(train, ["--config", str(path), "--dry-run"])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert f"error: {path}: backend.name: unknown backend 'hf_peft' (did you mean 'hf-peft'?); available: " in "\n".join(lines)
+    assert len(lines) >= 2 and all(line.startswith(f"error: {path}: ") for line in lines), lines

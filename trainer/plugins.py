@@ -173,10 +173,15 @@ def select_backend(name: str, echo: Callable[[str], None] = print) -> Backend:
 
 
 def options_model(name: Optional[str]):
-    """The Options model of the backend called ``name``, or None when no such backend is loaded (the
-    unknown name is reported by ``select_backend``)."""
-    backend = available_backends().get(name) if isinstance(name, str) else None
-    return backend.Options if backend is not None else None
+    """The Options model of the backend called ``name`` (None for a name that is not text: the config's own
+    validation reports it). An unknown name raises BabeltuneError, which the config loader reports with the
+    file's other problems."""
+    if not isinstance(name, str):
+        return None
+    backends = available_backends()
+    if name not in backends:
+        raise BabeltuneError(_unknown_backend_message(name, backends))
+    return backends[name].Options
 
 
 def kernels_for(name: str) -> tuple[Kernels, Optional[str]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -531,10 +531,11 @@ def option_problems(options_model: type[BaseModel], options: Any, backend: str) 
 
 
 def validate_config(data: dict, source: str = "config", options_model: Optional[type[BaseModel]] = None,
-                    backend: Optional[str] = None) -> TrainConfig:
+                    backend: Optional[str] = None, problems: Sequence[str] = ()) -> TrainConfig:
     """``data`` as a TrainConfig; with ``options_model`` (the selected backend's Options) backend.options
-    is checked too. Every problem is raised at once, one ``<source>: key: message`` line each."""
-    lines: list[str] = []
+    is checked too. Every problem (``problems`` found before, e.g. an unknown backend name, first) is raised
+    at once, one ``<source>: key: message`` line each."""
+    lines: list[str] = list(problems)
     config = None
     try:
         config = TrainConfig.model_validate(data)
@@ -559,13 +560,18 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None,
                 options_for: Optional[Callable[[str], Optional[type[BaseModel]]]] = None) -> TrainConfig:
     """The one config loader: read, override (``--set key=value`` strings, then ``values`` from a command's own
     flags, see :func:`set_values`) and validate; every problem raised at once. ``options_for(backend name)``
-    gives the Options model backend.options is checked against (instead of a fixed ``options_model``)."""
+    gives the Options model backend.options is checked against (instead of a fixed ``options_model``); the
+    BabeltuneError it raises for an unknown backend name is reported with the other problems."""
     data = set_values(apply_overrides(read_yaml(path), list(overrides or [])), values or {}, on_replace)
+    problems: list[str] = []
     if options_for is not None:
         section = data.get("backend")
         name = section.get("name", "hf-peft") if isinstance(section, dict) else "hf-peft"
-        options_model = options_for(name)
-    return validate_config(data, source=str(path), options_model=options_model)
+        try:
+            options_model = options_for(name)
+        except BabeltuneError as exc:     # an unknown backend: one more line of this file's problems
+            problems, options_model = list(exc.lines), None
+    return validate_config(data, source=str(path), options_model=options_model, problems=problems)
 
 
 def describe_fields() -> dict[str, str]:
